@@ -1,0 +1,26 @@
+# The two commands: `make demo` (install + run the whole pipeline) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SPARKZOO := $(VENV)/bin/sparkzoo
+CONF ?= conf/fashion_mnist_cnn.yaml
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test ui run prepare train score clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(SPARKZOO) run --conf $(CONF)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+ui:
+	$(SPARKZOO) ui --conf $(CONF)
+
+prepare train score run:
+	$(SPARKZOO) $@ --conf $(CONF)
+
+clean:
+	rm -rf workspace spark-warehouse metastore_db derby.log

@@ -1,0 +1,166 @@
+"""The ``sparkzoo`` command and the spark-submit entry points share this module.
+
+Every command takes ``--conf`` and repeatable ``--set key=value``. A user mistake (a ``SparkzooError``)
+prints one line and exits 2; an unexpected error keeps its traceback and exits 1, so a scheduler can
+tell "fix your input" from "file a bug".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from typing import Callable, Sequence
+
+from sparkzoo.pipelines.errors import SparkzooError
+
+DEFAULT_CONF = "conf/fashion_mnist_cnn.yaml"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[sparkzoo] %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "urllib3", "alembic", "mlflow", "horovod"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load(args):
+    from sparkzoo.pipelines import config
+
+    return config.load(args.conf, args.set)
+
+
+def cmd_prepare(args) -> int:
+    from sparkzoo.pipelines import prepare
+
+    exp = _load(args)
+    r = prepare.run(exp)
+    state = "already prepared (nothing to do)" if r.skipped else f"prepared in {r.seconds:.1f}s ({r.rows_per_second:.0f} rows/s)"
+    print(f"dataset {exp.data.dataset} v{r.version}: {state}\n"
+          f"  rows: train={r.rows['train']} val={r.rows['val']} test={r.rows['test']}; "
+          f"input records={r.input_records}, quarantined={r.quarantined}\n  path: {r.path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from sparkzoo.pipelines import train
+
+    exp = _load(args)
+    r = train.run(exp)
+    print(_train_summary(r))
+    return 0
+
+
+def _train_summary(r) -> str:
+    acc = r.test.get("accuracy")
+    return (f"trained {r.model_name}: test accuracy {acc:.4f}\n" if acc is not None else f"trained {r.model_name}\n") + (
+        f"  training time {r.train_seconds:.1f}s, {r.samples_per_second:.0f} samples/s, {r.parameters:,} parameters\n"
+        f"  MLflow run {r.run_id}; registered model {r.model_name} version {r.model_version} "
+        f"aliases {', '.join(r.aliases)}\n  {r.promotion}")
+
+
+def cmd_score(args) -> int:
+    from sparkzoo.pipelines import score
+
+    exp = _load(args)
+    r = score.run(exp)
+    print(_score_summary(r))
+    return 0
+
+
+def _score_summary(r) -> str:
+    acc = f", accuracy {r.accuracy:.4f}" if r.accuracy is not None else ""
+    return (f"scored {r.scored_rows} rows with {r.model_name} v{r.model_version} in {r.seconds:.1f}s{acc}; "
+            f"rejected {r.rejected_rows}\n  predictions: {r.output}/model_version={r.model_version}/run_date={r.run_date}")
+
+
+def cmd_run(args) -> int:
+    """prepare -> train -> score in one go, then the summary a new user wants to see."""
+    from sparkzoo.pipelines import prepare, score, train, track
+
+    exp = _load(args)
+    p = prepare.run(exp)
+    t = train.run(exp)
+    s = score.run(exp)
+    ui = f"sparkzoo ui --conf {args.conf}" if args.conf else "sparkzoo ui"
+    print("\n" + "=" * 72 + "\nsparkzoo run: done\n" + "=" * 72)
+    print(f"prepared rows: train={p.rows['train']} val={p.rows['val']} test={p.rows['test']} "
+          f"(quarantined {p.quarantined}){' [reused]' if p.skipped else ''}")
+    print(_train_summary(t))
+    print(_score_summary(s))
+    print(f"MLflow store: {track.tracking_uri(exp)}\nopen the MLflow UI: {ui}   (or: make ui)")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from sparkzoo.pipelines import track
+
+    exp = _load(args)
+    host = args.host or exp.ui.host
+    port = args.port or exp.ui.port
+    track.experiment_id(exp)   # creates the store if it is new
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", track.tracking_uri(exp),
+           "--default-artifact-root", "file://" + track.artifact_location(exp), "--host", host, "--port", str(port),
+           "--workers", "1"]
+    print(f"MLflow UI on http://{host}:{port}  ({' '.join(shlex.quote(c) for c in cmd)})", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "prepare": (cmd_prepare, "raw files -> versioned Parquet dataset + manifest + quarantine (Spark)"),
+    "train": (cmd_train, "Horovod training over the prepared Parquet; logs and registers in MLflow"),
+    "score": (cmd_score, "batch scoring of a Parquet table with a registered model (Spark)"),
+    "run": (cmd_run, "prepare, train and score in a row, then print a summary"),
+    "ui": (cmd_ui, "start the MLflow UI on this experiment's store (127.0.0.1 by default)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        self.exit(2, f"sparkzoo: error: {message} (see --help)\n")
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="sparkzoo" if only is None else f"spark-submit jobs/{only}.py",
+                     description="sparkzoo: prepare with Spark, train with Horovod, track with MLflow, score with Spark.")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--conf", default=DEFAULT_CONF, help=f"experiment YAML (default: {DEFAULT_CONF})")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set train.epochs=5 (repeatable)")
+
+    if only is not None:
+        common(parser)
+        if only == "ui":
+            parser.add_argument("--host")
+            parser.add_argument("--port", type=int)
+        parser.set_defaults(func=COMMANDS[only][0])
+        return parser
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (func, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        common(p)
+        if name == "ui":
+            p.add_argument("--host", help="bind address (default from ui.host: 127.0.0.1)")
+            p.add_argument("--port", type=int, help="port (default from ui.port: 5000)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, only: str | None = None) -> int:
+    args = build_parser(only).parse_args(argv)
+    _setup_logging()
+    try:
+        return int(args.func(args) or 0)
+    except SparkzooError as exc:
+        print(f"sparkzoo: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sparkzoo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

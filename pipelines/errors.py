@@ -1,0 +1,34 @@
+"""One exception family for everything a user can cause.
+
+Jobs catch ``SparkzooError`` at the top and print its message without a traceback; anything else is a
+bug and keeps its traceback. The classes hold only a string so they pickle cleanly back from executors
+and Horovod ranks.
+"""
+
+from __future__ import annotations
+
+
+class SparkzooError(Exception):
+    """Base class: the message must name the thing that is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class ConfigError(SparkzooError):
+    """A YAML key, value or command-line override is wrong."""
+
+
+class DataError(SparkzooError):
+    """Input data is missing, unreadable, empty or does not match the manifest."""
+
+
+class TrainingError(SparkzooError):
+    """A training rank failed or training could not start."""
+
+
+class ScoringError(SparkzooError):
+    """A model could not be resolved or scoring input does not fit it."""
+
+
+class RegistryError(SparkzooError):
+    """The MLflow registry does not hold what the job asked for."""

@@ -1,0 +1,114 @@
+"""The model format sparkzoo logs to MLflow: a pyfunc that carries its own pre-processing.
+
+Why not ``mlflow.pytorch.log_model``: in mlflow 3.17 it saves torch.export (pt2) programs that refuse
+``.eval()`` and need fixed example shapes. We log a small spec (family, params, task, input shape,
+normalisation, label names) plus a ``state_dict``; loading rebuilds the module from the registry. The
+pyfunc takes a pandas DataFrame in the prepared schema (an ``image`` binary column), so
+``mlflow.pyfunc.load_model`` and ``mlflow.pyfunc.spark_udf`` work on the same model our scorer uses,
+and our scorer calls ``predict_arrays`` on whole numpy batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:  # mlflow is on every machine that logs or loads models; the models package never imports this
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[misc,assignment]
+
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def build_spec(*, family: str, params: dict[str, Any], task: str, shape: dict[str, int], stats: dict[str, float],
+               label_names: list[str], dataset: str, dataset_version: str) -> dict[str, Any]:
+    return {"family": family, "params": params, "task": task, "shape": shape, "stats": stats,
+            "label_names": label_names, "num_classes": len(label_names), "dataset": dataset,
+            "dataset_version": dataset_version}
+
+
+def build_module(spec: dict[str, Any]):
+    from sparkzoo.models import InputSpec, get_model
+
+    shape = spec["shape"]
+    return get_model(spec["family"], InputSpec(shape["channels"], shape["height"], shape["width"], spec["num_classes"]),
+                     **spec["params"])
+
+
+class Predictor:
+    """A loaded model plus its pre-processing; vectorised over whole batches."""
+
+    def __init__(self, spec: dict[str, Any], module) -> None:
+        import torch
+
+        from sparkzoo.models import make_task
+
+        self.spec = spec
+        self.module = module.eval()
+        self.task = make_task(spec["task"], spec["num_classes"])
+        self._torch = torch
+
+    @classmethod
+    def from_dir(cls, directory: str) -> "Predictor":
+        import torch
+
+        with open(os.path.join(directory, SPEC_FILE)) as fh:
+            spec = json.load(fh)
+        module = build_module(spec)
+        module.load_state_dict(torch.load(os.path.join(directory, WEIGHTS_FILE), map_location="cpu", weights_only=True))
+        return cls(spec, module)
+
+    def decode(self, images: pd.Series) -> np.ndarray:
+        """A column of raw pixel bytes -> uint8 (n, h, w, c); a wrong size is a ValueError naming the row."""
+        shape = self.spec["shape"]
+        per = shape["height"] * shape["width"] * shape["channels"]
+        lengths = images.map(lambda b: -1 if b is None else len(b)).to_numpy()
+        bad = np.flatnonzero(lengths != per)
+        if len(bad):
+            raise ValueError(f"row {int(bad[0])}: image has {int(lengths[bad[0]])} bytes, the model expects {per} "
+                             f"({shape['height']}x{shape['width']}x{shape['channels']})")
+        flat = np.frombuffer(b"".join(images.tolist()), dtype=np.uint8)
+        return flat.reshape(len(images), shape["height"], shape["width"], shape["channels"])
+
+    def predict_arrays(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        from sparkzoo.models.tasks import images_to_tensor
+
+        stats = self.spec["stats"]
+        with self._torch.inference_mode():
+            logits = self.module(images_to_tensor(pixels, stats["mean"], stats["std"]))
+        return self.task.outputs(logits)
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        out = self.predict_arrays(self.decode(frame["image"]))
+        return pd.DataFrame({"prediction": out["prediction"], "confidence": out["confidence"],
+                             "probability": list(out["probability"])})
+
+
+class SparkzooPyfunc(PythonModel):
+    """The MLflow pyfunc wrapper around ``Predictor``."""
+
+    def load_context(self, context) -> None:
+        import torch
+
+        self.predictor = Predictor.from_dir(os.path.dirname(context.artifacts["spec"]))
+        torch.set_num_threads(max(1, int(os.environ.get("SPARKZOO_SCORE_THREADS", "1"))))
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return self.predictor.predict_frame(model_input)
+
+
+def save_local(directory: str, spec: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, str]:
+    """Write spec + weights into a folder; returns the pyfunc ``artifacts`` mapping."""
+    import torch
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, SPEC_FILE), "w") as fh:
+        json.dump(spec, fh, indent=2)
+    torch.save(state_dict, os.path.join(directory, WEIGHTS_FILE))
+    return {"spec": os.path.join(directory, SPEC_FILE), "weights": os.path.join(directory, WEIGHTS_FILE)}

@@ -1,0 +1,76 @@
+"""The train stage, driver side: find the data and the run, launch the ranks, register the model.
+
+A re-run of the same config after a crash finds the unfinished MLflow run of that config and resumes
+from its last checkpoint; a finished run is never touched, so every completed run is a new version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import paths, track
+from ..config import Experiment
+from ..dataset import open_prepared
+from ..errors import TrainingError
+from . import checkpoint
+from .launcher import launch
+
+log = logging.getLogger("sparkzoo.train")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_name: str
+    model_version: int
+    aliases: list[str]
+    test: dict[str, float]
+    history: list[dict[str, float]]
+    parameters: int
+    train_seconds: float
+    samples_per_second: float
+    wall_seconds: float
+    resumed_from: str | None
+    promotion: str
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run(exp: Experiment, spark=None, *, fail_at_epoch: int | None = None) -> TrainResult:
+    started = time.time()
+    ds = open_prepared(exp)
+    if exp.train.backend == "horovod_spark" and spark is None:
+        from ..session import get_spark
+        spark = get_spark(exp)
+    run_id = track.find_unfinished_run(exp)
+    resume_from = None
+    if run_id is not None:
+        resume_from = checkpoint.latest(paths.checkpoint_dir(exp, run_id))
+        track.client(exp).update_run(run_id, status="RUNNING")
+        log.info("resuming MLflow run %s from %s", run_id, resume_from or "the start (no checkpoint yet)")
+    else:
+        run_id = track.start_run(exp, dataset_version=ds.version, world_size=exp.train.num_proc)
+    ctx = {"run_id": run_id, "dataset_path": ds.path, "manifest": ds.manifest,
+           "checkpoint_dir": paths.checkpoint_dir(exp, run_id), "resume_from": resume_from,
+           "fail_at_epoch": fail_at_epoch}
+    try:
+        ranks = launch(exp, ctx, spark)
+    except BaseException:
+        track.end_run(exp, run_id, "FAILED")
+        raise
+    summary = ranks[0]
+    if "model_uri" not in summary:
+        raise TrainingError("rank 0 finished without a model; see the rank logs above")
+    description = (f"{exp.model.name} trained on {ds.manifest['dataset']} v{ds.version} "
+                   f"({ds.rows('train')} train rows), {summary['size']} ranks, run {run_id}; "
+                   f"test_accuracy={summary['test'].get('accuracy', float('nan')):.4f}")
+    version = track.register(exp, summary["model_uri"], run_id, description)
+    track.set_alias(exp, "candidate", version)
+    promoted, reason = track.promote_first(exp, version)
+    track.end_run(exp, run_id, "FINISHED")
+    aliases = ["candidate"] + (["champion"] if promoted else [])
+    return TrainResult(run_id, exp.model_name, version, aliases, summary["test"], summary["history"],
+                       summary["parameters"], summary["train_seconds"], summary["train_samples_per_second"],
+                       time.time() - started, resume_from, reason, ranks)

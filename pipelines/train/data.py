@@ -1,0 +1,246 @@
+"""Parquet shard -> torch-ready numpy batches, for one rank, without ever holding the dataset.
+
+The unit of work is a Parquet row group. Row groups are dealt to ranks round-robin from the manifest's
+file list, so every rank knows its shard size before reading a byte, all ranks run the same number of
+steps (the smallest shard sets it, so nobody waits at an allreduce for a rank that ran out), and each
+rank checks that its reader delivered exactly the rows the manifest promises. A background thread
+reads and decodes ahead; decoding takes the Arrow buffers as numpy views, with no per-row Python.
+
+Two readers share this contract: ``pyarrow`` (default, measured faster) and ``petastorm``
+(``make_batch_reader`` with ``cur_shard``/``shard_count``), for users who arrive with petastorm datasets.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DataError
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One row group of one file: the smallest shard unit."""
+
+    path: str
+    row_group: int
+    rows: int
+
+
+def all_pieces(files: list[dict[str, Any]]) -> list[Piece]:
+    return [Piece(f["path"], i, int(n)) for f in files for i, n in enumerate(f["row_groups"])]
+
+
+def shard(files: list[dict[str, Any]], rank: int, size: int) -> list[Piece]:
+    """Row groups dealt round-robin: disjoint across ranks, together the whole split."""
+    return all_pieces(files)[rank::size]
+
+
+def shard_rows(files: list[dict[str, Any]], size: int) -> list[int]:
+    return [sum(p.rows for p in shard(files, r, size)) for r in range(size)]
+
+
+def steps_per_epoch(files: list[dict[str, Any]], size: int, batch_size: int, cap: int | None = None) -> int:
+    """Steps every rank runs: the smallest shard's full batches (so ranks never wait on each other)."""
+    steps = min(shard_rows(files, size)) // batch_size
+    return min(steps, cap) if cap else steps
+
+
+def decode_images(table: pa.Table, height: int, width: int, channels: int) -> Batch:
+    """``image`` binary column -> uint8 (n, h, w, c) as a view of the Arrow data buffer."""
+    col = table.column("image").combine_chunks()
+    n = len(col)
+    per = height * width * channels
+    if col.null_count:
+        raise DataError(f"{col.null_count} rows have a null image; the prepared data is damaged, prepare it again")
+    _, offsets_buf, data_buf = col.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=col.offset * 4)
+    if n and not np.all(np.diff(offsets) == per):
+        raise DataError(f"image sizes differ from the manifest's {height}x{width}x{channels}; prepare the data again")
+    pixels = np.frombuffer(data_buf, dtype=np.uint8, count=n * per, offset=int(offsets[0])).reshape(n, height, width, channels)
+    out: Batch = {"image": pixels}
+    if "label" in table.column_names:
+        out["label"] = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return out
+
+
+def _concat(parts: list[Batch]) -> Batch:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _take(batch: Batch, idx: np.ndarray | slice) -> Batch:
+    return {k: v[idx] for k, v in batch.items()}
+
+
+def _rows(batch: Batch) -> int:
+    return len(next(iter(batch.values())))
+
+
+def rebatch(chunks: Iterator[Batch], batch_size: int, *, shuffle_buffer: int = 0, rng: np.random.Generator | None = None,
+            drop_last: bool = True, max_batches: int | None = None) -> Iterator[Batch]:
+    """Turn decoded chunks into fixed-size batches, optionally mixing rows inside a seeded buffer."""
+    pending: list[Batch] = []
+    held = 0
+    emitted = 0
+    fill = max(shuffle_buffer, batch_size)
+
+    def drain(final: bool) -> Iterator[Batch]:
+        nonlocal pending, held, emitted
+        buf = _concat(pending)
+        if rng is not None and shuffle_buffer:
+            buf = _take(buf, rng.permutation(held))
+        usable = held if final else held - held % batch_size
+        for start in range(0, usable, batch_size):
+            if max_batches is not None and emitted >= max_batches:
+                return
+            end = start + batch_size
+            if end > usable and drop_last:
+                break
+            emitted += 1
+            yield _take(buf, slice(start, min(end, usable)))
+        rest = held - usable if not final else 0
+        pending = [_take(buf, slice(held - rest, held))] if rest else []
+        held = rest
+
+    for chunk in chunks:
+        if max_batches is not None and emitted >= max_batches:
+            return
+        pending.append(chunk)
+        held += _rows(chunk)
+        if held >= fill:
+            yield from drain(final=False)
+    if held and (max_batches is None or emitted < max_batches):
+        yield from drain(final=True)
+
+
+def prefetch(gen: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run a generator in a background thread, ``depth`` items ahead; errors surface in the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in gen:
+                if stop.is_set():
+                    return
+                q.put(item)
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer thread
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="sparkzoo-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+class ShardReader:
+    """Reads one rank's shard of one split as batches; see the module docstring for the contract."""
+
+    def __init__(self, files: list[dict[str, Any]], rank: int, size: int, *, shape: dict[str, int],
+                 batch_size: int, columns: tuple[str, ...] = ("image", "label"), seed: int = 0,
+                 shuffle_buffer: int = 0, prefetch_batches: int = 4, reader: str = "pyarrow",
+                 dataset_dir: str | None = None) -> None:
+        self.files, self.rank, self.size = files, rank, size
+        self.pieces = shard(files, rank, size)
+        self.expected_rows = sum(p.rows for p in self.pieces)
+        self.shape = shape
+        self.batch_size = batch_size
+        self.columns = columns
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.prefetch_batches = prefetch_batches
+        self.reader = reader
+        self.dataset_dir = dataset_dir
+        self._decode: Callable[[pa.Table], Batch] = lambda t: decode_images(
+            t, shape["height"], shape["width"], shape["channels"])
+
+    # -- raw chunks ------------------------------------------------------------------------------
+    def _pyarrow_chunks(self, order: list[Piece]) -> Iterator[Batch]:
+        from .. import paths
+
+        handles: dict[str, pq.ParquetFile] = {}
+        try:
+            for piece in order:
+                pf = handles.get(piece.path)
+                if pf is None:
+                    fs, inner = paths.filesystem(piece.path)
+                    pf = handles[piece.path] = pq.ParquetFile(fs.open_input_file(inner))
+                yield self._decode(pf.read_row_group(piece.row_group, columns=list(self.columns)))
+        finally:
+            for pf in handles.values():
+                pf.close()
+
+    def _petastorm_chunks(self, epoch: int, shuffle: bool) -> Iterator[Batch]:
+        from petastorm import make_batch_reader
+
+        from .. import paths
+
+        url = self.dataset_dir if paths.is_uri(self.dataset_dir or "") else "file://" + str(self.dataset_dir)
+        with make_batch_reader(url, schema_fields=list(self.columns), cur_shard=self.rank, shard_count=self.size,
+                               shuffle_row_groups=shuffle, seed=self.seed + epoch, num_epochs=1,
+                               reader_pool_type="dummy") as reader:
+            for nt in reader:
+                cols = {name: getattr(nt, name) for name in self.columns}
+                table = pa.table({name: pa.array(list(v)) if name == "image" else pa.array(v)
+                                  for name, v in cols.items()})
+                yield self._decode(table)
+
+    def _checked(self, chunks: Iterator[Batch], expected: int) -> Iterator[Batch]:
+        """Guard against readers that end early or late (petastorm's empty-shard trap)."""
+        seen = 0
+        for chunk in chunks:
+            seen += _rows(chunk)
+            yield chunk
+        if seen != expected:
+            raise DataError(f"rank {self.rank} read {seen} rows from its shard but the manifest says {expected}; "
+                            f"the reader lost or duplicated data (reader={self.reader}); refusing to train on it")
+
+    def chunks(self, epoch: int, shuffle: bool) -> Iterator[Batch]:
+        if self.reader == "petastorm":
+            expected = self._petastorm_expected()
+            return self._checked(self._petastorm_chunks(epoch, shuffle), expected)
+        order = list(self.pieces)
+        if shuffle:
+            rng = np.random.default_rng([self.seed, epoch, self.rank])
+            order = [order[i] for i in rng.permutation(len(order))]
+        return self._checked(self._pyarrow_chunks(order), self.expected_rows)
+
+    def _petastorm_expected(self) -> int:
+        """petastorm deals row groups the same way (index modulo shard_count over the sorted pieces)."""
+        return self.expected_rows
+
+    # -- batches ---------------------------------------------------------------------------------
+    def epoch(self, epoch: int, *, steps: int | None) -> Iterator[Batch]:
+        """Shuffled training batches, exactly ``steps`` of them."""
+        rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
+        gen = rebatch(self.chunks(epoch, shuffle=True), self.batch_size, shuffle_buffer=self.shuffle_buffer,
+                      rng=rng, drop_last=True, max_batches=steps)
+        return prefetch(gen, self.prefetch_batches)
+
+    def full_pass(self, batch_size: int | None = None) -> Iterator[Batch]:
+        """Every row of the shard once, in order, last batch partial: for evaluation."""
+        gen = rebatch(self.chunks(0, shuffle=False), batch_size or self.batch_size, drop_last=False)
+        return prefetch(gen, self.prefetch_batches)

@@ -1,0 +1,67 @@
+"""Start the ranks: Horovod on Spark (default) or horovodrun, both running ``loop.train_rank``.
+
+Everything a user can get wrong is checked here on the driver, before any rank starts. A rank's
+failure comes back as one ``TrainingError`` naming the rank and the cause; a SparkzooError raised in a
+rank (bad data, say) is re-raised as itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from ..config import Experiment
+from ..errors import SparkzooError, TrainingError
+
+log = logging.getLogger("sparkzoo.train")
+
+
+def check_slots(spark, exp: Experiment) -> None:
+    """horovod.spark.run needs one task slot per rank at once, or it waits until its start timeout."""
+    slots = spark.sparkContext.defaultParallelism
+    if exp.train.num_proc > slots:
+        raise TrainingError(
+            f"train.num_proc={exp.train.num_proc} ranks need {exp.train.num_proc} Spark task slots at once, but this "
+            f"Spark application has {slots}; lower train.num_proc or give Spark more cores "
+            f"(spark.master local[{exp.train.num_proc}], or more executors)")
+
+
+def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, Any]]:
+    from .loop import train_rank
+
+    args = (exp.to_dict(), ctx)
+    try:
+        if exp.train.backend == "horovod_spark":
+            import horovod.spark
+
+            check_slots(spark, exp)
+            results = horovod.spark.run(train_rank, args=args, num_proc=exp.train.num_proc, use_gloo=True,
+                                        start_timeout=600, verbose=1)
+        else:
+            from horovod.runner import run as horovod_run
+
+            results = horovod_run(train_rank, args=args, np=exp.train.num_proc,
+                                  hosts=f"localhost:{exp.train.num_proc}", use_gloo=True, verbose=1)
+    except SparkzooError:
+        raise
+    except Exception as exc:
+        raise _explain(exc) from exc
+    return sorted(results, key=lambda r: r["rank"])
+
+
+def _explain(exc: Exception) -> SparkzooError:
+    """Find the root cause in a rank's traceback text (Spark and Horovod wrap it several times)."""
+    text = str(exc)
+    for cls_name in ("DataError", "ConfigError", "TrainingError"):
+        m = re.search(rf"sparkzoo\.pipelines\.errors\.{cls_name}: (.+)", text) or re.search(rf"{cls_name}: (.+)", text)
+        if m:
+            from .. import errors
+
+            return getattr(errors, cls_name)(m.group(1).strip())
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    tail = lines[-1] if lines else type(exc).__name__
+    m = re.search(r"[Pp]rocess.*?(\d+).*?exit(?:ed)? (?:with )?(?:code |status )?(-?\d+)", text)
+    where = f" (a rank process exited with code {m.group(2)})" if m else ""
+    return TrainingError(f"training failed{where}: {tail[:500]}; re-run the same command to resume from the last "
+                         f"checkpoint")

@@ -1,0 +1,250 @@
+"""What each Horovod rank runs: the same code under horovod.spark.run and horovodrun.
+
+Driver code ships plain values (the config as a dict, a context dict of paths and ids); everything
+heavy is imported here, inside the rank. Only rank 0 talks to MLflow and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    """Train on this rank's shard; rank 0 returns the run summary, others a small status dict."""
+    import horovod.torch as hvd
+    import torch
+
+    from sparkzoo.models import InputSpec, count_parameters, get_model, make_task, model_task
+    from sparkzoo.pipelines.config import from_dict
+    from sparkzoo.pipelines.train import checkpoint
+    from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
+
+    exp = from_dict(exp_dict)
+    tc = exp.train
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    torch.set_num_threads(tc.threads_per_rank)
+    _seed_everything(exp.seed)
+    use_cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{hvd.local_rank()}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+
+    manifest = ctx["manifest"]
+    shape = manifest["shape"]
+    spec = InputSpec(shape["channels"], shape["height"], shape["width"], manifest["num_classes"])
+    model = get_model(exp.model.name, spec, **exp.model.params).to(device)
+    task = make_task(model_task(exp.model.name), manifest["num_classes"])
+    mean, std = manifest["stats"]["mean"], manifest["stats"]["std"]
+
+    def files(split: str) -> list[dict[str, Any]]:
+        return [{"path": ctx["dataset_path"] + "/" + f["path"], "row_groups": f["row_groups"]}
+                for f in manifest["splits"][split]["files"]]
+
+    def reader(split: str) -> ShardReader:
+        return ShardReader(files(split), rank, size, shape=shape, batch_size=tc.batch_size, seed=exp.seed,
+                           shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
+                           dataset_dir=ctx["dataset_path"] + "/" + split)
+
+    train_reader = reader("train")
+    steps = steps_per_epoch(files("train"), size, tc.batch_size, tc.max_steps_per_epoch)
+    if steps == 0:
+        raise _training_error(f"the train split has too few rows for {size} ranks x batch_size {tc.batch_size}; "
+                              f"lower train.batch_size or train.num_proc, or prepare more data")
+
+    lr = tc.lr * (size if tc.scale_lr_by_world_size else 1)
+    if tc.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    warmup_steps = int(tc.warmup_epochs * steps)
+
+    def lr_factor(step: int) -> float:
+        # Horovod's recipe: start from the single-process rate and ramp up to lr * size.
+        if warmup_steps <= 0 or step >= warmup_steps:
+            return 1.0
+        start = 1.0 / size if tc.scale_lr_by_world_size else 0.0
+        return start + (1.0 - start) * step / warmup_steps
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    compression = hvd.Compression.fp16 if tc.fp16_compression else hvd.Compression.none
+    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), compression=compression,
+                                   backward_passes_per_step=tc.backward_passes_per_step)
+
+    start_epoch, history, best, stale = 0, [], None, 0
+    if rank == 0 and ctx.get("resume_from"):
+        state = checkpoint.load(ctx["resume_from"])
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        best, stale = state.get("best"), state.get("stale", 0)
+        checkpoint.set_rng_state(state["rng"])
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    start_epoch = int(hvd.broadcast_object(start_epoch, root_rank=0, name="start_epoch"))
+    history = hvd.broadcast_object(history, root_rank=0, name="history")
+    scheduler.last_epoch = int(hvd.broadcast_object(scheduler.last_epoch, root_rank=0, name="sched"))
+    best, stale = hvd.broadcast_object((best, stale), root_rank=0, name="early")
+
+    def to_device(batch: dict[str, np.ndarray]):
+        x = _to_tensor(batch["image"], mean, std).to(device, non_blocking=True)
+        y = torch.from_numpy(batch["label"]).to(device, non_blocking=True)
+        return x, y
+
+    def allreduce_sums(sums: dict[str, float], extra: np.ndarray | None = None):
+        keys = sorted(sums)
+        vec = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+        vec = hvd.allreduce(vec, op=hvd.Sum, name=f"sums.{'.'.join(keys)}.{len(keys)}")
+        total = {k: float(v) for k, v in zip(keys, vec.tolist())}
+        if extra is not None:
+            extra = hvd.allreduce(torch.from_numpy(extra.astype(np.float64)), op=hvd.Sum, name="confusion").numpy()
+        return total, extra
+
+    def evaluate(split: str):
+        model.eval()
+        sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+        conf = np.zeros((task.num_classes, task.num_classes), dtype=np.int64)
+        with torch.inference_mode():
+            for batch in reader(split).full_pass(batch_size=max(tc.batch_size, 512)):
+                x, y = to_device(batch)
+                logits = model(x)
+                for k, v in task.metric_sums(logits, y).items():
+                    sums[k] += v
+                pred = logits.argmax(1).cpu().numpy()
+                conf += np.bincount(batch["label"] * task.num_classes + pred,
+                                    minlength=task.num_classes ** 2).reshape(task.num_classes, -1)
+        total, conf = allreduce_sums(sums, conf)
+        return task.finish(total), conf
+
+    ckpt_dir = ctx["checkpoint_dir"]
+    started = time.time()
+    samples_seen = 0
+    train_seconds = 0.0
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, tc.epochs):
+        torch.manual_seed(exp.seed + 1000 * epoch + rank)  # dropout differs per rank; same after a resume
+        model.train()
+        sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step", disable=not (rank == 0 and tc.progress),
+                   mininterval=2.0, dynamic_ncols=True)
+        t0 = time.time()
+        for batch in train_reader.epoch(epoch, steps=steps):
+            x, y = to_device(batch)
+            opt.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = task.loss(logits, y)
+            loss.backward()
+            opt.step()
+            scheduler.step()
+            with torch.no_grad():
+                for k, v in task.metric_sums(logits.detach(), y).items():
+                    sums[k] += v
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{bar.n * tc.batch_size * size / max(time.time() - t0, 1e-9):.0f}")
+        bar.close()
+        epoch_seconds = time.time() - t0
+        train_seconds += epoch_seconds
+        samples_seen += steps * tc.batch_size * size
+        train_metrics, _ = allreduce_sums(sums)
+        val_metrics, _ = evaluate("val") if manifest["splits"]["val"]["rows"] else ({}, None)
+        record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_metrics.items()},
+                  **{f"val_{k}": v for k, v in val_metrics.items()},
+                  "epoch_seconds": epoch_seconds, "samples_per_second": steps * tc.batch_size * size / epoch_seconds,
+                  "lr": scheduler.get_last_lr()[0]}
+        history.append(record)
+        watch = val_metrics.get(task.metric)
+        if watch is not None and (best is None or watch > best):
+            best, stale = watch, 0
+        else:
+            stale += 1
+        if rank == 0:
+            _log_epoch(exp, ctx, record, epoch)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+                     "epoch": epoch, "history": history, "rng": checkpoint.rng_state(), "best": best, "stale": stale}
+            path = checkpoint.save(ckpt_dir, epoch, state)
+            print(f"[sparkzoo] epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
+                  f"train_acc={record['train_accuracy']:.4f} val_acc={record.get('val_accuracy', float('nan')):.4f} "
+                  f"{record['samples_per_second']:.0f} samples/s; checkpoint {path}", flush=True)
+        if ctx.get("fail_at_epoch") is not None and epoch + 1 == ctx["fail_at_epoch"] and rank == ctx.get("fail_rank", 1):
+            os._exit(17)  # test hook for the fault test: a rank dies without a goodbye
+        if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
+            break
+
+    test_metrics, test_conf = evaluate("test") if manifest["splits"]["test"]["rows"] else ({}, None)
+    result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
+              "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
+    if rank == 0:
+        result.update(_finish(exp, ctx, model, history, test_metrics, test_conf, count_parameters(model),
+                              train_seconds, samples_seen, time.time() - started))
+    return result
+
+
+def _to_tensor(pixels: np.ndarray, mean: float, std: float):
+    from sparkzoo.models.tasks import images_to_tensor
+
+    return images_to_tensor(pixels, mean, std)
+
+
+def _training_error(message: str) -> Exception:
+    from sparkzoo.pipelines.errors import TrainingError
+
+    return TrainingError(message)
+
+
+def _log_epoch(exp, ctx: dict[str, Any], record: dict[str, float], epoch: int) -> None:
+    from sparkzoo.pipelines import track
+
+    metrics = {k: v for k, v in record.items() if k != "epoch"}
+    track.log_metrics(exp, ctx["run_id"], metrics, step=epoch + 1)
+
+
+def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_conf, n_params: int, train_seconds: float,
+            samples: int, wall: float) -> dict[str, Any]:
+    """Rank 0: final metrics, plots, manifest and config artefacts, and the logged model."""
+    import pandas as pd
+
+    from sparkzoo.pipelines import track
+    from sparkzoo.pipelines.modelpack import build_spec
+    from sparkzoo.pipelines.train.metrics import plot_confusion, plot_curves
+
+    manifest = ctx["manifest"]
+    run_id = ctx["run_id"]
+    final = {f"test_{k}": v for k, v in test_metrics.items()}
+    final.update({"parameters": n_params, "train_seconds": train_seconds,
+                  "train_samples_per_second": samples / train_seconds if train_seconds else 0.0})
+    track.log_metrics(exp, run_id, final, step=len(history))
+    with tempfile.TemporaryDirectory() as tmp:
+        if history:
+            track.log_artifact(exp, run_id, plot_curves(history, os.path.join(tmp, "curves.png")), "plots")
+        if test_conf is not None:
+            track.log_artifact(exp, run_id, plot_confusion(test_conf, manifest["label_names"],
+                                                           os.path.join(tmp, "confusion_matrix.png")), "plots")
+    track.log_dict(exp, run_id, history, "history.json")
+    track.log_dict(exp, run_id, exp.model_dump(mode="json", exclude={"source_file"}), "config.yaml")
+    track.log_dict(exp, run_id, {k: v for k, v in manifest.items() if k != "splits"}, "dataset/manifest.json")
+    spec = build_spec(family=exp.model.name, params=exp.model.params, task="classification", shape=manifest["shape"],
+                      stats=manifest["stats"], label_names=manifest["label_names"], dataset=manifest["dataset"],
+                      dataset_version=manifest["version"])
+    shape = manifest["shape"]
+    example = pd.DataFrame({"image": [bytes(shape["height"] * shape["width"] * shape["channels"])] * 2})
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    model_uri = track.log_model(exp, run_id, spec, state, example)
+    return {"history": history, "test": test_metrics, "parameters": n_params, "train_seconds": train_seconds,
+            "train_samples_per_second": final["train_samples_per_second"], "wall_seconds": wall,
+            "model_uri": model_uri}

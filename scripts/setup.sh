@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs everything sparkzoo needs on a fresh Debian machine: system packages, the data sets that
+# ship as Debian packages, a virtualenv with the pinned Python stack, petastorm without its stale
+# dependency pins, and Horovod built from its sdist with the C++17 patch (the wheel is cached).
+# Safe to re-run: every step checks whether its work is already done.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="${SPARKZOO_VENV:-$ROOT/.venv}"
+CACHE="${SPARKZOO_CACHE:-$HOME/.cache/sparkzoo}"
+PY="${PYTHON:-python3}"
+HOROVOD_VERSION=0.28.1
+PETASTORM_VERSION=0.13.1
+WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # "all" also installs the Tux Paint, KLettres, espeak and chromium packages
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# ---- system packages ---------------------------------------------------------------------------
+apt_pkgs=(dataset-fashion-mnist)
+if [ "$WITH_EXTRAS" = "all" ]; then
+  apt_pkgs+=(tuxpaint-stamps-default klettres-data espeak-ng chromium)
+fi
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ---- virtualenv + pinned stack -------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtualenv $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+stamp="$VENV/.sparkzoo-reqs-$(sha1sum "$ROOT/requirements.txt" | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  log "pip install requirements (torch pinned, CPU wheel)"
+  "$VPY" -m pip install -q --upgrade "pip<27" "setuptools>=77" wheel
+  # torch first and alone, so pip never resolves it together with petastorm (see README "Pins").
+  "$VPY" -m pip install -q "torch==2.13.0"
+  "$VPY" -m pip install -q -r "$ROOT/requirements.txt"
+  "$VPY" -m pip install -q --no-deps "petastorm==$PETASTORM_VERSION"
+  touch "$stamp"
+fi
+
+# ---- horovod from sdist, patched to C++17, cached wheel ------------------------------------------
+if ! "$VPY" -c "import horovod.torch" >/dev/null 2>&1; then
+  mkdir -p "$CACHE/wheels"
+  whl=$(ls "$CACHE"/wheels/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$whl" ]; then
+    log "building horovod $HOROVOD_VERSION from sdist (PyTorch + Gloo, C++17; about 3 minutes)"
+    build="$(mktemp -d)"
+    trap 'rm -rf "$build"' EXIT
+    "$VPY" -m pip download -q --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
+    tar -xzf "$build"/horovod-"$HOROVOD_VERSION".tar.gz -C "$build"
+    src="$build/horovod-$HOROVOD_VERSION"
+    sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
+      "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
+    grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt"
+    (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+      HOROVOD_WITHOUT_MPI=1 HOROVOD_WITH_GLOO=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
+      "$VPY" -m pip wheel -q --no-build-isolation --no-deps -w "$CACHE/wheels" . )
+    whl=$(ls "$CACHE"/wheels/horovod-"$HOROVOD_VERSION"-*.whl | head -n1)
+  fi
+  log "installing $whl"
+  "$VPY" -m pip install -q --no-deps "$whl"
+fi
+
+# ---- sparkzoo itself ---------------------------------------------------------------------------
+"$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+"$VPY" -c "import horovod.torch, petastorm, pyspark, mlflow, torch; print('[setup] stack ok: torch', torch.__version__, 'pyspark', pyspark.__version__, 'mlflow', mlflow.__version__)"

@@ -1,0 +1,62 @@
+"""Config: validated at load; every mistake names the key, the file and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparkzoo.pipelines import config
+from sparkzoo.pipelines.errors import ConfigError
+
+from .conftest import CONF
+
+
+def test_loads_defaults_and_experiment():
+    exp = config.load(CONF)
+    assert exp.name == "fashion_mnist_cnn"
+    assert exp.model.name == "lenet"
+    assert exp.train.num_proc == 2
+    assert exp.model_name == "fashion_mnist_cnn"
+    assert exp.mlflow.tracking_uri.startswith("sqlite:///")
+
+
+def test_set_overrides_keep_types():
+    exp = config.load(CONF, ["train.epochs=7", "train.lr=0.01", "train.fp16_compression=true"])
+    assert exp.train.epochs == 7 and exp.train.lr == 0.01 and exp.train.fp16_compression is True
+
+
+def test_unknown_key_names_key_file_and_choices(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  epocs: 3\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(bad)
+    msg = str(err.value)
+    assert "train.epocs" in msg and str(bad) in msg and "did you mean 'epochs'" in msg
+
+
+def test_wrong_type_names_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  batch_size: lots\n")
+    with pytest.raises(ConfigError, match=r"train\.batch_size.*bad\.yaml"):
+        config.load(bad)
+
+
+def test_out_of_range_value():
+    with pytest.raises(ConfigError, match=r"data\.val_fraction"):
+        config.load(CONF, ["data.val_fraction=1.5"])
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ConfigError) as err:
+        config.load(CONF, ["model.name=lenett"])
+    msg = str(err.value)
+    assert "unknown model 'lenett'" in msg and "did you mean 'lenet'" in msg and "mlp" in msg
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key=value"):
+        config.load(CONF, ["train.epochs"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load("conf/nope.yaml")
