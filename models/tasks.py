@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 def images_to_tensor(pixels: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W)."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(0, 3, 1, 2).float()
     return (x / 255.0 - mean) / std
 
 

@@ -107,6 +107,12 @@ class ScoreConfig(_Strict):
     batch_size: int = Field(2048, ge=1)
     run_date: Optional[str] = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
 
+    @field_validator("run_date", mode="before")
+    @classmethod
+    def _date_to_text(cls, value: Any) -> Any:
+        # YAML reads 2026-11-25 as a date; the partition value is its ISO text.
+        return value.isoformat() if hasattr(value, "isoformat") else value
+
 
 class UiConfig(_Strict):
     host: str = "127.0.0.1"
@@ -175,6 +181,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    if parts[:2] == ["spark", "conf"] and len(parts) > 2:
+        parts = ["spark", "conf", ".".join(parts[2:])]   # Spark keys hold dots themselves
     node = tree
     for part in parts[:-1]:
         child = node.get(part)

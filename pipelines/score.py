@@ -27,6 +27,7 @@ from .errors import ScoringError
 log = logging.getLogger("sparkzoo.score")
 
 OUTPUT_SCHEMA_BASE = "id string, prediction long, confidence float, probability array<float>"
+REJECT_SCHEMA = "id string, reason string, model_name string, model_version int, run_date string"
 _LOADED: dict[str, Any] = {}   # per Python worker: model dir -> Predictor
 
 
@@ -136,7 +137,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     agg = written.agg(F.count("*").alias("n"),
                       *([F.avg((F.col("prediction") == F.col("label")).cast("double")).alias("acc")] if keep else [])
                       ).collect()[0]  # small: one row
-    rejected = spark.read.parquet(rejects_path).filter(
+    rejected = spark.read.schema(REJECT_SCHEMA).parquet(rejects_path).filter(
         (F.col("model_version") == version) & (F.col("run_date") == run_date)).count()
     n_in = df.count()
     result = ScoreResult(name, version, n_in, int(agg["n"]), rejected, out, rejects_path,

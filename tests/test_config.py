@@ -60,3 +60,9 @@ def test_bad_override_syntax():
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         config.load("conf/nope.yaml")
+
+
+def test_spark_conf_override_keeps_dotted_key():
+    exp = config.load(CONF, ["spark.conf.spark.sql.shuffle.partitions=3", "score.run_date=2026-01-02"])
+    assert exp.spark.conf["spark.sql.shuffle.partitions"] == "3"
+    assert exp.score.run_date == "2026-01-02"

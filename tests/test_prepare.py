@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import shutil
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -35,7 +36,7 @@ def test_parquet_schema_and_contents(prepared, make_exp):
     ids = table.column("id").to_pylist()
     assert len(set(ids)) == len(ids)
     # the first test image of Fashion-MNIST is an ankle boot (label 9), byte-exact from the IDX file
-    first = table.filter(pq.pa.compute.equal(table.column("id"), "fashion_mnist/test/000000")).to_pylist()[0]
+    first = table.filter(pc.equal(table.column("id"), "fashion_mnist/test/000000")).to_pylist()[0]
     with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as fh:
         fh.seek(16)
         assert first["image"] == fh.read(784)

@@ -146,7 +146,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         t0 = time.time()
         for batch in train_reader.epoch(epoch, steps=steps):
             x, y = to_device(batch)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             logits = model(x)
             loss = task.loss(logits, y)
             loss.backward()
@@ -161,7 +161,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         epoch_seconds = time.time() - t0
         train_seconds += epoch_seconds
         samples_seen += steps * tc.batch_size * size
-        train_metrics, _ = allreduce_sums(sums)
+        train_metrics = task.finish(allreduce_sums(sums)[0])
         val_metrics, _ = evaluate("val") if manifest["splits"]["val"]["rows"] else ({}, None)
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_metrics.items()},
                   **{f"val_{k}": v for k, v in val_metrics.items()},
