@@ -20,9 +20,15 @@ DEFAULT_CONF = "conf/fashion_mnist_cnn.yaml"
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[sparkzoo] %(message)s", stream=sys.stderr)
-    for noisy in ("py4j", "urllib3", "alembic", "mlflow", "horovod"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    """Our own messages at INFO; libraries (Horovod's rendezvous, MLflow, py4j) only when they warn."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ours = logging.getLogger("sparkzoo")
+    if not ours.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[sparkzoo] %(message)s"))
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
 
 def _load(args):

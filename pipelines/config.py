@@ -67,7 +67,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    backend: Literal["horovod_spark", "horovodrun"] = "horovod_spark"
+    backend: Literal["horovod_spark", "horovodrun", "torch_distributor"] = "horovod_spark"
     num_proc: int = Field(2, ge=1, le=1024)
     threads_per_rank: int = Field(1, ge=1)
     reader: Literal["pyarrow", "petastorm"] = "pyarrow"

@@ -38,10 +38,11 @@ class TrainResult:
     ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run(exp: Experiment, spark=None, *, fail_at_epoch: int | None = None) -> TrainResult:
+def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = None) -> TrainResult:
+    """Train, register and alias. ``fault`` = (rank, epoch, step) kills that rank there (tests only)."""
     started = time.time()
     ds = open_prepared(exp)
-    if exp.train.backend == "horovod_spark" and spark is None:
+    if exp.train.backend != "horovodrun" and spark is None:
         from ..session import get_spark
         spark = get_spark(exp)
     run_id = track.find_unfinished_run(exp)
@@ -54,7 +55,7 @@ def run(exp: Experiment, spark=None, *, fail_at_epoch: int | None = None) -> Tra
         run_id = track.start_run(exp, dataset_version=ds.version, world_size=exp.train.num_proc)
     ctx = {"run_id": run_id, "dataset_path": ds.path, "manifest": ds.manifest,
            "checkpoint_dir": paths.checkpoint_dir(exp, run_id), "resume_from": resume_from,
-           "fail_at_epoch": fail_at_epoch}
+           "fault": fault}
     try:
         ranks = launch(exp, ctx, spark)
     except BaseException:

@@ -38,6 +38,13 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, A
             check_slots(spark, exp)
             results = horovod.spark.run(train_rank, args=args, num_proc=exp.train.num_proc, use_gloo=True,
                                         start_timeout=600, verbose=1)
+        elif exp.train.backend == "torch_distributor":
+            from pyspark.ml.torch.distributor import TorchDistributor
+
+            check_slots(spark, exp)
+            local = spark.sparkContext.master.startswith("local")
+            distributor = TorchDistributor(num_processes=exp.train.num_proc, local_mode=local, use_gpu=False)
+            results = [distributor.run(_torch_rank, *args)]   # TorchDistributor returns rank 0's result only
         else:
             from horovod.runner import run as horovod_run
 
@@ -48,6 +55,12 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, A
     except Exception as exc:
         raise _explain(exc) from exc
     return sorted(results, key=lambda r: r["rank"])
+
+
+def _torch_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    from sparkzoo.pipelines.train.loop import train_rank
+
+    return train_rank(exp_dict, ctx, comm_kind="torch_distributed")
 
 
 def _explain(exc: Exception) -> SparkzooError:

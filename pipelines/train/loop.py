@@ -23,24 +23,24 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "horovod") -> dict[str, Any]:
     """Train on this rank's shard; rank 0 returns the run summary, others a small status dict."""
-    import horovod.torch as hvd
     import torch
 
     from sparkzoo.models import InputSpec, count_parameters, get_model, make_task, model_task
     from sparkzoo.pipelines.config import from_dict
     from sparkzoo.pipelines.train import checkpoint
+    from sparkzoo.pipelines.train.comm import make_comm
     from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
 
     exp = from_dict(exp_dict)
     tc = exp.train
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
+    comm = make_comm(comm_kind)
+    rank, size = comm.rank, comm.size
     torch.set_num_threads(tc.threads_per_rank)
     _seed_everything(exp.seed)
     use_cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{hvd.local_rank()}" if use_cuda else "cpu")
+    device = torch.device(f"cuda:{comm.local_rank}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
 
@@ -61,7 +61,9 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
                            dataset_dir=ctx["dataset_path"] + "/" + split)
 
     train_reader = reader("train")
+    every = tc.backward_passes_per_step
     steps = steps_per_epoch(files("train"), size, tc.batch_size, tc.max_steps_per_epoch)
+    steps -= steps % every                       # whole optimizer steps only
     if steps == 0:
         raise _training_error(f"the train split has too few rows for {size} ranks x batch_size {tc.batch_size}; "
                               f"lower train.batch_size or train.num_proc, or prepare more data")
@@ -71,7 +73,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    warmup_steps = int(tc.warmup_epochs * steps)
+    warmup_steps = int(tc.warmup_epochs * steps / every)
 
     def lr_factor(step: int) -> float:
         # Horovod's recipe: start from the single-process rate and ramp up to lr * size.
@@ -80,26 +82,22 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         start = 1.0 / size if tc.scale_lr_by_world_size else 0.0
         return start + (1.0 - start) * step / warmup_steps
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    compression = hvd.Compression.fp16 if tc.fp16_compression else hvd.Compression.none
-    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), compression=compression,
-                                   backward_passes_per_step=tc.backward_passes_per_step)
+    model, opt = comm.prepare(model, opt, fp16_compression=tc.fp16_compression, backward_passes_per_step=every)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)   # on the wrapped optimizer, so steps count
 
     start_epoch, history, best, stale = 0, [], None, 0
     if rank == 0 and ctx.get("resume_from"):
         state = checkpoint.load(ctx["resume_from"])
-        model.load_state_dict(state["model"])
+        comm.unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
         best, stale = state.get("best"), state.get("stale", 0)
         checkpoint.set_rng_state(state["rng"])
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
-    start_epoch = int(hvd.broadcast_object(start_epoch, root_rank=0, name="start_epoch"))
-    history = hvd.broadcast_object(history, root_rank=0, name="history")
-    scheduler.last_epoch = int(hvd.broadcast_object(scheduler.last_epoch, root_rank=0, name="sched"))
-    best, stale = hvd.broadcast_object((best, stale), root_rank=0, name="early")
+    comm.sync_state(model, opt)
+    start_epoch, history, last, best, stale = comm.broadcast_object(
+        (start_epoch, history, scheduler.last_epoch, best, stale), name="resume")
+    scheduler.last_epoch = last
 
     def to_device(batch: dict[str, np.ndarray]):
         x = _to_tensor(batch["image"], mean, std).to(device, non_blocking=True)
@@ -108,21 +106,20 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
 
     def allreduce_sums(sums: dict[str, float], extra: np.ndarray | None = None):
         keys = sorted(sums)
-        vec = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
-        vec = hvd.allreduce(vec, op=hvd.Sum, name=f"sums.{'.'.join(keys)}.{len(keys)}")
-        total = {k: float(v) for k, v in zip(keys, vec.tolist())}
+        total = dict(zip(keys, comm.allreduce_sum(np.array([sums[k] for k in keys]), name=f"sums.{len(keys)}").tolist()))
         if extra is not None:
-            extra = hvd.allreduce(torch.from_numpy(extra.astype(np.float64)), op=hvd.Sum, name="confusion").numpy()
+            extra = comm.allreduce_sum(extra, name="confusion").astype(np.int64)
         return total, extra
 
     def evaluate(split: str):
-        model.eval()
+        net = comm.unwrap(model)   # no collectives inside the forward pass: shards may be uneven
+        net.eval()
         sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
         conf = np.zeros((task.num_classes, task.num_classes), dtype=np.int64)
         with torch.inference_mode():
             for batch in reader(split).full_pass(batch_size=max(tc.batch_size, 512)):
                 x, y = to_device(batch)
-                logits = model(x)
+                logits = net(x)
                 for k, v in task.metric_sums(logits, y).items():
                     sums[k] += v
                 pred = logits.argmax(1).cpu().numpy()
@@ -132,31 +129,35 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         return task.finish(total), conf
 
     ckpt_dir = ctx["checkpoint_dir"]
+    fault = tuple(ctx["fault"]) if ctx.get("fault") else None   # (rank, epoch, step) to kill, tests only
     started = time.time()
     samples_seen = 0
     train_seconds = 0.0
-    from tqdm import tqdm
+    from sparkzoo.pipelines.train.progress import EpochProgress
 
     for epoch in range(start_epoch, tc.epochs):
         torch.manual_seed(exp.seed + 1000 * epoch + rank)  # dropout differs per rank; same after a resume
         model.train()
         sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{tc.epochs}", unit="step", disable=not (rank == 0 and tc.progress),
-                   mininterval=2.0, dynamic_ncols=True)
+        bar = EpochProgress(epoch, tc.epochs, steps, tc.batch_size * size, enabled=rank == 0 and tc.progress)
         t0 = time.time()
-        for batch in train_reader.epoch(epoch, steps=steps):
+        opt.zero_grad()
+        for step, batch in enumerate(train_reader.epoch(epoch, steps=steps)):
+            if fault is not None and fault == (rank, epoch + 1, step):
+                os.kill(os.getpid(), 9)   # fault injection for the resume test: this rank dies, no goodbye
             x, y = to_device(batch)
-            opt.zero_grad()
-            logits = model(x)
-            loss = task.loss(logits, y)
-            loss.backward()
-            opt.step()
-            scheduler.step()
+            with comm.accumulation_context(model, step, every):
+                logits = model(x)
+                loss = task.loss(logits, y)
+                (loss / every).backward()
+            if (step + 1) % every == 0:
+                opt.step()
+                scheduler.step()
+                opt.zero_grad()
             with torch.no_grad():
                 for k, v in task.metric_sums(logits.detach(), y).items():
                     sums[k] += v
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", samples_s=f"{bar.n * tc.batch_size * size / max(time.time() - t0, 1e-9):.0f}")
+            bar.update(float(loss.detach()))
         bar.close()
         epoch_seconds = time.time() - t0
         train_seconds += epoch_seconds
@@ -175,14 +176,12 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
             stale += 1
         if rank == 0:
             _log_epoch(exp, ctx, record, epoch)
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
+            state = {"model": comm.unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch, "history": history, "rng": checkpoint.rng_state(), "best": best, "stale": stale}
             path = checkpoint.save(ckpt_dir, epoch, state)
             print(f"[sparkzoo] epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
                   f"train_acc={record['train_accuracy']:.4f} val_acc={record.get('val_accuracy', float('nan')):.4f} "
                   f"{record['samples_per_second']:.0f} samples/s; checkpoint {path}", flush=True)
-        if ctx.get("fail_at_epoch") is not None and epoch + 1 == ctx["fail_at_epoch"] and rank == ctx.get("fail_rank", 1):
-            os._exit(17)  # test hook for the fault test: a rank dies without a goodbye
         if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
             break
 
@@ -190,7 +189,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
-        result.update(_finish(exp, ctx, model, history, test_metrics, test_conf, count_parameters(model),
+        result.update(_finish(exp, ctx, comm.unwrap(model), history, test_metrics, test_conf, count_parameters(model),
                               train_seconds, samples_seen, time.time() - started))
     return result
 

@@ -1,0 +1,109 @@
+"""The few collective operations the training loop needs, over Horovod or torch.distributed.
+
+The loop is written once against ``Comm``; Horovod (horovod.spark.run, horovodrun) wraps the
+optimizer, torch.distributed (Spark's TorchDistributor) wraps the model in DDP. Both give the same
+answers: parameters start equal on every rank, gradients are averaged, metric sums are added.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class HorovodComm:
+    name = "horovod"
+
+    def __init__(self) -> None:
+        import horovod.torch as hvd
+
+        hvd.init()
+        self.hvd = hvd
+        self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+
+    def prepare(self, model, optimizer, *, fp16_compression: bool, backward_passes_per_step: int):
+        hvd = self.hvd
+        compression = hvd.Compression.fp16 if fp16_compression else hvd.Compression.none
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                             compression=compression, backward_passes_per_step=backward_passes_per_step)
+        return model, optimizer
+
+    def sync_state(self, model, optimizer) -> None:
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        return self.hvd.broadcast_object(obj, root_rank=0, name=name)
+
+    def allreduce_sum(self, values: np.ndarray, name: str) -> np.ndarray:
+        import torch
+
+        out = self.hvd.allreduce(torch.from_numpy(np.asarray(values, dtype=np.float64)), op=self.hvd.Sum, name=name)
+        return out.numpy()
+
+    def accumulation_context(self, model, step: int, every: int):
+        import contextlib
+
+        return contextlib.nullcontext()   # DistributedOptimizer counts backward passes itself
+
+    def unwrap(self, model):
+        return model
+
+
+class TorchDistComm:
+    """torch.distributed over gloo, as set up by TorchDistributor (env:// rendezvous)."""
+
+    name = "torch_distributed"
+
+    def __init__(self) -> None:
+        import os
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        self.dist = dist
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+
+    def prepare(self, model, optimizer, *, fp16_compression: bool, backward_passes_per_step: int):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ddp = DDP(model)   # broadcasts rank 0's parameters at construction
+        if fp16_compression:
+            from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+            ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
+        return ddp, optimizer
+
+    def sync_state(self, model, optimizer) -> None:
+        state = self.broadcast_object(optimizer.state_dict(), "optimizer")
+        optimizer.load_state_dict(state)
+        for tensor in model.state_dict().values():
+            self.dist.broadcast(tensor, src=0)
+
+    def broadcast_object(self, obj: Any, name: str) -> Any:
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def allreduce_sum(self, values: np.ndarray, name: str) -> np.ndarray:
+        import torch
+
+        t = torch.from_numpy(np.array(values, dtype=np.float64))
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.SUM)
+        return t.numpy()
+
+    def accumulation_context(self, model, step: int, every: int):
+        import contextlib
+
+        # skip the gradient allreduce on all but the last of `every` backward passes
+        return model.no_sync() if every > 1 and (step + 1) % every else contextlib.nullcontext()
+
+    def unwrap(self, model):
+        return getattr(model, "module", model)
+
+
+def make_comm(kind: str):
+    return TorchDistComm() if kind == "torch_distributed" else HorovodComm()
