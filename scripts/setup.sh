@@ -14,6 +14,8 @@ PETASTORM_VERSION=0.13.1
 WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # "all" also installs the Tux Paint, KLettres, espeak and chromium packages
 
 log() { printf '[setup] %s\n' "$*"; }
+# This machine kind's pip config lists local indexes that may be absent; drop pip's noise about them.
+quiet_pip() { "$VPY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2); }
 
 # ---- system packages ---------------------------------------------------------------------------
 apt_pkgs=(dataset-fashion-mnist)
@@ -40,11 +42,11 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 stamp="$VENV/.sparkzoo-reqs-$(sha1sum "$ROOT/requirements.txt" | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   log "pip install requirements (torch pinned, CPU wheel)"
-  "$VPY" -m pip install -q --upgrade "pip<27" "setuptools>=77" wheel
+  quiet_pip install -q --upgrade "pip<27" "setuptools>=77" wheel
   # torch first and alone, so pip never resolves it together with petastorm (see README "Pins").
-  "$VPY" -m pip install -q "torch==2.13.0"
-  "$VPY" -m pip install -q -r "$ROOT/requirements.txt"
-  "$VPY" -m pip install -q --no-deps "petastorm==$PETASTORM_VERSION"
+  quiet_pip install -q "torch==2.13.0"
+  quiet_pip install -q -r "$ROOT/requirements.txt"
+  quiet_pip install -q --no-deps "petastorm==$PETASTORM_VERSION"
   touch "$stamp"
 fi
 
@@ -56,7 +58,7 @@ if ! "$VPY" -c "import horovod.torch" >/dev/null 2>&1; then
     log "building horovod $HOROVOD_VERSION from sdist (PyTorch + Gloo, C++17; about 3 minutes)"
     build="$(mktemp -d)"
     trap 'rm -rf "$build"' EXIT
-    "$VPY" -m pip download -q --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
+    quiet_pip download -q --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
     tar -xzf "$build"/horovod-"$HOROVOD_VERSION".tar.gz -C "$build"
     src="$build/horovod-$HOROVOD_VERSION"
     sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
@@ -64,13 +66,13 @@ if ! "$VPY" -c "import horovod.torch" >/dev/null 2>&1; then
     grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt"
     (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
       HOROVOD_WITHOUT_MPI=1 HOROVOD_WITH_GLOO=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
-      "$VPY" -m pip wheel -q --no-build-isolation --no-deps -w "$CACHE/wheels" . )
+      quiet_pip wheel -q --no-build-isolation --no-deps -w "$CACHE/wheels" . )
     whl=$(ls "$CACHE"/wheels/horovod-"$HOROVOD_VERSION"-*.whl | head -n1)
   fi
   log "installing $whl"
-  "$VPY" -m pip install -q --no-deps "$whl"
+  quiet_pip install -q --no-deps "$whl"
 fi
 
 # ---- sparkzoo itself ---------------------------------------------------------------------------
-"$VPY" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
+quiet_pip install -q --no-deps --no-build-isolation -e "$ROOT"
 "$VPY" -c "import horovod.torch, petastorm, pyspark, mlflow, torch; print('[setup] stack ok: torch', torch.__version__, 'pyspark', pyspark.__version__, 'mlflow', mlflow.__version__)"

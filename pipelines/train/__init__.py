@@ -35,6 +35,7 @@ class TrainResult:
     wall_seconds: float
     resumed_from: str | None
     promotion: str
+    first_step_seconds: float = 0.0
     ranks: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -55,7 +56,7 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
         run_id = track.start_run(exp, dataset_version=ds.version, world_size=exp.train.num_proc)
     ctx = {"run_id": run_id, "dataset_path": ds.path, "manifest": ds.manifest,
            "checkpoint_dir": paths.checkpoint_dir(exp, run_id), "resume_from": resume_from,
-           "fault": fault}
+           "fault": fault, "launched_at": time.time()}
     try:
         ranks = launch(exp, ctx, spark)
     except BaseException:
@@ -74,4 +75,4 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
     aliases = ["candidate"] + (["champion"] if promoted else [])
     return TrainResult(run_id, exp.model_name, version, aliases, summary["test"], summary["history"],
                        summary["parameters"], summary["train_seconds"], summary["train_samples_per_second"],
-                       time.time() - started, resume_from, reason, ranks)
+                       time.time() - started, resume_from, reason, summary["first_step_seconds"], ranks)

@@ -130,6 +130,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
 
     ckpt_dir = ctx["checkpoint_dir"]
     fault = tuple(ctx["fault"]) if ctx.get("fault") else None   # (rank, epoch, step) to kill, tests only
+    first_step_at = None
     started = time.time()
     samples_seen = 0
     train_seconds = 0.0
@@ -145,6 +146,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         for step, batch in enumerate(train_reader.epoch(epoch, steps=steps)):
             if fault is not None and fault == (rank, epoch + 1, step):
                 os.kill(os.getpid(), 9)   # fault injection for the resume test: this rank dies, no goodbye
+            if first_step_at is None:
+                first_step_at = time.time()
             x, y = to_device(batch)
             with comm.accumulation_context(model, step, every):
                 logits = model(x)
@@ -187,6 +190,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
 
     test_metrics, test_conf = evaluate("test") if manifest["splits"]["test"]["rows"] else ({}, None)
     result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
+              "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
         result.update(_finish(exp, ctx, comm.unwrap(model), history, test_metrics, test_conf, count_parameters(model),

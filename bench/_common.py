@@ -1,0 +1,51 @@
+"""Shared by the benchmarks: load the config, make sure the dataset exists, time things, print ratios."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def experiment(*overrides: str, conf: str = "conf/fashion_mnist_cnn.yaml"):
+    from sparkzoo.pipelines import config
+
+    return config.load(ROOT / conf, list(overrides))
+
+
+def prepared(exp):
+    """The prepared dataset for this config; prepares it (Spark) only when it is missing."""
+    from sparkzoo.pipelines import prepare
+    from sparkzoo.pipelines.dataset import open_prepared
+
+    prepare.run(exp)
+    return open_prepared(exp)
+
+
+def median_rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]]:
+    """Run ``fn`` (returns items done) ``repeats`` times; median items/s and every rate."""
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates), rates
+
+
+def machine() -> str:
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def report(title: str, ours: tuple[str, float], baselines: list[tuple[str, float]], unit: str = "samples/s") -> None:
+    name, value = ours
+    print(f"== {title} ({machine()}, {time.strftime('%Y-%m-%d')})")
+    print(f"   {name}: {value:,.0f} {unit}")
+    for bname, bvalue in baselines:
+        print(f"   {bname}: {bvalue:,.0f} {unit}   ratio ours/{bname} = {value / bvalue:.2f}x")

@@ -1,0 +1,57 @@
+"""Scaling on one machine: training samples/s with 2 ranks x 1 thread vs 1 rank x 1 thread (and 1 rank x
+2 threads for reference), Horovod on Spark, same data, model and batch size per rank; plus the time from
+job start to the first training step, Horovod on Spark vs Spark's TorchDistributor.
+
+    .venv/bin/python bench/scaling.py [--steps 300] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from _common import ROOT, experiment, prepared, report
+
+
+def run(spark, steps: int, batch: int, procs: int, threads: int, backend: str = "horovod_spark"):
+    from sparkzoo.pipelines import train
+
+    exp = experiment(f"workspace={ROOT / 'workspace' / 'bench'}", f"train.backend={backend}",
+                     f"train.num_proc={procs}", f"train.threads_per_rank={threads}", "train.epochs=2",
+                     f"train.max_steps_per_epoch={steps}", f"train.batch_size={batch}", "train.progress=false",
+                     "spark.master=local[2]", f"name=bench_scaling_{procs}x{threads}_{backend}")
+    return train.run(exp, spark)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    exp = experiment(f"workspace={ROOT / 'workspace' / 'bench'}", "spark.master=local[2]")
+    prepared(exp)
+    from sparkzoo.pipelines.session import get_spark
+
+    spark = get_spark(exp)
+    rates = {"2x1": [], "1x1": [], "1x2": []}
+    first = {"horovod_spark": [], "torch_distributor": []}
+    for _ in range(args.repeats):
+        for key, (p, t) in {"2x1": (2, 1), "1x1": (1, 1), "1x2": (1, 2)}.items():
+            r = run(spark, args.steps, args.batch_size, p, t)
+            rates[key].append(r.history[-1]["samples_per_second"])
+            if key == "2x1":
+                first["horovod_spark"].append(r.first_step_seconds)
+        r = run(spark, max(10, args.steps // 10), args.batch_size, 2, 1, backend="torch_distributor")
+        first["torch_distributor"].append(r.first_step_seconds)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    report("scaling, Horovod on Spark, LeNet-like CNN, batch %d per rank" % args.batch_size,
+           ("2 ranks x 1 thread", med["2x1"]), [("1 rank x 1 thread", med["1x1"]), ("1 rank x 2 threads", med["1x2"])])
+    hs, td = statistics.median(first["horovod_spark"]), statistics.median(first["torch_distributor"])
+    print(f"   time from job start to first training step: Horovod on Spark {hs:.1f}s, TorchDistributor {td:.1f}s, "
+          f"ratio {hs / td:.2f}x")
+    print(f"   raw: {rates}, first step {first}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""A real multi-process Spark standalone cluster on 127.0.0.1: a master and two workers started with the
+pyspark distribution's ``spark-class``, the pipeline submitted with ``spark-submit --master spark://...``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from .conftest import CONF, ROOT, SUBSAMPLE
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 60.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@contextmanager
+def standalone_cluster(workdir: Path, workers: int = 2):
+    import pyspark
+
+    spark_home = Path(pyspark.__file__).parent
+    env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
+           "PYSPARK_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(workdir / "work")}
+    port, ui = _free_port(), _free_port()
+    cls = str(spark_home / "bin" / "spark-class")
+    procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                               "--webui-port", str(ui)], env=env, stdout=open(workdir / "master.log", "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)]
+    try:
+        _wait_port(port)
+        for i in range(workers):
+            procs.append(subprocess.Popen(
+                [cls, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
+                 "--cores", "1", "--memory", "2g", "--webui-port", str(_free_port())],
+                env=env, stdout=open(workdir / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        time.sleep(8)   # workers register with the master
+        yield f"spark://127.0.0.1:{port}", env
+    finally:
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_pipeline_runs_unchanged_on_a_standalone_cluster(tmp_path):
+    ws = tmp_path / "ws"
+    with standalone_cluster(tmp_path) as (master, env):
+        proc = subprocess.run(
+            [str(VENV_BIN / "spark-submit"), "--master", master, "--conf", f"spark.pyspark.python={sys.executable}",
+             "--conf", "spark.executor.memory=1g", str(ROOT / "jobs" / "run.py"), "--conf", str(CONF),
+             "--set", f"workspace={ws}", "--set", f"data.max_records={SUBSAMPLE // 2}", "--set", "train.epochs=1",
+             "--set", "train.num_proc=2", "--set", "train.progress=false"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    out = proc.stdout
+    assert "sparkzoo run: done" in out and "registered model fashion_mnist_cnn version 1" in out
+    assert f"scored {SUBSAMPLE // 2} rows" in out
+    # the two ranks ran in executor processes on the workers, not in the driver
+    logs = list((tmp_path / "work").rglob("stderr"))
+    assert len({p.parent.name for p in logs}) >= 2

@@ -1,0 +1,83 @@
+"""Training engine: determinism, resume after a rank is killed, the three launch backends.
+
+Short runs (a few steps per epoch) on the real Fashion-MNIST subsample, in a workspace of their own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sparkzoo.pipelines import prepare, track, train
+from sparkzoo.pipelines.errors import TrainingError
+
+QUICK = ["train.epochs=3", "train.max_steps_per_epoch=12", "train.batch_size=32", "name=engine"]
+TIMING = {"epoch_seconds", "samples_per_second"}
+
+
+def _metrics(history):
+    return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
+
+
+@pytest.fixture(scope="module")
+def engine_exp(make_exp, spark, tmp_path_factory):
+    ws = tmp_path_factory.mktemp("engine")
+    exp = make_exp(*QUICK, ws=ws)
+    prepare.run(exp, spark)
+    return lambda *extra: make_exp(*QUICK, *extra, ws=ws)
+
+
+@pytest.fixture(scope="module")
+def baseline(engine_exp, spark):
+    return train.run(engine_exp(), spark)
+
+
+def test_same_seed_same_metrics(baseline, engine_exp, spark):
+    again = train.run(engine_exp(), spark)
+    assert again.run_id != baseline.run_id
+    assert _metrics(again.history) == _metrics(baseline.history)
+    assert again.test == baseline.test
+
+
+def test_killed_rank_fails_clearly_and_resume_matches(baseline, engine_exp, spark):
+    exp = engine_exp()
+    with pytest.raises(TrainingError) as err:
+        train.run(exp, spark, fault=(1, 2, 5))        # rank 1 dies in the middle of epoch 2
+    assert "resume" in str(err.value)
+    failed = track.find_unfinished_run(exp)
+    assert failed is not None and track.client(exp).get_run(failed).info.status == "FAILED"
+
+    resumed = train.run(exp, spark)
+    assert resumed.run_id == failed                         # same MLflow run continues
+    assert resumed.resumed_from.endswith("epoch-0000.pt")   # from the epoch-1 checkpoint
+    final, expected = resumed.history[-1], baseline.history[-1]
+    assert len(resumed.history) == 3
+    for key in ("val_loss", "val_accuracy", "train_loss"):
+        assert abs(final[key] - expected[key]) <= 1e-6, key
+    assert resumed.test == pytest.approx(baseline.test, abs=1e-6)
+    steps = [m.step for m in track.client(exp).get_metric_history(resumed.run_id, "val_accuracy")]
+    assert sorted(set(steps)) == [1, 2, 3]
+
+
+def test_horovodrun_backend_matches_horovod_on_spark(baseline, engine_exp):
+    r = train.run(engine_exp("train.backend=horovodrun"))
+    assert _metrics(r.history) == _metrics(baseline.history)
+
+
+def test_torch_distributor_backend_trains(baseline, engine_exp, spark):
+    r = train.run(engine_exp("train.backend=torch_distributor"), spark)
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+    assert r.test["accuracy"] > 0.5
+    assert abs(r.test["accuracy"] - baseline.test["accuracy"]) < 0.1
+
+
+def test_gradient_accumulation_and_fp16_compression(engine_exp, spark):
+    r = train.run(engine_exp("train.backward_passes_per_step=2", "train.fp16_compression=true",
+                             "train.warmup_epochs=1"), spark)
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"] and r.test["accuracy"] > 0.5
+
+
+def test_early_stopping_stops(engine_exp, spark):
+    # a learning rate too small to move the weights: val accuracy never improves after epoch 1
+    r = train.run(engine_exp("train.epochs=6", "train.early_stopping_patience=1", "train.lr=1e-12",
+                             "train.optimizer=sgd"), spark)
+    assert len(r.history) == 2
