@@ -81,6 +81,7 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(0.0, ge=0.0)
     fp16_compression: bool = False
     backward_passes_per_step: int = Field(1, ge=1)
+    amp: bool = True               # bf16 autocast on CUDA devices; ignored on CPU
     shuffle_buffer: int = Field(4096, ge=1)
     prefetch_batches: int = Field(8, ge=1)
     max_steps_per_epoch: Optional[int] = Field(None, gt=0)

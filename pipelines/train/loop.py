@@ -99,6 +99,13 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         (start_epoch, history, scheduler.last_epoch, best, stale), name="resume")
     scheduler.last_epoch = last
 
+    def autocast():
+        import contextlib
+
+        if use_cuda and tc.amp:   # bf16 needs no loss scaling, so it composes with any optimizer wrapper
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def to_device(batch: dict[str, np.ndarray]):
         x = _to_tensor(batch["image"], mean, std).to(device, non_blocking=True)
         y = torch.from_numpy(batch["label"]).to(device, non_blocking=True)
@@ -119,7 +126,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         with torch.inference_mode():
             for batch in reader(split).full_pass(batch_size=max(tc.batch_size, 512)):
                 x, y = to_device(batch)
-                logits = net(x)
+                with autocast():
+                    logits = net(x).float()
                 for k, v in task.metric_sums(logits, y).items():
                     sums[k] += v
                 pred = logits.argmax(1).cpu().numpy()
@@ -149,9 +157,9 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             if first_step_at is None:
                 first_step_at = time.time()
             x, y = to_device(batch)
-            with comm.accumulation_context(model, step, every):
+            with comm.accumulation_context(model, step, every), autocast():
                 logits = model(x)
-                loss = task.loss(logits, y)
+                loss = task.loss(logits.float(), y)
                 (loss / every).backward()
             if (step + 1) % every == 0:
                 opt.step()
@@ -182,6 +190,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             state = {"model": comm.unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
                      "epoch": epoch, "history": history, "rng": checkpoint.rng_state(), "best": best, "stale": stale}
             path = checkpoint.save(ckpt_dir, epoch, state)
+            _log_checkpoint(exp, ctx, state)
             print(f"[sparkzoo] epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
                   f"train_acc={record['train_accuracy']:.4f} val_acc={record.get('val_accuracy', float('nan')):.4f} "
                   f"{record['samples_per_second']:.0f} samples/s; checkpoint {path}", flush=True)
@@ -215,6 +224,18 @@ def _log_epoch(exp, ctx: dict[str, Any], record: dict[str, float], epoch: int) -
 
     metrics = {k: v for k, v in record.items() if k != "epoch"}
     track.log_metrics(exp, ctx["run_id"], metrics, step=epoch + 1)
+
+
+def _log_checkpoint(exp, ctx: dict[str, Any], state: dict[str, Any]) -> None:
+    """The newest checkpoint also goes to the run's artefacts (one file, replaced every epoch)."""
+    import torch
+
+    from sparkzoo.pipelines import track
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "last.pt")
+        torch.save(state, path)
+        track.log_artifact(exp, ctx["run_id"], path, "checkpoints")
 
 
 def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_conf, n_params: int, train_seconds: float,
