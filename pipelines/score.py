@@ -107,8 +107,13 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
 
     spec = Predictor.from_dir(os.path.join(model_dir, "artifacts")).spec
     per = spec["shape"]["height"] * spec["shape"]["width"] * spec["shape"]["channels"]
-    spark.sparkContext.addFile(model_dir, recursive=True)
-    model_file = os.path.basename(model_dir.rstrip("/"))
+    # One archive, unpacked once per executor: addFile of a directory only works on a local master.
+    import shutil
+
+    archive = shutil.make_archive(os.path.join(tempfile.mkdtemp(prefix="sparkzoo-ship-"), f"sparkzoo-{name}-v{version}"),
+                                  "zip", model_dir)
+    spark.sparkContext.addArchive(archive)
+    model_file = os.path.basename(archive)
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
