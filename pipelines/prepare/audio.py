@@ -203,7 +203,9 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         stack.enter_context(files.sized_tasks(spark, chosen, exp.prepare.tasks_per_core))
         df = files.binary_files(spark, src.path, chosen, src.extensions, explicit=bool(exp.data.max_records))
         df = df.select("path", "content")
+        empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
     else:
+        empty = None
         from .images import _attach_content
 
         ctx["needs_label"] = bool(src.label_column)
@@ -225,7 +227,8 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
             index = index.limit(exp.data.max_records)
         df = index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
             .mapInPandas(_attach_content, schema)
-    return df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+    rows = df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+    return rows if empty is None else rows.unionByName(empty)
 
 
 def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[str, Any]]:

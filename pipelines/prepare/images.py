@@ -311,7 +311,9 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         if src.mask == "file":   # mask files sit beside the images; they are read as sidecars, not rows
             df = df.filter(~F.col("path").rlike(f"{_re_escape(src.mask_suffix)}\\.[A-Za-z]+$"))
         ctx = _ctx(exp, src.path)
-        return df.select("path", "content").mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+        rows = df.select("path", "content").mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+        empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
+        return rows if empty is None else rows.unionByName(empty)
     # image_index: a small table on the driver is fine (paths only); the files are read in the tasks
     df = _index_with_content(spark, exp, stack)
     ctx = _ctx(exp, src.path.rsplit("/", 1)[0])

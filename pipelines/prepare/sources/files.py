@@ -116,3 +116,24 @@ def read_bytes(path: str, member: str | None = None) -> bytes:
         if got is None:
             raise KeyError(member)
         return got.read()
+
+
+def empty_file_rows(spark, files: list[dict[str, Any]], root: str, dataset: str, schema: str):
+    """Quarantine rows for 0-byte files, built from the listing: Spark's file scan skips empty files,
+    so without this they would vanish instead of being counted as input records."""
+    import pandas as pd
+
+    empty = [f for f in files if int(f["size"]) == 0]
+    if not empty:
+        return None
+    rels = [relative(f["path"], root) for f in empty]
+    frame = pd.DataFrame({"id": [f"{dataset}/{r}" for r in rels], "source": [local(f["path"]) for f in empty],
+                          "split": ["all"] * len(empty), "stage": ["read"] * len(empty),
+                          "reason": ["empty_file"] * len(empty), "detail": ["the file has 0 bytes"] * len(empty),
+                          "stat_sum": [0.0] * len(empty), "stat_sumsq": [0.0] * len(empty),
+                          "stat_count": [0] * len(empty)})
+    fields = [f.strip().split(" ", 1) for f in schema.split(",")]
+    for name, _ in fields:
+        if name not in frame:
+            frame[name] = None
+    return spark.createDataFrame(frame[[n for n, _ in fields]], schema=schema)
