@@ -49,6 +49,20 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_replicate(args) -> int:
+    from sparkzoo.pipelines.prepare import replicate
+
+    exp = _load(args)
+    r = replicate.run(exp)
+    state = "already replicated (nothing to do)" if r.skipped else \
+        f"replicated in {r.seconds:.1f}s ({sum(r.rows.values()) / max(r.seconds, 1e-9):.0f} rows/s)"
+    print(f"dataset {r.manifest['dataset']} v{r.version}: {state}\n"
+          f"  rows: train={r.rows['train']} val={r.rows['val']} test={r.rows['test']} "
+          f"(from {r.input_records} prepared rows x {exp.replicate.factor})\n  path: {r.path}\n"
+          f"  train on it with: --set data.dataset={r.manifest['dataset']} --set data.version={r.version}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from sparkzoo.pipelines import train
 
@@ -116,6 +130,7 @@ def cmd_ui(args) -> int:
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "prepare": (cmd_prepare, "raw files -> versioned Parquet dataset + manifest + quarantine (Spark)"),
+    "replicate": (cmd_replicate, "grow a prepared dataset N-fold with seeded random augmentation (Spark)"),
     "train": (cmd_train, "Horovod training over the prepared Parquet; logs and registers in MLflow"),
     "score": (cmd_score, "batch scoring of a Parquet table with a registered model (Spark)"),
     "run": (cmd_run, "prepare, train and score in a row, then print a summary"),

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -39,19 +40,171 @@ class SparkConfig(_Strict):
         return value
 
 
-class SourceConfig(_Strict):
-    kind: Literal["idx"] = "idx"
+class _PathSource(_Strict):
     path: str
+
+    @field_validator("path")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        # The data sets setup.sh downloads live in ~/.cache/sparkzoo/data; YAML cannot expand ~ itself.
+        return os.path.expanduser(value) if value.startswith("~") else value
+
+
+class IdxSource(_PathSource):
+    """The four gzip'd IDX files of MNIST / Fashion-MNIST in one folder."""
+
+    kind: Literal["idx"] = "idx"
     label_names: list[str] = Field(default_factory=list)
+
+
+SourceConfig = IdxSource   # the name earlier code and tests import
+
+
+class _FileTree(_PathSource):
+    """What every file-based source shares: a root, which files under it count, and class names."""
+
+    include: list[str] = Field(default_factory=list)   # globs on the path under `path`; empty = all
+    exclude: list[str] = Field(default_factory=list)
+    label_names: list[str] = Field(default_factory=list)  # fixed class order; empty = sorted labels found
+
+
+class ImageFolderSource(_FileTree):
+    """Images in a class-per-subfolder tree; optional mask (alpha channel or a mask file) and caption."""
+
+    kind: Literal["image_folder"]
+    extensions: list[str] = Field(default_factory=lambda: ["png", "jpg", "jpeg", "bmp", "gif", "webp"])
+    label_level: Optional[int] = 0      # which folder under `path` names the class (-1 = parent); null = no label
+    mask: Literal["none", "alpha", "file"] = "none"
+    mask_suffix: str = "_mask"          # mask: file -> <stem><mask_suffix>.png beside the image
+    caption_sidecar: Optional[str] = None   # e.g. ".txt": the first line of <stem>.txt is the caption
+
+
+class ImageIndexSource(_PathSource):
+    """A CSV or Parquet table of image paths (relative to the table's folder) with label/mask/caption."""
+
+    kind: Literal["image_index"]
+    path_column: str = "path"
+    label_column: Optional[str] = "label"
+    mask_column: Optional[str] = None
+    caption_column: Optional[str] = None
+    label_names: list[str] = Field(default_factory=list)
+
+
+class ImageGridSource(_PathSource):
+    """One large image holding equal cells (the OpenCV digits sheet); class = cell row // rows_per_class."""
+
+    kind: Literal["image_grid"]
+    cell_height: int = Field(gt=0)
+    cell_width: int = Field(gt=0)
+    rows_per_class: int = Field(gt=0)
+    rows_per_task: int = Field(5, gt=0)
+    label_names: list[str] = Field(default_factory=list)
+
+
+class TextTableSource(_FileTree):
+    """CSV / TSV / JSON-lines files with a text column and a label column (also inside .tar.gz/.zip)."""
+
+    kind: Literal["text_table"]
+    member: Optional[str] = None        # a file inside the archive at `path`, read in the task
+    format: Literal["csv", "tsv", "jsonl"] = "csv"
+    header: bool = True
+    columns: list[str] = Field(default_factory=list)   # names when header is false
+    text_column: str = "text"
+    label_column: Optional[str] = "label"
+
+
+class TextPairsSource(_FileTree):
+    """(source, target) pairs for seq2seq: CSV / TSV / JSON-lines, or `whitespace` (first space splits)."""
+
+    kind: Literal["text_pairs"]
+    member: Optional[str] = None
+    format: Literal["csv", "tsv", "jsonl", "whitespace"] = "tsv"
+    header: bool = False
+    columns: list[str] = Field(default_factory=lambda: ["source", "target"])
+    source_column: str = "source"
+    target_column: str = "target"
+    comment_prefix: Optional[str] = None
+    source_strip: Optional[str] = None   # regex removed from the source text, e.g. "\\(\\d+\\)$"
+
+
+class AudioFolderSource(_FileTree):
+    """WAV / FLAC / OGG files in a tree; a label or a transcript from the path."""
+
+    kind: Literal["audio_folder"]
+    extensions: list[str] = Field(default_factory=lambda: ["wav", "flac", "ogg"])
+    label_level: Optional[int] = None   # folder under `path` that names the class
+    label_regex: Optional[str] = None   # or: group 1 of this regex on the path under `path` (lower-cased)
+    transcript_regex: Optional[str] = None  # group 1 on the path under `path` is the transcript (CTC)
+
+
+class AudioIndexSource(_PathSource):
+    """A CSV or Parquet table of audio paths (relative to the table's folder) with a label or transcript."""
+
+    kind: Literal["audio_index"]
+    path_column: str = "path"
+    label_column: Optional[str] = None
+    transcript_column: Optional[str] = None
+    label_names: list[str] = Field(default_factory=list)
+
+
+AnySource = Annotated[
+    Union[IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
+          AudioFolderSource, AudioIndexSource],
+    Field(discriminator="kind"),
+]
+SOURCE_KINDS: dict[str, type[BaseModel]] = {
+    m.model_fields["kind"].annotation.__args__[0]: m
+    for m in (IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
+              AudioFolderSource, AudioIndexSource)}
+MODALITY = {"idx": "image", "image_folder": "image", "image_index": "image", "image_grid": "image",
+            "text_table": "text", "text_pairs": "text", "audio_folder": "audio", "audio_index": "audio"}
+
+
+class ImageSettings(_Strict):
+    """Every image leaves prepare at this size and channel count, uint8, channels last."""
+
+    height: int = Field(64, gt=0)
+    width: int = Field(64, gt=0)
+    channels: Literal[1, 3] = 3
+    resize: Literal["stretch", "fit", "crop"] = "fit"   # fit = keep aspect and pad; crop = fill and centre-crop
+    background: Literal["white", "black", "random"] = "white"   # under transparent pixels and padding
+
+
+class TextSettings(_Strict):
+    tokenizer: Literal["word", "char"] = "word"
+    target_tokenizer: Literal["word", "char", "space"] = "word"   # pairs: how the target side splits
+    lowercase: bool = True
+    min_count: int = Field(1, ge=1)
+    max_size: int = Field(30000, ge=8)
+    max_length: int = Field(256, ge=1)       # tokens kept per text (longer texts are cut, not dropped)
+
+
+class AudioSettings(_Strict):
+    sample_rate: int = Field(16000, ge=1000)
+    n_mels: int = Field(40, ge=1)
+    win_ms: float = Field(25.0, gt=0)
+    hop_ms: float = Field(10.0, gt=0)
+    fmin: float = Field(0.0, ge=0)
+    fmax: Optional[float] = None
+    max_seconds: float = Field(10.0, gt=0)   # longer clips are quarantined (too_long)
+    silence_dbfs: float = -60.0              # clips whose peak is below this are quarantined (silent)
 
 
 class DataConfig(_Strict):
     dataset: str
-    source: SourceConfig
+    source: AnySource
     root: str = "data"
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)   # for sources without an official test split
     max_records: Optional[int] = Field(None, gt=0)
     version: Optional[str] = None  # pin a prepared version; null = the one this config and source give
+    image: ImageSettings = ImageSettings()
+    text: TextSettings = TextSettings()
+    audio: AudioSettings = AudioSettings()
+
+    @property
+    def modality(self) -> str:
+        return MODALITY[self.source.kind]
 
 
 class PrepareConfig(_Strict):
@@ -59,6 +212,20 @@ class PrepareConfig(_Strict):
     rows_per_file: int = Field(12000, gt=0)
     row_group_bytes: int = Field(1 << 20, ge=1024)
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    tasks_per_core: int = Field(2, ge=1)      # file sources: Spark tasks per core (few, even tasks win)
+
+
+class ReplicateConfig(_Strict):
+    """`sparkzoo replicate`: grow a prepared set N-fold with seeded random augmentation."""
+
+    factor: int = Field(10, ge=1)
+    dataset: Optional[str] = None        # output name; null = <data.dataset>_x<factor>
+    crop_pad: int = Field(4, ge=0)       # images: random crop after padding this many pixels
+    flip: bool = True                    # images: random horizontal flip
+    noise_std: float = Field(0.02, ge=0)  # images (pixel scale 0..1) and audio (relative noise power)
+    gain_db: float = Field(6.0, ge=0)    # audio: random gain in +-gain_db
+    speed: float = Field(0.1, ge=0, lt=1)  # audio: random tempo change in 1 +- speed
+    token_dropout: float = Field(0.1, ge=0, lt=1)  # text: share of tokens replaced by <unk>
 
 
 class ModelConfig(_Strict):
@@ -127,6 +294,7 @@ class Experiment(_Strict):
     spark: SparkConfig = SparkConfig()
     data: DataConfig
     prepare: PrepareConfig = PrepareConfig()
+    replicate: ReplicateConfig = ReplicateConfig()
     model: ModelConfig
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
@@ -159,7 +327,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("params",):
+        if key == "source" and isinstance(value, dict) and isinstance(out.get(key), dict) \
+                and value.get("kind", "idx") != out[key].get("kind", "idx"):
+            out[key] = copy.deepcopy(value)   # another kind of source: the defaults' idx keys do not apply
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ("params",):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -200,6 +371,9 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     current: Any = model
     for part in loc[:-1]:
         fields = getattr(current, "model_fields", None)
+        if fields is None and part in SOURCE_KINDS:   # a discriminated union: the tag picks the member
+            current = SOURCE_KINDS[part]
+            continue
         if not fields or part not in fields:
             return []
         current = fields[part].annotation

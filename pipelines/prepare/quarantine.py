@@ -37,3 +37,18 @@ def check_threshold(summary: BadSummary, max_bad_fraction: float, where: str) ->
             f"prepare.max_bad_fraction={max_bad_fraction}; by reason: {reasons}; e.g. {shown}. Fix or replace those "
             f"files, or raise prepare.max_bad_fraction to keep the good records"
         )
+
+
+class BadRecord(Exception):
+    """Raised inside a Spark task for one record; the task turns it into a quarantine row and goes on.
+
+    ``reason`` is a short fixed word (the summary and the tests group by it); ``detail`` says what was
+    found, in words a person fixing the file can act on.
+    """
+
+    def __init__(self, reason: str, detail: str, stage: str = "decode") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.stage = reason, detail, stage
+
+    def __reduce__(self):
+        return (BadRecord, (self.reason, self.detail, self.stage))

@@ -136,3 +136,27 @@ def iter_records(tasks: Iterator[pd.DataFrame], dataset: str, label_names: list[
                 yield bad_rows(
                     [f"{dataset}/{t.source_split}/{i:06d}" for i in missing],
                     [f"{t.images}#{i}" for i in missing], t.source_split, "truncated_file", problem)
+
+
+def read(spark, exp):
+    """One Spark task per record range; rows come back flagged good or bad (images.ROW_SCHEMA)."""
+    from ..images import ROW_SCHEMA
+
+    pairs = inspect(exp.data.source.path, exp.data.max_records)   # headers only, on the driver
+    plan = plan_ranges(pairs, exp.prepare.records_per_task)
+    dataset, names, val_fraction = exp.data.dataset, list(exp.data.source.label_names), exp.data.val_fraction
+    records = plan.to_dict("records")
+    tasks = spark.sparkContext.parallelize(records, max(len(records), 1)).toDF(
+        "source_split string, images string, labels string, start long, end long, height long, width long")
+
+    def body(batches):
+        from sparkzoo.pipelines.prepare.sources.idx import iter_records
+        return iter_records(batches, dataset, names, val_fraction)
+
+    return tasks.mapInPandas(body, ROW_SCHEMA)
+
+
+def shape(exp) -> dict[str, int]:
+    """The native image shape from the headers (IDX keeps its size: no resize)."""
+    pair = inspect(exp.data.source.path, exp.data.max_records)[0]
+    return {"channels": 1, "height": pair.height, "width": pair.width}

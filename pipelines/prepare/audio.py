@@ -1,0 +1,266 @@
+"""Audio rows in the prepared-data contract: log-mel ``features`` (float32, frames x mels) + ``n_frames``.
+
+Inside Spark tasks: soundfile decode (WAV / FLAC / OGG), mono, resample to ``data.audio.sample_rate``
+(polyphase), log-mel with a Hann-window STFT and a triangular mel filterbank written here in numpy
+(torchaudio does not load beside this torch). Silent, too-long, empty, truncated and mislabelled
+files are quarantined. Normalisation statistics are one Spark aggregation over the train split;
+transcripts become character ids over a blank-free vocabulary (CTC adds its blank after it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import math
+import os
+import re
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .images import COMMON_SCHEMA, label_ids
+from .quarantine import BadRecord
+from .split import assign
+
+ROW_SCHEMA = COMMON_SCHEMA + (", features binary, n_frames int, n_mels int, sample_rate int, duration double, "
+                              "transcript string")
+EXT_FORMAT = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
+
+
+def _hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+@functools.lru_cache(maxsize=8)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """(n_mels, n_fft // 2 + 1) triangular filters, evenly spaced on the HTK mel scale, area-normalised."""
+    bins = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fb = np.zeros((n_mels, bins.size))
+    for m in range(n_mels):
+        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
+        up = (bins - lo) / max(mid - lo, 1e-9)
+        down = (hi - bins) / max(hi - mid, 1e-9)
+        fb[m] = np.maximum(0.0, np.minimum(up, down))
+        fb[m] *= 2.0 / max(hi - lo, 1e-9)          # Slaney-style: equal area, so wide bands are not louder
+    return fb.astype(np.float32)
+
+
+def log_mel(y: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+    """float32 (frames, n_mels): log(mel power + 1e-6) of a mono signal at settings['sample_rate']."""
+    sr = int(settings["sample_rate"])
+    win = max(1, int(round(sr * settings["win_ms"] / 1000.0)))
+    hop = max(1, int(round(sr * settings["hop_ms"] / 1000.0)))
+    n_fft = 1 << (win - 1).bit_length()
+    if y.size < win:
+        y = np.pad(y, (0, win - y.size))
+    n_frames = 1 + (y.size - win) // hop
+    frames = np.lib.stride_tricks.as_strided(y, shape=(n_frames, win), strides=(y.strides[0] * hop, y.strides[0]))
+    spec = np.fft.rfft(frames * np.hanning(win).astype(np.float32), n=n_fft, axis=1)
+    power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
+    fb = mel_filterbank(sr, n_fft, int(settings["n_mels"]), float(settings["fmin"]),
+                        float(settings["fmax"] or sr / 2.0))
+    return np.log(power @ fb.T + 1e-6).astype(np.float32)
+
+
+def decode(content: bytes | None, ext: str, settings: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """Bytes -> (mono float32 signal at the target rate, duration in s); ``BadRecord`` when unusable."""
+    import soundfile as sf
+
+    if not content:
+        raise BadRecord("empty_file", "the file has 0 bytes")
+    try:
+        with sf.SoundFile(io.BytesIO(content)) as fh:
+            fmt, rate, frames = fh.format, fh.samplerate, fh.frames
+            want = EXT_FORMAT.get(ext.lower())
+            if want is not None and fmt != want:
+                raise BadRecord("wrong_type", f"the file is {fmt} audio behind a .{ext} extension; rename or re-encode it")
+            data = fh.read(dtype="float32", always_2d=True)
+    except BadRecord:
+        raise
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+        raise BadRecord("unreadable", f"soundfile cannot decode {len(content)} bytes ({exc})") from None
+    if frames > 0 and data.shape[0] < frames:
+        raise BadRecord("truncated", f"the header promises {frames} frames, only {data.shape[0]} decode")
+    if data.shape[0] == 0:
+        raise BadRecord("truncated", "no audio frames decode")
+    duration = data.shape[0] / float(rate)
+    if duration > float(settings["max_seconds"]):
+        raise BadRecord("too_long", f"{duration:.1f}s is longer than data.audio.max_seconds={settings['max_seconds']}")
+    y = data.mean(axis=1)
+    peak = float(np.max(np.abs(y))) if y.size else 0.0
+    if peak <= 10 ** (float(settings["silence_dbfs"]) / 20.0):
+        level = 20 * math.log10(peak) if peak > 0 else float("-inf")
+        raise BadRecord("silent", f"peak level {level:.1f} dBFS is below data.audio.silence_dbfs={settings['silence_dbfs']}")
+    target = int(settings["sample_rate"])
+    if rate != target:
+        from scipy.signal import resample_poly
+
+        g = math.gcd(int(rate), target)
+        y = resample_poly(y, target // g, int(rate) // g).astype(np.float32)
+    return np.ascontiguousarray(y, dtype=np.float32), duration
+
+
+def transform_audio(content: bytes | None, ext: str, settings: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """The whole per-file transform (the benchmark's plain loop calls exactly this)."""
+    y, duration = decode(content, ext, settings)
+    return log_mel(y, settings), duration
+
+
+def _label(rel: str, src: dict[str, Any]) -> tuple[str | None, str | None]:
+    label = transcript = None
+    if src.get("label_level") is not None:
+        parts = rel.split("/")[:-1]
+        with contextlib.suppress(IndexError):
+            label = parts[src["label_level"]]
+    if src.get("label_regex"):
+        m = re.search(src["label_regex"], rel)
+        label = m.group(1).lower() if m else None
+    if src.get("transcript_regex"):
+        m = re.search(src["transcript_regex"], rel)
+        transcript = m.group(1) if m else None
+    return label, transcript
+
+
+def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body over binaryFile rows (path, content [, label_name, transcript])."""
+    from .sources.files import local, relative, selected
+
+    src, settings = ctx["source"], ctx["audio"]
+    for frame in frames:
+        out: dict[str, list] = {k: [] for k in ("id", "source", "label_name", "transcript", "features", "n_frames",
+                                                "duration", "reason", "detail", "sum", "sumsq", "count")}
+        for row in frame.itertuples(index=False):
+            path = local(row.path)
+            rel = relative(path, ctx["root"])
+            if src["kind"] == "audio_folder" and not selected(rel, src["include"], src["exclude"]):
+                continue
+            rid = f"{ctx['dataset']}/{rel}"
+            feats, reason, detail, dur = None, None, None, 0.0
+            if src["kind"] == "audio_folder":
+                label, transcript = _label(rel, src)
+            else:
+                label = getattr(row, "label_name", None) or None
+                transcript = getattr(row, "transcript", None) or None
+            try:
+                if ctx["needs_label"] and not label:
+                    raise BadRecord("missing_label", f"no label for {rel} (label_level / label_regex / label column)")
+                if ctx["needs_transcript"] and not transcript:
+                    raise BadRecord("missing_label", f"no transcript for {rel} (transcript_regex / transcript column)")
+                feats, dur = transform_audio(bytes(row.content) if row.content is not None else None,
+                                             os.path.splitext(path)[1].lstrip("."), settings)
+            except BadRecord as bad:
+                reason, detail = bad.reason, bad.detail
+            f64 = feats.astype(np.float64) if feats is not None else None
+            for k, v in (("id", rid), ("source", path), ("label_name", label if feats is not None else None),
+                         ("transcript", transcript.lower() if transcript and feats is not None else None),
+                         ("features", feats.tobytes() if feats is not None else None),
+                         ("n_frames", feats.shape[0] if feats is not None else 0), ("duration", dur),
+                         ("reason", reason), ("detail", detail),
+                         ("sum", float(f64.sum()) if f64 is not None else 0.0),
+                         ("sumsq", float((f64 ** 2).sum()) if f64 is not None else 0.0),
+                         ("count", int(f64.size) if f64 is not None else 0)):
+                out[k].append(v)
+        if not out["id"]:
+            continue
+        n = len(out["id"])
+        yield pd.DataFrame({
+            "id": out["id"], "source": out["source"],
+            "split": assign(out["id"], "all", ctx["val_fraction"], ctx["test_fraction"]),
+            "label_name": out["label_name"],
+            "stage": [None if r is None else "decode" for r in out["reason"]], "reason": out["reason"],
+            "detail": out["detail"], "stat_sum": out["sum"], "stat_sumsq": out["sumsq"],
+            "stat_count": np.array(out["count"], dtype=np.int64),
+            "features": out["features"], "n_frames": np.array(out["n_frames"], dtype=np.int32),
+            "n_mels": np.full(n, int(settings["n_mels"]), dtype=np.int32),
+            "sample_rate": np.full(n, int(settings["sample_rate"]), dtype=np.int32),
+            "duration": out["duration"], "transcript": out["transcript"],
+        })
+
+
+def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):
+    from pyspark.sql import functions as F
+
+    from .sources import files
+
+    src = exp.data.source
+    ctx = {"source": src.model_dump(mode="json"), "dataset": exp.data.dataset,
+           "audio": exp.data.audio.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
+           "test_fraction": exp.data.test_fraction}
+    if src.kind == "audio_folder":
+        ctx["needs_label"] = src.label_level is not None or bool(src.label_regex)
+        ctx["needs_transcript"] = bool(src.transcript_regex)
+        ctx["root"] = src.path
+        chosen = files.matching(listing, src.path, src.extensions, src.include, src.exclude)
+        if exp.data.max_records:
+            chosen = chosen[: exp.data.max_records]
+        stack.enter_context(files.sized_tasks(spark, chosen, exp.prepare.tasks_per_core))
+        df = files.binary_files(spark, src.path, chosen, src.extensions, explicit=bool(exp.data.max_records))
+        df = df.select("path", "content")
+        empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
+    else:
+        empty = None
+        from .images import _attach_content
+
+        ctx["needs_label"] = bool(src.label_column)
+        ctx["needs_transcript"] = bool(src.transcript_column)
+        base = files.local(src.path).rsplit("/", 1)[0]
+        ctx["root"] = base
+        table = (spark.read.parquet(src.path) if src.path.endswith(".parquet")
+                 else spark.read.option("header", "true").csv(src.path))
+        cols = [F.concat(F.lit(base + "/"), F.col(src.path_column)).alias("path")]
+        schema = "path string, content binary"
+        if src.label_column:
+            cols.append(F.col(src.label_column).cast("string").alias("label_name"))
+            schema += ", label_name string"
+        if src.transcript_column:
+            cols.append(F.col(src.transcript_column).alias("transcript"))
+            schema += ", transcript string"
+        index = table.select(*cols)
+        if exp.data.max_records:
+            index = index.limit(exp.data.max_records)
+        df = index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
+            .mapInPandas(_attach_content, schema)
+    rows = df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+    return rows if empty is None else rows.unionByName(empty)
+
+
+def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[str, Any]]:
+    from pyspark.sql import functions as F
+
+    from . import manifest as manifest_mod
+    from . import text
+
+    src = exp.data.source
+    train = totals.get("train", {"sum": 0.0, "sumsq": 0.0, "count": 0})
+    stats = manifest_mod.pixel_stats(train["sum"] or 0.0, train["sumsq"] or 0.0, float(train["count"] or 0))
+    a = exp.data.audio
+    extra: dict[str, Any] = {
+        "stats": stats,
+        "shape": {"n_mels": a.n_mels, "sample_rate": a.sample_rate, "hop_ms": a.hop_ms, "win_ms": a.win_ms},
+        "features": {"kind": "log_mel", "dtype": "float32", "layout": "frames x n_mels", "log_floor": 1e-6},
+        "lengths": {"n_frames": text.length_stats(good.filter(F.col("split") == "train"), "n_frames")},
+    }
+    cols = ["id", "source", "features", "n_frames", "n_mels", "sample_rate", "duration"]
+    df = good
+    has_transcript = bool(getattr(src, "transcript_regex", None) or getattr(src, "transcript_column", None))
+    if has_transcript:
+        df, vocab, lengths = text.add_token_ids(df, exp, "transcript", "target_ids", "char", specials=[],
+                                                vocab_from=lambda d: d)
+        extra["vocab"] = {"target": vocab}
+        extra["ctc"] = {"blank_index": len(vocab), "note": "the vocabulary holds no blank; CTC uses id len(vocab)"}
+        extra["lengths"]["target"] = lengths
+        extra["task"] = "ctc"
+        cols += ["transcript", "target_ids", "target_length"]
+    if label_names:
+        df = df.withColumn("label", label_ids(label_names))
+        cols += ["label", "label_name"]
+        extra.setdefault("task", "classification")
+    extra.setdefault("task", "features")
+    return df.select("split", *cols), extra
