@@ -17,7 +17,9 @@ sys.path.insert(0, str(ROOT))
 def experiment(*overrides: str, conf: str = "conf/fashion_mnist_cnn.yaml"):
     from sparkzoo.pipelines import config
 
-    return config.load(ROOT / conf, list(overrides))
+    # the repository's workspace, whatever the current directory (later overrides win)
+    return config.load(ROOT / conf, [f"workspace={ROOT / 'workspace'}", "spark.conf.spark.ui.showConsoleProgress=false",
+                                     *overrides])
 
 
 def prepared(exp):

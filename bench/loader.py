@@ -10,6 +10,7 @@ the LeNet-like CNN consumes per second on one thread (from bench/overhead.py's p
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import numpy as np
 
@@ -74,10 +75,15 @@ def main() -> None:
     args = ap.parse_args()
     ds = prepared(experiment())
     b = args.batch_size
-    ours_rate, ours_all = median_rate(lambda: ours(ds, 0, 2, b, shuffle=True), args.repeats)
-    ours_seq, _ = median_rate(lambda: ours(ds, 0, 2, b, shuffle=False), args.repeats)
-    pa_rate, pa_all = median_rate(lambda: plain_pyarrow(ds, 0, 2, b), args.repeats)
-    ps_rate, ps_all = median_rate(lambda: petastorm_default(ds, 0, 2, b), max(2, args.repeats // 2))
+    sides = {"ours": lambda: ours(ds, 0, 2, b, shuffle=True), "seq": lambda: ours(ds, 0, 2, b, shuffle=False),
+             "pyarrow": lambda: plain_pyarrow(ds, 0, 2, b), "petastorm": lambda: petastorm_default(ds, 0, 2, b)}
+    raw: dict[str, list[float]] = {k: [] for k in sides}
+    for _ in range(args.repeats):   # interleaved, so CPU steal hits every side alike
+        for key, fn in sides.items():
+            raw[key].append(median_rate(fn, 1)[0])
+    med = {k: statistics.median(v) for k, v in raw.items()}
+    ours_rate, ours_seq, pa_rate, ps_rate = med["ours"], med["seq"], med["pyarrow"], med["petastorm"]
+    ours_all, pa_all, ps_all = raw["ours"], raw["pyarrow"], raw["petastorm"]
     report("loader, rank 0 of 2, Fashion-MNIST train split", ("sparkzoo ShardReader (shuffled epoch)", ours_rate),
            [("plain pyarrow iter_batches", pa_rate), ("petastorm DataLoader", ps_rate)])
     print(f"   sparkzoo ShardReader in file order (evaluation pass): {ours_seq:,.0f} samples/s")
