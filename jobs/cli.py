@@ -73,8 +73,10 @@ def cmd_train(args) -> int:
 
 
 def _train_summary(r) -> str:
-    acc = r.test.get("accuracy")
-    return (f"trained {r.model_name}: test accuracy {acc:.4f}\n" if acc is not None else f"trained {r.model_name}\n") + (
+    acc, ece = r.test.get("accuracy"), r.test.get("ece")
+    calibration = f", calibration error (ECE) {ece:.4f}" if ece is not None else ""
+    return (f"trained {r.model_name}: test accuracy {acc:.4f}{calibration}\n" if acc is not None
+            else f"trained {r.model_name}\n") + (
         f"  training time {r.train_seconds:.1f}s, {r.samples_per_second:.0f} samples/s, {r.parameters:,} parameters\n"
         f"  MLflow run {r.run_id}; registered model {r.model_name} version {r.model_version} "
         f"aliases {', '.join(r.aliases)}\n  {r.promotion}")
@@ -91,7 +93,9 @@ def cmd_score(args) -> int:
 
 def _score_summary(r) -> str:
     acc = f", accuracy {r.accuracy:.4f}" if r.accuracy is not None else ""
-    return (f"scored {r.scored_rows} rows with {r.model_name} v{r.model_version} in {r.seconds:.1f}s{acc}; "
+    rate = r.input_rows / r.seconds if r.seconds else 0.0
+    return (f"scored {r.scored_rows} rows with {r.model_name} v{r.model_version} in {r.seconds:.1f}s "
+            f"({rate:.0f} rows/s){acc}; "
             f"rejected {r.rejected_rows}\n  predictions: {r.output}/model_version={r.model_version}/run_date={r.run_date}")
 
 
@@ -106,7 +110,8 @@ def cmd_run(args) -> int:
     ui = f"sparkzoo ui --conf {args.conf}" if args.conf else "sparkzoo ui"
     print("\n" + "=" * 72 + "\nsparkzoo run: done\n" + "=" * 72)
     print(f"prepared rows: train={p.rows['train']} val={p.rows['val']} test={p.rows['test']} "
-          f"(quarantined {p.quarantined}){' [reused]' if p.skipped else ''}")
+          f"(quarantined {p.quarantined})"
+          f"{' [reused]' if p.skipped else f' in {p.seconds:.1f}s ({p.rows_per_second:.0f} rows/s)'}")
     print(_train_summary(t))
     print(_score_summary(s))
     print(f"MLflow store: {track.tracking_uri(exp)}\nopen the MLflow UI: {ui}   (or: make ui)")
@@ -123,9 +128,35 @@ def cmd_ui(args) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", track.tracking_uri(exp),
            "--default-artifact-root", "file://" + track.artifact_location(exp), "--host", host, "--port", str(port),
            "--workers", "1"]
+    # mlflow 3.x also starts seven huey job consumers for GenAI features (prompt optimisation, trace
+    # roll-ups) that sparkzoo never uses and that keep 2 cores busy; off unless the user asks for them.
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     print(f"MLflow UI on http://{host}:{port}  ({' '.join(shlex.quote(c) for c in cmd)})", flush=True)
     os.execv(sys.executable, cmd)
     return 0  # pragma: no cover
+
+
+def cmd_doctor(args) -> int:
+    """Check the machine for what this config needs; exit 2 naming what is missing, 0 when ready."""
+    from sparkzoo.pipelines import config, doctor
+    from sparkzoo.pipelines.errors import ConfigError, SetupError
+
+    failed: list[str] = []
+    try:
+        exp = _load(args)
+        print(f"sparkzoo doctor: checking this machine for {exp.source_file}", flush=True)
+    except ConfigError as exc:
+        print(f"  {'MISSING':<8} {'config':<15} {exc}", flush=True)
+        failed.append("config")
+        exp = config.load(None)
+        print(f"  {'':<8} {'':<15} (the checks below use conf/defaults.yaml)", flush=True)
+    checks = doctor.run_checks(exp, args.min_free_gb, progress=lambda c: print(doctor.format_check(c), flush=True))
+    failed += [c.name for c in checks if c.required and not c.ok]
+    if failed:
+        raise SetupError(f"doctor: {len(failed)} required check(s) failed: {', '.join(failed)}; "
+                         f"apply the fixes printed above and run sparkzoo doctor again")
+    print("sparkzoo doctor: ready (every required check passed)")
+    return 0
 
 
 COMMANDS: dict[str, tuple[Callable, str]] = {
@@ -135,7 +166,18 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "score": (cmd_score, "batch scoring of a Parquet table with a registered model (Spark)"),
     "run": (cmd_run, "prepare, train and score in a row, then print a summary"),
     "ui": (cmd_ui, "start the MLflow UI on this experiment's store (127.0.0.1 by default)"),
+    "doctor": (cmd_doctor, "check Java, Spark, Horovod (Gloo + torch), petastorm, the MLflow store and free disk"),
 }
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,6 +208,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if name == "ui":
             p.add_argument("--host", help="bind address (default from ui.host: 127.0.0.1)")
             p.add_argument("--port", type=int, help="port (default from ui.port: 5000)")
+        if name == "doctor":
+            p.add_argument("--min-free-gb", type=_positive_float, default=2.0, metavar="GB",
+                           help="free disk space the workspace needs (default: 2)")
         p.set_defaults(func=func)
     return parser
 

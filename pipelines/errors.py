@@ -32,3 +32,7 @@ class ScoringError(SparkzooError):
 
 class RegistryError(SparkzooError):
     """The MLflow registry does not hold what the job asked for."""
+
+
+class SetupError(SparkzooError):
+    """The machine lacks something the pipeline needs (Java, Horovod, a reachable MLflow store, disk)."""

