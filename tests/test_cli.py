@@ -9,7 +9,8 @@ import pytest
 
 from .conftest import CONF, FASHION, ROOT, run_cli
 
-COMMANDS = ["prepare", "train", "score", "run", "ui"]
+STAGES = ["prepare", "replicate", "train", "score", "run", "ui"]   # each has a spark-submit entry jobs/<name>.py
+COMMANDS = STAGES + ["doctor"]
 
 
 def _assert_clean_failure(proc, *needles: str) -> None:
@@ -38,7 +39,7 @@ def test_spark_submit_entry_points_have_help():
     import subprocess
     import sys
 
-    for cmd in COMMANDS:
+    for cmd in STAGES:
         proc = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{cmd}.py"), "--help"], capture_output=True, text=True)
         assert proc.returncode == 0 and "--conf" in proc.stdout
 
@@ -91,3 +92,45 @@ def test_not_prepared_yet(tmp_path):
 def test_score_without_a_model(tmp_path):
     _assert_clean_failure(run_cli("score", "--conf", str(CONF), "--set", f"workspace={tmp_path}"),
                           "fashion_mnist_cnn", "champion", "train it first")
+
+
+def test_bad_flag_value_is_one_line_and_exit_2():
+    proc = run_cli("doctor", "--min-free-gb", "lots")
+    assert proc.returncode == 2 and "--min-free-gb" in proc.stderr and "'lots' is not a number" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_passes_on_this_machine(tmp_path):
+    proc = run_cli("doctor", "--conf", str(CONF), "--set", f"workspace={tmp_path}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status = {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines()[1:-1] if line.startswith("  ")}
+    for name in ("python", "java", "spark", "horovod", "mlflow", "disk"):
+        assert status.get(name) == "ok", proc.stdout
+    assert "gloo" in proc.stdout and "torch extension" in proc.stdout and "ready" in proc.stdout.splitlines()[-1]
+
+
+def test_doctor_names_what_is_missing_and_how_to_fix_it(tmp_path):
+    import socket
+
+    with socket.socket() as s:          # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = run_cli("doctor", "--conf", str(CONF), "--set", f"workspace={tmp_path}", "--set", "train.num_proc=two",
+                   "--set", f"mlflow.tracking_uri=http://127.0.0.1:{port}", "--min-free-gb", "1e9")
+    # the bad value is reported as a failed check, and the other checks still run (on the defaults)
+    _assert_clean_failure(proc, "2 required check(s) failed", "config", "disk")
+    assert "train.num_proc" in proc.stdout
+    # the unreachable server cannot be checked here: a broken config falls back to the defaults' sqlite store
+    assert "MISSING  disk" in proc.stdout and "fix: free some space" in proc.stdout
+    proc = run_cli("doctor", "--conf", str(CONF), "--set", f"workspace={tmp_path}",
+                   "--set", f"mlflow.tracking_uri=http://127.0.0.1:{port}")
+    _assert_clean_failure(proc, "1 required check(s) failed", "tracking store")
+    assert f"http://127.0.0.1:{port}/health unreachable" in proc.stdout and "fix: start the server" in proc.stdout
+
+
+def test_stage_summaries_show_throughput():
+    from sparkzoo.jobs.cli import _score_summary
+    from sparkzoo.pipelines.score import ScoreResult
+
+    line = _score_summary(ScoreResult("m", 3, 10000, 9990, 10, "/out", "/out_rejects", 0.9, 4.0, "2026-11-25"))
+    assert "scored 9990 rows with m v3 in 4.0s (2500 rows/s), accuracy 0.9000; rejected 10" in line
