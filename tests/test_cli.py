@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import CONF, FASHION, ROOT, run_cli
 
-COMMANDS = ["prepare", "train", "score", "run", "ui"]
+COMMANDS = ["prepare", "train", "score", "promote", "run", "ui"]
 
 
 def _assert_clean_failure(proc, *needles: str) -> None:
