@@ -33,7 +33,7 @@ log = logging.getLogger("sparkzoo.score")
 
 OUTPUT_SCHEMA_BASE = "id string, prediction long, confidence float, probability array<float>"
 REJECT_SCHEMA = "id string, reason string, model_name string, model_version int, run_date string"
-_LOADED: dict[tuple, Any] = {}   # per Python worker: (model dir, device, optimisation) -> Predictor
+_LOADED: dict[tuple, Any] = {}   # per Python worker: (model key, device, optimisation) -> Predictor
 _GLOB = set("*?[{")
 
 
@@ -62,6 +62,7 @@ class ShippedModel:
     file: str                      # the name SparkFiles knows the model folder by
     spec: dict[str, Any] = field(hash=False)
     local_dir: str = ""            # the driver's copy (for driver-side checks)
+    key: str = ""                  # registry URI + name + version: what a worker caches the model under
 
     @property
     def pixels_per_row(self) -> int:
@@ -95,7 +96,9 @@ def _device(choice: str) -> str:
 
 def _predictor(local_dir: str, options: dict[str, Any]):
     device = _device(options["device"])
-    key = (local_dir, device, options["optimize"])
+    # Registered versions are immutable, so (registry, name, version) names the weights; a worker reused
+    # by the next job keeps its loaded (and, with optimize=compile, compiled) model.
+    key = (options.get("model_key") or local_dir, device, options["optimize"])
     pred = _LOADED.get(key)
     if pred is None:
         import torch
@@ -140,13 +143,14 @@ def ship_model(spark, exp: Experiment, name: str, version: int) -> ShippedModel:
         spec = json.load(fh)
     spark.sparkContext.addFile(model_dir, recursive=True)
     return ShippedModel(name, version, os.path.basename(model_dir.rstrip("/")), spec,
-                        os.path.join(model_dir, "artifacts"))
+                        os.path.join(model_dir, "artifacts"), f"{track.registry_uri(exp)}|{name}|{version}")
 
 
 def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
     """Rows (id, image, *keep) that fit the model -> id, prediction, confidence, probability, *keep."""
     schema = OUTPUT_SCHEMA_BASE + "".join(f", {c} {dict(df.dtypes)[c]}" for c in keep)
     model_file = shipped.file
+    options = {**options, "model_key": shipped.key}
     return df.select("id", "image", *keep).mapInPandas(
         lambda it: score_batches(it, model_file, keep, options), schema)
 
@@ -233,8 +237,6 @@ def check_optimization(spark, exp: Experiment, shipped: ShippedModel, df, where:
 
     The rows come from the scoring input when it is labelled, else from the prepared test split.
     """
-    import numpy as np
-
     from .modelpack import Predictor
 
     if "label" in df.columns:

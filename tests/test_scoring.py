@@ -189,3 +189,14 @@ def test_scores_on_gpu_like_on_cpu(trained, make_exp):
     cpu, gpu = Predictor.from_dir(f"{local}/artifacts"), Predictor.from_dir(f"{local}/artifacts", device="cuda")
     pixels = cpu.decode(frame["image"])
     assert np.abs(cpu.predict_arrays(pixels)["probability"] - gpu.predict_arrays(pixels)["probability"]).max() < 1e-3
+
+
+def test_nightly_scoring_conf_is_valid_and_incremental():
+    from sparkzoo.pipelines import config
+
+    from .conftest import ROOT
+
+    exp = config.load(ROOT / "conf" / "nightly_scoring.yaml", ["score.run_date=2026-11-25"])
+    assert exp.score.incremental and exp.model_name == "fashion_mnist_cnn" and exp.score.run_date == "2026-11-25"
+    recipe = (ROOT / "docs" / "SCHEDULING.md").read_text()
+    assert "jobs/score.py" in recipe and "score.run_date={{ ds }}" in recipe and "SparkSubmitOperator" in recipe
