@@ -150,6 +150,26 @@ def eager_rate(predictor, x, reps: int, batch: int) -> float:
     return reps * n / (time.perf_counter() - t0)
 
 
+def compare_batch(args) -> None:
+    """Our job at several score.batch_size values vs spark_udf, interleaved: how score.batch_size was chosen."""
+    from sparkzoo.pipelines.session import get_spark
+
+    exp = bench_exp()
+    ds = prepared(exp)
+    spark = get_spark(exp)
+    version = registered_version(exp, spark)
+    path = replicated_input(spark, ds, args.rows)
+    sizes = [int(b) for b in args.compare_batch.split(",")]
+    res: dict[str, list[float]] = {}
+    for rep in range(args.repeats):
+        for b in sizes:
+            res.setdefault(f"ours score.batch_size={b}", []).append(run_ours(exp, spark, path, args.rows, batch=b))
+        res.setdefault("mlflow spark_udf", []).append(run_spark_udf(exp, spark, path, version, args.rows))
+        print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in res.items()), flush=True)
+    for k, v in res.items():
+        print(f"   {k:40s} {statistics.median(v):>10,.0f}   raw {[round(r) for r in v]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -158,8 +178,13 @@ def main() -> None:
     ap.add_argument("--eager-reps", type=int, default=10, help="passes over the 10,000 in-memory test tensors")
     ap.add_argument("--batch-sizes", default="64,256,1024,2048,4096,8192")
     ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt")
+    ap.add_argument("--compare-batch", default="",
+                    help="only compare our job at these score.batch_size values (e.g. 2048,10000) with spark_udf")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    if args.compare_batch:
+        compare_batch(args)
+        return
 
     import mlflow
     import pyarrow.parquet as pq

@@ -107,7 +107,7 @@ class ScoreConfig(_Strict):
     input_path: Optional[str] = None     # a Parquet folder, file or glob
     input_table: Optional[str] = None    # or a catalog (Hive/metastore) table name
     output: str = "predictions"
-    batch_size: int = Field(2048, ge=1)
+    batch_size: int = Field(10000, ge=1)
     run_date: Optional[str] = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
     incremental: bool = False            # score only ids this model version has not scored on earlier dates
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,8 +1,8 @@
 """Batch scoring with a registered model: Spark ``mapInPandas`` over Arrow batches.
 
 The model version is pinned on the driver at job start (an alias that moves mid-job cannot mix
-versions), its files are shipped once with ``addFile``, and each Python worker loads it once, on the
-executor's GPU when it has one. Input is a prepared split, any Parquet path or glob, or a catalog table;
+versions), its files are shipped once as a zip with ``addFile``, and each Python worker loads it once,
+on the executor's GPU when it has one. Input is a prepared split, any Parquet path or glob, or a catalog table;
 a column of the wrong type stops the job before any work, while rows that cannot fit the model (null id
 or image, wrong size, a declared shape that is not the model's) are routed by a native Spark filter to a
 reject table with a reason and the job goes on. Output is Parquet partitioned by model version and run
@@ -59,7 +59,7 @@ class ShippedModel:
 
     name: str
     version: int
-    file: str                      # the name SparkFiles knows the model folder by
+    file: str                      # the name SparkFiles knows the model's zip by
     spec: dict[str, Any] = field(hash=False)
     local_dir: str = ""            # the driver's copy (for driver-side checks)
     key: str = ""                  # registry URI + name + version: what a worker caches the model under
@@ -94,11 +94,31 @@ def _device(choice: str) -> str:
     return "cpu"
 
 
-def _predictor(local_dir: str, options: dict[str, Any]):
+def _unpacked(model_file: str) -> str:
+    """The shipped zip, unpacked once per executor next to it; concurrent workers race safely by rename."""
+    import shutil
+    import zipfile
+
+    from pyspark import SparkFiles
+
+    archive = SparkFiles.get(model_file)
+    target = archive[: -len(".zip")] + ".unpacked"
+    if not os.path.isdir(target):
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(archive), prefix=".unpacking-")
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:   # another worker of this executor got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return os.path.join(target, "artifacts")
+
+
+def _predictor(model_file: str, options: dict[str, Any]):
     device = _device(options["device"])
     # Registered versions are immutable, so (registry, name, version) names the weights; a worker reused
     # by the next job keeps its loaded (and, with optimize=compile, compiled) model.
-    key = (options.get("model_key") or local_dir, device, options["optimize"])
+    key = (options.get("model_key") or model_file, device, options["optimize"])
     pred = _LOADED.get(key)
     if pred is None:
         import torch
@@ -106,17 +126,15 @@ def _predictor(local_dir: str, options: dict[str, Any]):
         from .modelpack import Predictor
 
         torch.set_num_threads(int(options["threads"]))
-        pred = _LOADED[key] = Predictor.from_dir(local_dir, device=device, optimize=options["optimize"])
+        pred = _LOADED[key] = Predictor.from_dir(_unpacked(model_file), device=device, optimize=options["optimize"])
     return pred
 
 
 def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[str],
                   options: dict[str, Any] | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: one model per worker, whole-batch inference, numpy outputs."""
-    from pyspark import SparkFiles
-
     options = options or {"device": "auto", "threads": 1, "optimize": "none"}
-    predictor = _predictor(os.path.join(SparkFiles.get(model_file), "artifacts"), options)
+    predictor = _predictor(model_file, options)
     for frame in batches:
         if frame.empty:
             continue
@@ -141,8 +159,13 @@ def ship_model(spark, exp: Experiment, name: str, version: int) -> ShippedModel:
 
     with open(os.path.join(model_dir, "artifacts", SPEC_FILE)) as fh:
         spec = json.load(fh)
-    spark.sparkContext.addFile(model_dir, recursive=True)
-    return ShippedModel(name, version, os.path.basename(model_dir.rstrip("/")), spec,
+    # One zip, not a folder: Spark ships local folders only on a local master.
+    import shutil
+
+    archive = shutil.make_archive(os.path.join(tempfile.mkdtemp(prefix="sparkzoo-ship-"),
+                                               os.path.basename(local.rstrip("/"))), "zip", model_dir)
+    spark.sparkContext.addFile(archive)
+    return ShippedModel(name, version, os.path.basename(archive), spec,
                         os.path.join(model_dir, "artifacts"), f"{track.registry_uri(exp)}|{name}|{version}")
 
 
