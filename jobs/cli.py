@@ -85,6 +85,8 @@ def _train_summary(r) -> str:
 def cmd_score(args) -> int:
     from sparkzoo.pipelines import score
 
+    if getattr(args, "incremental", False):
+        args.set = [*args.set, "score.incremental=true"]
     exp = _load(args)
     r = score.run(exp)
     print(_score_summary(r))
@@ -94,9 +96,21 @@ def cmd_score(args) -> int:
 def _score_summary(r) -> str:
     acc = f", accuracy {r.accuracy:.4f}" if r.accuracy is not None else ""
     rate = r.input_rows / r.seconds if r.seconds else 0.0
+    skipped = f"; already scored (incremental) {r.skipped_rows}" if r.skipped_rows else ""
     return (f"scored {r.scored_rows} rows with {r.model_name} v{r.model_version} in {r.seconds:.1f}s "
-            f"({rate:.0f} rows/s){acc}; "
-            f"rejected {r.rejected_rows}\n  predictions: {r.output}/model_version={r.model_version}/run_date={r.run_date}")
+            f"({rate:.0f} rows/s){acc}; rejected {r.rejected_rows}{skipped}\n"
+            f"  predictions: {r.output}/model_version={r.model_version}/run_date={r.run_date}\n  rejects: {r.rejects}")
+
+
+def cmd_promote(args) -> int:
+    """Candidate vs champion in Spark; the champion alias moves only if the candidate wins."""
+    from sparkzoo.pipelines import promote
+
+    exp = _load(args)
+    r = promote.rollback(exp, args.rollback_to) if args.rollback_to is not None else promote.run(exp)
+    print(f"{exp.model_name}: {r.decision}; champion is v{r.champion_after}\n  {r.reason}\n"
+          f"  decision logged in MLflow run {r.run_id} and as tags on the version")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -164,6 +178,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "replicate": (cmd_replicate, "grow a prepared dataset N-fold with seeded random augmentation (Spark)"),
     "train": (cmd_train, "Horovod training over the prepared Parquet; logs and registers in MLflow"),
     "score": (cmd_score, "batch scoring of a Parquet table with a registered model (Spark)"),
+    "promote": (cmd_promote, "compare candidate and champion in Spark; move champion only if the candidate wins "
+                             "(--rollback-to N moves it back)"),
     "run": (cmd_run, "prepare, train and score in a row, then print a summary"),
     "ui": (cmd_ui, "start the MLflow UI on this experiment's store (127.0.0.1 by default)"),
     "doctor": (cmd_doctor, "check Java, Spark, Horovod (Gloo + torch), petastorm, the MLflow store and free disk"),
@@ -185,6 +201,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"sparkzoo: error: {message} (see --help)\n")
 
 
+def _extra_args(name: str, p: argparse.ArgumentParser) -> None:
+    """Flags beyond --conf/--set, shared by the subcommand and its spark-submit entry point."""
+    if name == "ui":
+        p.add_argument("--host", help="bind address (default from ui.host: 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (default from ui.port: 5000)")
+    elif name == "score":
+        p.add_argument("--incremental", action="store_true",
+                       help="score only ids this model version has not scored on an earlier run date "
+                            "(same as --set score.incremental=true)")
+    elif name == "promote":
+        p.add_argument("--rollback-to", type=int, metavar="VERSION",
+                       help="move the champion alias back to this version instead of evaluating (logged)")
+    elif name == "doctor":
+        p.add_argument("--min-free-gb", type=_positive_float, default=2.0, metavar="GB",
+                       help="free disk space the workspace needs (default: 2)")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="sparkzoo" if only is None else f"spark-submit jobs/{only}.py",
                      description="sparkzoo: prepare with Spark, train with Horovod, track with MLflow, score with Spark.")
@@ -196,21 +229,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
     if only is not None:
         common(parser)
-        if only == "ui":
-            parser.add_argument("--host")
-            parser.add_argument("--port", type=int)
+        _extra_args(only, parser)
         parser.set_defaults(func=COMMANDS[only][0])
         return parser
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         common(p)
-        if name == "ui":
-            p.add_argument("--host", help="bind address (default from ui.host: 127.0.0.1)")
-            p.add_argument("--port", type=int, help="port (default from ui.port: 5000)")
-        if name == "doctor":
-            p.add_argument("--min-free-gb", type=_positive_float, default=2.0, metavar="GB",
-                           help="free disk space the workspace needs (default: 2)")
+        _extra_args(name, p)
         p.set_defaults(func=func)
     return parser
 

@@ -13,9 +13,17 @@ import torch
 import torch.nn.functional as F
 
 
-def images_to_tensor(pixels: np.ndarray, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W)."""
-    x = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).permute(0, 3, 1, 2).float()
+def images_to_tensor(pixels: np.ndarray, mean: float, std: float, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W).
+
+    With a ``device`` the uint8 pixels move first (a quarter of the float bytes) and are normalised there.
+    The result keeps the NHWC memory order (channels-last strides), which is what oneDNN/cuDNN convolutions
+    prefer anyway.
+    """
+    x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float()
     return (x / 255.0 - mean) / std
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -263,17 +263,32 @@ class MlflowConfig(_Strict):
     artifact_location: str = "{workspace}/mlartifacts"
     experiment: str = "sparkzoo"
     model_name: Optional[str] = None
-    promote_metric: str = "test_accuracy"
-    promote_margin: float = 0.0
+    # What `sparkzoo promote` compares, recomputed in Spark for both models on the same split:
+    # "<split>_<metric>", metric accuracy (higher wins) or loss (mean log loss, lower wins).
+    promote_metric: str = Field("test_accuracy", pattern=r"^(train|val|test)_(accuracy|loss)$")
+    promote_margin: float = Field(0.0, ge=0.0)
 
 
 class ScoreConfig(_Strict):
     model_uri: Optional[str] = None
     input_split: Literal["train", "val", "test"] = "test"
-    input_path: Optional[str] = None
+    input_path: Optional[str] = None     # a Parquet folder, file or glob
+    input_table: Optional[str] = None    # or a catalog (Hive/metastore) table name
     output: str = "predictions"
-    batch_size: int = Field(2048, ge=1)
+    batch_size: int = Field(10000, ge=1)
     run_date: Optional[str] = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
+    incremental: bool = False            # score only ids this model version has not scored on earlier dates
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads_per_worker: int = Field(1, ge=1)
+    optimize: Literal["none", "channels_last", "compile", "int8"] = "none"
+    optimize_check_rows: int = Field(2000, ge=100)
+    optimize_tolerance: float = Field(0.005, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "ScoreConfig":
+        if self.input_path and self.input_table:
+            raise ValueError("set score.input_path or score.input_table, not both")
+        return self
 
     @field_validator("run_date", mode="before")
     @classmethod
@@ -394,7 +409,9 @@ def _explain(exc: ValidationError, where: str) -> ConfigError:
         elif err["type"] == "missing":
             lines.append(f"missing key '{key}' in {where}")
         else:
-            lines.append(f"bad value for '{key}' in {where}: {err['msg']} (got {err.get('input')!r})")
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"   # a whole section is noise
+            lines.append(f"bad value for '{key}' in {where}: {err['msg']}{shown}")
     return ConfigError("; ".join(lines))
 
 

@@ -1,20 +1,25 @@
 """Batch scoring with a registered model: Spark ``mapInPandas`` over Arrow batches.
 
 The model version is pinned on the driver at job start (an alias that moves mid-job cannot mix
-versions), its files are shipped once with ``addFile``, and each Python worker loads it once. Rows that
-cannot fit the model (null or wrong-size input) are routed by a native Spark filter to a reject table
-with a reason; the job goes on. Output is Parquet partitioned by model version and run date, and a
-rerun overwrites only its own partitions.
+versions), its files are shipped once as a zip with ``addFile``, and each Python worker loads it once,
+on the executor's GPU when it has one. Input is a prepared split, any Parquet path or glob, or a catalog table;
+a column of the wrong type stops the job before any work, while rows that cannot fit the model (null id
+or image, wrong size, a declared shape that is not the model's) are routed by a native Spark filter to a
+reject table with a reason and the job goes on. Output is Parquet partitioned by model version and run
+date; a rerun overwrites only its own partitions, and incremental mode skips ids this version already
+scored on earlier dates (an anti-join in Spark). ``promote`` evaluates models through the same
+``ship_model`` / ``score_frame`` pair.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob as _glob
 import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pandas as pd
@@ -28,7 +33,8 @@ log = logging.getLogger("sparkzoo.score")
 
 OUTPUT_SCHEMA_BASE = "id string, prediction long, confidence float, probability array<float>"
 REJECT_SCHEMA = "id string, reason string, model_name string, model_version int, run_date string"
-_LOADED: dict[str, Any] = {}   # per Python worker: model dir -> Predictor
+_LOADED: dict[tuple, Any] = {}   # per Python worker: (model key, device, optimisation) -> Predictor
+_GLOB = set("*?[{")
 
 
 @dataclass
@@ -43,25 +49,92 @@ class ScoreResult:
     accuracy: float | None
     seconds: float
     run_date: str
+    skipped_rows: int = 0          # incremental: ids this version had already scored on earlier dates
+    optimize: str = "none"
 
 
-def _predictor(local_dir: str):
-    pred = _LOADED.get(local_dir)
+@dataclass(frozen=True)
+class ShippedModel:
+    """A pinned model version whose files were sent to every executor (``SparkFiles``) once."""
+
+    name: str
+    version: int
+    file: str                      # the name SparkFiles knows the model's zip by
+    spec: dict[str, Any] = field(hash=False)
+    local_dir: str = ""            # the driver's copy (for driver-side checks)
+    key: str = ""                  # registry URI + name + version: what a worker caches the model under
+
+    @property
+    def pixels_per_row(self) -> int:
+        shape = self.spec["shape"]
+        return shape["height"] * shape["width"] * shape["channels"]
+
+
+def worker_options(exp: Experiment, optimize: str | None = None) -> dict[str, Any]:
+    """Plain values the shipped function closes over (never the Experiment itself)."""
+    return {"device": exp.score.device, "threads": exp.score.threads_per_worker,
+            "optimize": exp.score.optimize if optimize is None else optimize}
+
+
+def _device(choice: str) -> str:
+    """The executor's GPU (the one Spark assigned to this task, if any) when there is one."""
+    import torch
+
+    if choice == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        return f"cuda:{gpus.addresses[0]}" if gpus is not None and gpus.addresses else "cuda"
+    if choice == "cuda":
+        raise ScoringError("score.device=cuda but this executor has no CUDA device; use score.device=auto or cpu, "
+                           "or request GPUs (spark.executor.resource.gpu.amount)")
+    return "cpu"
+
+
+def _unpacked(model_file: str) -> str:
+    """The shipped zip, unpacked once per executor next to it; concurrent workers race safely by rename."""
+    import shutil
+    import zipfile
+
+    from pyspark import SparkFiles
+
+    archive = SparkFiles.get(model_file)
+    target = archive[: -len(".zip")] + ".unpacked"
+    if not os.path.isdir(target):
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(archive), prefix=".unpacking-")
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:   # another worker of this executor got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return os.path.join(target, "artifacts")
+
+
+def _predictor(model_file: str, options: dict[str, Any]):
+    device = _device(options["device"])
+    # Registered versions are immutable, so (registry, name, version) names the weights; a worker reused
+    # by the next job keeps its loaded (and, with optimize=compile, compiled) model.
+    key = (options.get("model_key") or model_file, device, options["optimize"])
+    pred = _LOADED.get(key)
     if pred is None:
         import torch
 
         from .modelpack import Predictor
 
-        torch.set_num_threads(int(os.environ.get("SPARKZOO_SCORE_THREADS", "1")))
-        pred = _LOADED[local_dir] = Predictor.from_dir(local_dir)
+        torch.set_num_threads(int(options["threads"]))
+        pred = _LOADED[key] = Predictor.from_dir(_unpacked(model_file), device=device, optimize=options["optimize"])
     return pred
 
 
-def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[str]) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: one model per worker, whole-batch inference."""
-    from pyspark import SparkFiles
-
-    predictor = _predictor(os.path.join(SparkFiles.get(model_file), "artifacts"))
+def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[str],
+                  options: dict[str, Any] | None = None) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: one model per worker, whole-batch inference, numpy outputs."""
+    options = options or {"device": "auto", "threads": 1, "optimize": "none"}
+    predictor = _predictor(model_file, options)
     for frame in batches:
         if frame.empty:
             continue
@@ -73,64 +146,181 @@ def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[s
         yield result
 
 
+def ship_model(spark, exp: Experiment, name: str, version: int) -> ShippedModel:
+    """Download one pinned version on the driver and ship its folder to the executors once."""
+    import mlflow
+
+    from .modelpack import SPEC_FILE
+
+    track.client(exp)
+    local = tempfile.mkdtemp(prefix=f"sparkzoo-{name}-v{version}-")
+    model_dir = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=local)
+    import json
+
+    with open(os.path.join(model_dir, "artifacts", SPEC_FILE)) as fh:
+        spec = json.load(fh)
+    # One zip, not a folder: Spark ships local folders only on a local master.
+    import shutil
+
+    archive = shutil.make_archive(os.path.join(tempfile.mkdtemp(prefix="sparkzoo-ship-"),
+                                               os.path.basename(local.rstrip("/"))), "zip", model_dir)
+    spark.sparkContext.addFile(archive)
+    return ShippedModel(name, version, os.path.basename(archive), spec,
+                        os.path.join(model_dir, "artifacts"), f"{track.registry_uri(exp)}|{name}|{version}")
+
+
+def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
+    """Rows (id, image, *keep) that fit the model -> id, prediction, confidence, probability, *keep."""
+    schema = OUTPUT_SCHEMA_BASE + "".join(f", {c} {dict(df.dtypes)[c]}" for c in keep)
+    model_file = shipped.file
+    options = {**options, "model_key": shipped.key}
+    return df.select("id", "image", *keep).mapInPandas(
+        lambda it: score_batches(it, model_file, keep, options), schema)
+
+
+def _is_glob(path: str) -> bool:
+    return any(ch in path for ch in _GLOB)
+
+
 def input_frame(spark, exp: Experiment):
+    """The DataFrame to score and a name for it in messages: a catalog table, a path/glob, or a split."""
+    if exp.score.input_table:
+        name = exp.score.input_table
+        if not spark.catalog.tableExists(name):
+            raise ScoringError(f"score.input_table '{name}' is not in the Spark catalog "
+                               f"(current database '{spark.catalog.currentDatabase()}'); create it, qualify it as "
+                               f"database.table, or use score.input_path for a Parquet folder")
+        return spark.table(name), f"table {name}"
     if exp.score.input_path:
         path = paths.resolve(exp, exp.score.input_path)
-        if not paths.exists(path):
-            raise ScoringError(f"score.input_path {path} does not exist; point it at a Parquet table or folder")
+        if _is_glob(path):
+            if not paths.is_uri(path) and not _glob.glob(path):
+                raise ScoringError(f"score.input_path glob {path} matches nothing; check the pattern")
+        elif not paths.exists(path):
+            raise ScoringError(f"score.input_path {path} does not exist; point it at a Parquet table, folder or glob")
         return spark.read.parquet(path), path
     ds = open_prepared(exp)
     return spark.read.parquet(ds.split_dir(exp.score.input_split)), ds.split_dir(exp.score.input_split)
+
+
+_INT_TYPES = ("tinyint", "smallint", "int", "bigint")
+
+
+def check_input(df, where: str, spec: dict[str, Any]):
+    """Column presence and types, on the driver before any work; returns ``df`` with id as string.
+
+    A wrong column type is the user's table, not a bad row, so it stops the job with a message; per-row
+    problems are left to ``reject_reason``.
+    """
+    from pyspark.sql import functions as F
+
+    shape = spec["shape"]
+    need = f"{shape['height']}x{shape['width']}x{shape['channels']} raw uint8 pixels"
+    missing = [c for c in ("id", "image") if c not in df.columns]
+    if missing:
+        raise ScoringError(f"scoring input {where} lacks column(s) {', '.join(missing)}; it needs the prepared image "
+                           f"schema (id, image, ...): score a prepared split or a table written by sparkzoo prepare")
+    types = dict(df.dtypes)
+    if types["image"] != "binary":
+        raise ScoringError(f"scoring input {where}: column 'image' is {types['image']}, the model expects binary "
+                           f"({need} per row, as sparkzoo prepare writes them); convert the column to bytes")
+    if types["id"] not in ("string", *_INT_TYPES):
+        raise ScoringError(f"scoring input {where}: column 'id' is {types['id']}; use a string or integer key")
+    for col in ("height", "width", "channels", "label"):
+        if col in types and types[col] not in _INT_TYPES:
+            raise ScoringError(f"scoring input {where}: column '{col}' is {types[col]}, expected an integer; "
+                               f"cast it or drop the column")
+    return df.withColumn("id", F.col("id").cast("string")) if types["id"] != "string" else df
+
+
+def reject_reason(df, spec: dict[str, Any]):
+    """A Spark column: null when the row fits the model, else why not (evaluated natively, no Python)."""
+    from pyspark.sql import functions as F
+
+    shape = spec["shape"]
+    per = shape["height"] * shape["width"] * shape["channels"]
+    reason = (F.when(F.col("id").isNull(), F.lit("null_id"))
+              .when(F.col("image").isNull(), F.lit("null_image"))
+              .when(F.length("image") != per, F.concat(F.lit("wrong_size: "), F.length("image").cast("string"),
+                                                        F.lit(f" bytes, model expects {per}"))))
+    dims = [c for c in ("height", "width", "channels") if c in df.columns]
+    if dims:
+        declared = F.concat_ws("x", *[F.coalesce(F.col(c).cast("string"), F.lit("null")) for c in dims])
+        expected = "x".join(str(shape[c]) for c in dims)
+        wrong = None
+        for c in dims:
+            cond = F.col(c).isNull() | (F.col(c) != shape[c])
+            wrong = cond if wrong is None else wrong | cond
+        reason = reason.when(wrong, F.concat(F.lit("wrong_shape: "), declared, F.lit(f", model expects {expected}")))
+    return reason
+
+
+def check_optimization(spark, exp: Experiment, shipped: ShippedModel, df, where: str) -> dict[str, float]:
+    """Before launch: eager vs optimised accuracy on a few labelled rows; refuse a path that drifts.
+
+    The rows come from the scoring input when it is labelled, else from the prepared test split.
+    """
+    from .modelpack import Predictor
+
+    if "label" in df.columns:
+        sample_df = df
+    else:
+        sample_df = spark.read.parquet(open_prepared(exp).split_dir("test"))
+    frame = (sample_df.filter("image is not null and label is not null").select("image", "label")
+             .limit(exp.score.optimize_check_rows).toPandas())  # small: optimize_check_rows rows for the check
+    eager = Predictor.from_dir(shipped.local_dir)
+    frame = frame[frame["image"].map(len) == shipped.pixels_per_row]
+    if frame.empty:
+        raise ScoringError(f"score.optimize={exp.score.optimize} needs labelled rows to check accuracy; {where} has "
+                           f"none and no prepared test split was found; set score.optimize=none")
+    pixels, labels = eager.decode(frame["image"]), frame["label"].to_numpy()
+    fast = Predictor.from_dir(shipped.local_dir, optimize=exp.score.optimize)
+    acc_eager = float((eager.predict_arrays(pixels)["prediction"] == labels).mean())
+    acc_fast = float((fast.predict_arrays(pixels)["prediction"] == labels).mean())
+    if abs(acc_fast - acc_eager) > exp.score.optimize_tolerance:
+        raise ScoringError(f"score.optimize={exp.score.optimize} changes accuracy on {len(labels)} labelled rows from "
+                           f"{acc_eager:.4f} (eager) to {acc_fast:.4f}, more than score.optimize_tolerance="
+                           f"{exp.score.optimize_tolerance}; use score.optimize=none or another path")
+    log.info("score.optimize=%s checked on %d rows: accuracy %.4f vs eager %.4f", exp.score.optimize, len(labels),
+             acc_fast, acc_eager)
+    return {"eager": acc_eager, "optimized": acc_fast}
 
 
 def run(exp: Experiment, spark=None) -> ScoreResult:
     from pyspark.sql import functions as F
 
     started = time.time()
-    name, version = track.resolve_model_version(exp, exp.score.model_uri)
+    name, version = track.resolve_model_version(exp, exp.score.model_uri)   # pinned: aliases may move now
     run_date = exp.score.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
     if spark is None:
         from .session import get_spark
         spark = get_spark(exp)
     df, where = input_frame(spark, exp)
-    missing = [c for c in ("id", "image") if c not in df.columns]
-    if missing:
-        raise ScoringError(f"scoring input {where} lacks column(s) {', '.join(missing)}; it needs the prepared image "
-                           f"schema (id, image, ...): score a prepared split or a table written by sparkzoo prepare")
-
-    import mlflow
-
-    track.client(exp)
-    local = tempfile.mkdtemp(prefix="sparkzoo-model-")
-    model_dir = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=local)
-    from .modelpack import Predictor
-
-    spec = Predictor.from_dir(os.path.join(model_dir, "artifacts")).spec
-    per = spec["shape"]["height"] * spec["shape"]["width"] * spec["shape"]["channels"]
-    # One archive, unpacked once per executor: addFile of a directory only works on a local master.
-    import shutil
-
-    archive = shutil.make_archive(os.path.join(tempfile.mkdtemp(prefix="sparkzoo-ship-"), f"sparkzoo-{name}-v{version}"),
-                                  "zip", model_dir)
-    spark.sparkContext.addArchive(archive)
-    model_file = os.path.basename(archive)
+    shipped = ship_model(spark, exp, name, version)
+    df = check_input(df, where, shipped.spec)
+    if exp.score.optimize != "none":
+        check_optimization(spark, exp, shipped, df, where)
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
-    reason = (F.when(F.col("id").isNull(), F.lit("null_id"))
-              .when(F.col("image").isNull(), F.lit("null_image"))
-              .when(F.length("image") != per, F.concat(F.lit("wrong_size: "), F.length("image").cast("string"),
-                                                        F.lit(f" bytes, model expects {per}"))))
-    tagged = df.withColumn("_reject", reason)
+    tagged = df.withColumn("_reject", reject_reason(df, shipped.spec))
     keep = [c for c in ("label",) if c in df.columns]
-    good = tagged.filter(F.col("_reject").isNull()).select("id", "image", *keep)
-    schema = OUTPUT_SCHEMA_BASE + "".join(f", {c} {dict(df.dtypes)[c]}" for c in keep)
-    scored = (good.mapInPandas(lambda it: score_batches(it, model_file, keep), schema)
+    good = tagged.filter(F.col("_reject").isNull())
+    out = paths.predictions_dir(exp)
+    skipped = 0
+    if exp.score.incremental and paths.exists(out):
+        # Ids this version scored on EARLIER dates; today's partition is about to be replaced, so a
+        # rerun for the same date scores the same rows again and stays idempotent.
+        done = (spark.read.parquet(out)
+                .filter((F.col("model_version") == version) & (F.col("run_date").cast("string") != run_date))
+                .select("id"))
+        skipped = good.join(done, "id", "left_semi").count()
+        good = good.join(done, "id", "left_anti")
+    scored = (score_frame(good, shipped, worker_options(exp), keep)
               .withColumn("model_name", F.lit(name))
               .withColumn("scored_at", F.current_timestamp())
               .withColumn("model_version", F.lit(version))
               .withColumn("run_date", F.lit(run_date)))
-    out = paths.predictions_dir(exp)
     scored.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(out)
     rejects_path = out.rstrip("/") + "_rejects"
     (tagged.filter(F.col("_reject").isNotNull())
@@ -138,18 +328,20 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
              F.lit(version).alias("model_version"), F.lit(run_date).alias("run_date"))
      .write.mode("overwrite").partitionBy("model_version", "run_date").parquet(rejects_path))
 
-    written = spark.read.parquet(out).filter((F.col("model_version") == version) & (F.col("run_date") == run_date))
+    mine = (F.col("model_version") == version) & (F.col("run_date").cast("string") == run_date)
+    written = spark.read.parquet(out).filter(mine)
     agg = written.agg(F.count("*").alias("n"),
                       *([F.avg((F.col("prediction") == F.col("label")).cast("double")).alias("acc")] if keep else [])
                       ).collect()[0]  # small: one row
-    rejected = spark.read.schema(REJECT_SCHEMA).parquet(rejects_path).filter(
-        (F.col("model_version") == version) & (F.col("run_date") == run_date)).count()
+    rejected = spark.read.schema(REJECT_SCHEMA).parquet(rejects_path).filter(mine).count()
     n_in = df.count()
     result = ScoreResult(name, version, n_in, int(agg["n"]), rejected, out, rejects_path,
-                         float(agg["acc"]) if keep and agg["acc"] is not None else None, time.time() - started, run_date)
-    if result.scored_rows + result.rejected_rows != n_in:
-        raise ScoringError(f"scored {result.scored_rows} + rejected {rejected} rows != {n_in} input rows; output at "
-                           f"{out} is not trusted")
-    log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected", result.scored_rows, name, version,
-             result.seconds, n_in / max(result.seconds, 1e-9), rejected)
+                         float(agg["acc"]) if keep and agg["acc"] is not None else None, time.time() - started,
+                         run_date, skipped, exp.score.optimize)
+    if result.scored_rows + result.rejected_rows + skipped != n_in:
+        raise ScoringError(f"scored {result.scored_rows} + rejected {rejected} + already scored {skipped} rows != "
+                           f"{n_in} input rows; output at {out} is not trusted (duplicate ids in the input?)")
+    log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected%s", result.scored_rows, name, version,
+             result.seconds, n_in / max(result.seconds, 1e-9), rejected,
+             f", {skipped} already scored (incremental)" if exp.score.incremental else "")
     return result

@@ -226,25 +226,64 @@ def promote_first(exp: Experiment, version: int) -> tuple[bool, str]:
     return promoted, reason
 
 
-def promote_if_better(exp: Experiment, version: int) -> tuple[bool, str]:
-    """Make ``version`` champion when there is none, or when it beats the champion by the margin."""
-    metric, margin = exp.mlflow.promote_metric, exp.mlflow.promote_margin
-    champion = alias_version(exp, "champion")
+PROMOTION_TAG = "sparkzoo.promotion"
+DECISION_TAG = "sparkzoo.promotion_decision"
+
+
+def model_versions(exp: Experiment) -> list[int]:
+    """Every version of the experiment's registered model, oldest first."""
+    found = client(exp).search_model_versions(f"name = '{exp.model_name}'")
+    return sorted(int(mv.version) for mv in found)
+
+
+def require_version(exp: Experiment, version: int) -> None:
+    versions = model_versions(exp)
+    if version not in versions:
+        listing = ", ".join(f"v{v}" for v in versions) or "none"
+        raise RegistryError(f"registered model '{exp.model_name}' has no version {version} in {registry_uri(exp)}; "
+                            f"versions: {listing}")
+
+
+def metric_direction(metric: str) -> int:
+    """+1 when a larger value is better (accuracy), -1 when smaller is (loss)."""
+    return -1 if metric.endswith("loss") else 1
+
+
+def decide(metric: str, candidate: float, champion: float, margin: float) -> tuple[bool, str]:
+    """The promotion gate: the candidate must beat the champion by MORE than the margin; a tie keeps
+    the champion, so re-running promote on equal models never flips the alias back and forth."""
+    sign = metric_direction(metric)
+    gain = sign * (candidate - champion)
+    better = "higher" if sign > 0 else "lower"
+    if gain > margin:
+        return True, f"{metric} {candidate:.4f} vs champion {champion:.4f}: {better} by {gain:.4f} > margin {margin}"
+    return False, (f"{metric} {candidate:.4f} vs champion {champion:.4f}: improvement {gain:.4f} is not more than "
+                   f"margin {margin}")
+
+
+def tag_version(exp: Experiment, version: int, tags: dict[str, str]) -> None:
     c = client(exp)
-    if champion is None:
-        set_alias(exp, "champion", version)
-        reason = f"first version: v{version} becomes champion"
-    else:
-        new, old = version_metric(exp, version, metric), version_metric(exp, champion, metric)
-        if new is not None and (old is None or new > old + margin):
-            set_alias(exp, "champion", version)
-            reason = f"v{version} {metric}={new:.4f} beats champion v{champion} ({old}) by more than {margin}"
-        else:
-            reason = f"v{version} {metric}={new} does not beat champion v{champion} ({old}) by more than {margin}"
-            c.set_model_version_tag(exp.model_name, str(version), "sparkzoo.promotion", reason)
-            return False, reason
-    c.set_model_version_tag(exp.model_name, str(version), "sparkzoo.promotion", reason)
-    return True, reason
+    for key, value in tags.items():
+        c.set_model_version_tag(exp.model_name, str(version), key, str(value))
+
+
+def log_decision(exp: Experiment, *, run_name: str, params: dict[str, Any], metrics: dict[str, float],
+                 tags: dict[str, str]) -> str:
+    """One finished MLflow run in the experiment that records a registry decision; returns its id."""
+    import time
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    c = client(exp)
+    run = c.create_run(experiment_id(exp), run_name=run_name,
+                       tags={"sparkzoo.kind": "registry_decision", "sparkzoo.model_name": exp.model_name,
+                             "sparkzoo.version": __version__, **tags})
+    now = int(time.time() * 1000)
+    c.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag("mlflow.note.content", tags.get(
+                    PROMOTION_TAG, ""))])
+    c.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def resolve_model_version(exp: Experiment, uri: str | None) -> tuple[str, int]:

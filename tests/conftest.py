@@ -66,3 +66,20 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None =
     exe = Path(sys.executable).parent / "sparkzoo"
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def weak_trained(spark, make_exp, trained):
+    """A second, much weaker model, cheaply (2 steps of 1 epoch), registered as its own model 'weak_cnn'
+    so the registry state of fashion_mnist_cnn that other tests check is left alone."""
+    from sparkzoo.pipelines import train
+
+    return train.run(make_exp("train.max_steps_per_epoch=2", "train.epochs=1", "mlflow.model_name=weak_cnn"), spark)
+
+
+def copy_version(exp, source: str) -> int:
+    """Register an existing model version (``models:/name/N``) again under ``exp.model_name``: a real
+    registry version built in milliseconds instead of a training run."""
+    from sparkzoo.pipelines import track
+
+    return int(track.client(exp).copy_model_version(source, exp.model_name).version)

@@ -9,7 +9,7 @@ import pytest
 
 from .conftest import CONF, FASHION, ROOT, run_cli
 
-STAGES = ["prepare", "replicate", "train", "score", "run", "ui"]   # each has a spark-submit entry jobs/<name>.py
+STAGES = ["prepare", "replicate", "train", "score", "promote", "run", "ui"]   # each has jobs/<name>.py
 COMMANDS = STAGES + ["doctor"]
 
 

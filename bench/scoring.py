@@ -1,0 +1,283 @@
+"""Batch scoring throughput on replicated Fashion-MNIST, one SparkSession, one registered LeNet-like CNN.
+
+Sides (rows/s, medians of interleaved repeats, because these machines show CPU steal):
+  ours          sparkzoo score.run: Parquet -> mapInPandas (model once per worker, Arrow batches of
+                score.batch_size, inference_mode) -> partitioned Parquet, reject pass and count checks included
+  ours+opt      the same job with the fastest score.optimize path that keeps accuracy within 0.5 points
+  spark_udf     mlflow.pyfunc.spark_udf on the same registered version, as its docs show, same Parquet in
+                and out, Spark's default Arrow batch (10,000 rows)
+  row-at-a-time Horovod TorchModel.transform style: rdd.mapPartitions, model once per partition, one
+                forward per row (on a subset of the rows: see --row-udf-rows)
+  eager limit   one process, torch threads = cores, the same pixels already in memory as float tensors,
+                best batch size of a sweep; also each optimised path in the same process
+
+    .venv/bin/python bench/scoring.py [--rows 1000000] [--repeats 3] [--row-udf-rows 50000]
+
+Prepares Fashion-MNIST and trains a 1-epoch model under workspace/bench when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+
+import numpy as np
+
+from _common import ROOT, experiment, machine, prepared
+
+BENCH_WS = ROOT / "workspace" / "bench"
+MODEL = "bench_scoring_cnn"
+
+
+def bench_exp(*extra: str):
+    return experiment(f"workspace={BENCH_WS}", "name=bench_scoring", f"mlflow.model_name={MODEL}",
+                      "mlflow.experiment=bench_scoring", "train.epochs=1", "train.progress=false",
+                      "spark.conf.spark.ui.showConsoleProgress=false", "spark.conf.spark.sql.shuffle.partitions=2",
+                      *extra)
+
+
+def registered_version(exp, spark) -> int:
+    from sparkzoo.pipelines import track, train
+
+    version = track.alias_version(exp, "champion")
+    if version is None:
+        print("   training the bench model (1 epoch)...", flush=True)
+        version = train.run(exp, spark).model_version
+    return version
+
+
+def replicated_input(spark, ds, rows: int) -> str:
+    """The test split crossJoined with a range, new ids, written once as Parquet (8 files, no shuffle)."""
+    from pyspark.sql import functions as F
+
+    path = str(BENCH_WS / f"scoring_input_{rows}")
+    if os.path.exists(os.path.join(path, "_SUCCESS")):
+        return path
+    test = spark.read.parquet(ds.split_dir("test")).select("id", "image", "label")
+    n = test.count()
+    copies = -(-rows // n)
+    rep = (spark.range(copies, numPartitions=8).withColumnRenamed("id", "copy").crossJoin(F.broadcast(test))
+           .withColumn("id", F.concat_ws("#", "id", F.col("copy").cast("string"))).drop("copy"))
+    if copies * n != rows:
+        rep = rep.limit(rows)   # one partition then; exact multiples of the test split keep 8 files
+    rep.write.mode("overwrite").parquet(path)
+    return path
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_ours(exp, spark, path: str, rows: int, optimize: str = "none", batch: int | None = None) -> float:
+    from sparkzoo.pipelines import score
+
+    sets = [f"score.input_path={path}", f"score.output={BENCH_WS / 'pred_ours'}", "score.run_date=2026-01-01",
+            f"score.optimize={optimize}"] + ([f"score.batch_size={batch}"] if batch else [])
+    e = bench_exp(*sets)
+    result = {}
+    secs = timed(lambda: result.update(r=score.run(e, spark)))
+    assert result["r"].scored_rows == rows, result["r"]
+    return rows / secs
+
+
+def run_spark_udf(exp, spark, path: str, version: int, rows: int) -> float:
+    import mlflow
+
+    from sparkzoo.pipelines import track
+
+    track.client(exp)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")   # Spark's default
+    udf = mlflow.pyfunc.spark_udf(spark, f"models:/{MODEL}/{version}",
+                                  result_type="prediction long, confidence float, probability array<float>")
+    df = spark.read.parquet(path)
+    out = str(BENCH_WS / "pred_spark_udf")
+    job = df.select("id", udf("image").alias("p"), "label").select("id", "p.*", "label")
+    return rows / timed(lambda: job.write.mode("overwrite").parquet(out))
+
+
+def run_row_udf(exp, spark, path: str, version: int, rows: int) -> float:
+    """Horovod ``TorchModel._transform``'s shape: rdd.mapPartitions, model per partition, a forward per row."""
+    import mlflow
+
+    from sparkzoo.pipelines import track
+
+    track.client(exp)
+    local = mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version}")
+    model_dir = os.path.join(local, "artifacts")
+
+    def predict(it):
+        import torch
+        from pyspark.sql import Row
+
+        from sparkzoo.models.tasks import images_to_tensor
+        from sparkzoo.pipelines.modelpack import Predictor
+
+        torch.set_num_threads(1)
+        p = Predictor.from_dir(model_dir)
+        st = p.spec["stats"]
+        for row in it:
+            x = images_to_tensor(np.frombuffer(row["image"], np.uint8).reshape(1, 28, 28, 1), st["mean"], st["std"])
+            with torch.inference_mode():
+                prob = torch.softmax(p.module(x), 1)[0]
+            yield Row(id=row["id"], prediction=int(prob.argmax()), confidence=float(prob.max()),
+                      probability=prob.tolist(), label=row["label"])
+
+    df = spark.read.parquet(path).limit(rows)
+    out = str(BENCH_WS / "pred_row_udf")
+    schema = "id string, prediction long, confidence double, probability array<double>, label bigint"
+    return rows / timed(lambda: spark.createDataFrame(df.rdd.mapPartitions(predict), schema)
+                        .write.mode("overwrite").parquet(out))
+
+
+def eager_rate(predictor, x, reps: int, batch: int) -> float:
+    """Rows/s of the bare forward + softmax over in-memory float tensors (``x``, reused ``reps`` times)."""
+    import torch
+
+    n = x.shape[0]
+    task = predictor.task
+    with torch.inference_mode():
+        for i in range(0, min(n, 2 * batch), batch):   # warm-up (and the compile, for the compiled path)
+            task.outputs(predictor.module(x[i:i + batch]))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for i in range(0, n, batch):
+                task.outputs(predictor.module(x[i:i + batch]))
+    return reps * n / (time.perf_counter() - t0)
+
+
+def compare_batch(args) -> None:
+    """Our job at several score.batch_size values vs spark_udf, interleaved: how score.batch_size was chosen."""
+    from sparkzoo.pipelines.session import get_spark
+
+    exp = bench_exp()
+    ds = prepared(exp)
+    spark = get_spark(exp)
+    version = registered_version(exp, spark)
+    path = replicated_input(spark, ds, args.rows)
+    sizes = [int(b) for b in args.compare_batch.split(",")]
+    res: dict[str, list[float]] = {}
+    for rep in range(args.repeats):
+        for b in sizes:
+            res.setdefault(f"ours score.batch_size={b}", []).append(run_ours(exp, spark, path, args.rows, batch=b))
+        res.setdefault("mlflow spark_udf", []).append(run_spark_udf(exp, spark, path, version, args.rows))
+        print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in res.items()), flush=True)
+    for k, v in res.items():
+        print(f"   {k:40s} {statistics.median(v):>10,.0f}   raw {[round(r) for r in v]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--row-udf-rows", type=int, default=50_000)
+    ap.add_argument("--eager-reps", type=int, default=10, help="passes over the 10,000 in-memory test tensors")
+    ap.add_argument("--batch-sizes", default="64,256,1024,2048,4096,8192")
+    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt")
+    ap.add_argument("--compare-batch", default="",
+                    help="only compare our job at these score.batch_size values (e.g. 2048,10000) with spark_udf")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    if args.compare_batch:
+        compare_batch(args)
+        return
+
+    import mlflow
+    import pyarrow.parquet as pq
+    import torch
+
+    from sparkzoo.pipelines import track
+    from sparkzoo.pipelines.modelpack import Predictor
+    from sparkzoo.pipelines.session import get_spark
+
+    cores = os.cpu_count() or 1
+    exp = bench_exp()
+    ds = prepared(exp)
+    spark = get_spark(exp)
+    version = registered_version(exp, spark)
+    path = replicated_input(spark, ds, args.rows)
+    print(f"== scoring bench: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}, {args.rows:,} rows at {path}, "
+          f"model {MODEL} v{version}, Spark {spark.sparkContext.master}", flush=True)
+
+    # The eager limit: same pixels, already normalised float tensors in memory, cores threads.
+    track.client(exp)
+    local = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version}"), "artifacts")
+    frame = pq.read_table(ds.split_dir("test"), columns=["image", "label"]).to_pandas()
+    eager = Predictor.from_dir(local)
+    pixels, labels = eager.decode(frame["image"]), frame["label"].to_numpy()
+    st = eager.spec["stats"]
+    from sparkzoo.models.tasks import images_to_tensor
+
+    x = images_to_tensor(pixels, st["mean"], st["std"]).contiguous()
+    torch.set_num_threads(cores)
+    sweep = {b: eager_rate(eager, x, max(1, args.eager_reps // 3), b) for b in map(int, args.batch_sizes.split(","))}
+    best_batch = max(sweep, key=sweep.get)
+    print("   eager batch-size sweep (rows/s): " + ", ".join(f"{b}: {r:,.0f}" for b, r in sweep.items())
+          + f" -> best {best_batch}", flush=True)
+    acc_eager = float((eager.predict_arrays(pixels)["prediction"] == labels).mean())
+
+    # Optimised paths in the same process, accuracy checked against eager on the 10,000 labelled rows.
+    opt_rates, opt_acc = {}, {}
+    if "opt" not in skip:
+        for kind in ("channels_last", "int8", "compile"):
+            p = Predictor.from_dir(local, optimize=kind)
+            xk = x.contiguous(memory_format=torch.channels_last) if kind != "int8" else x
+            opt_acc[kind] = float((p.predict_arrays(pixels)["prediction"] == labels).mean())
+            opt_rates[kind] = eager_rate(p, xk, max(1, args.eager_reps // 3), best_batch)
+            print(f"   eager+{kind}: {opt_rates[kind]:,.0f} rows/s, accuracy {opt_acc[kind]:.4f} vs eager {acc_eager:.4f}",
+                  flush=True)
+        passing = {k: r for k, r in opt_rates.items() if abs(opt_acc[k] - acc_eager) <= 0.005}
+        best_opt = max(passing, key=passing.get) if passing else None
+    else:
+        best_opt = None
+    print(f"   chosen optimisation: {best_opt}", flush=True)
+
+    torch.set_num_threads(1)
+    sides: dict[str, list[float]] = {"ours": [], "eager limit": []}
+    if best_opt:
+        sides[f"ours+{best_opt}"], sides[f"eager+{best_opt}"] = [], []
+    if "spark_udf" not in skip:
+        sides["mlflow spark_udf"] = []
+    if "row_udf" not in skip:
+        sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"] = []
+    for rep in range(args.repeats):    # interleaved, so CPU steal hits every side alike
+        torch.set_num_threads(cores)
+        sides["eager limit"].append(eager_rate(eager, x, args.eager_reps, best_batch))
+        if best_opt:
+            p = Predictor.from_dir(local, optimize=best_opt)
+            xk = x.contiguous(memory_format=torch.channels_last) if best_opt != "int8" else x
+            sides[f"eager+{best_opt}"].append(eager_rate(p, xk, args.eager_reps, best_batch))
+        torch.set_num_threads(1)
+        sides["ours"].append(run_ours(exp, spark, path, args.rows))
+        if best_opt:
+            sides[f"ours+{best_opt}"].append(run_ours(exp, spark, path, args.rows, optimize=best_opt))
+        if "spark_udf" not in skip:
+            sides["mlflow spark_udf"].append(run_spark_udf(exp, spark, path, version, args.rows))
+        if "row_udf" not in skip:
+            sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"].append(
+                run_row_udf(exp, spark, path, version, args.row_udf_rows))
+        print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in sides.items()), flush=True)
+
+    med = {k: statistics.median(v) for k, v in sides.items()}
+    print(f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, eager batch {best_batch}, "
+          f"{cores} threads eager, {cores} Spark workers x 1 thread")
+    for k, v in med.items():
+        print(f"   {k:40s} {v:>10,.0f}   raw {[round(r) for r in sides[k]]}")
+    ours = med["ours"]
+    for k in med:
+        if k != "ours":
+            print(f"   ratio ours / {k}: {ours / med[k]:.2f}x")
+    if best_opt:
+        print(f"   ratio ours+{best_opt} / eager limit: {med[f'ours+{best_opt}'] / med['eager limit']:.2f}x; "
+              f"ours+{best_opt} / mlflow spark_udf: "
+              f"{med[f'ours+{best_opt}'] / med.get('mlflow spark_udf', float('nan')):.2f}x")
+    for out in ("pred_ours", "pred_spark_udf", "pred_row_udf"):
+        shutil.rmtree(BENCH_WS / out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
