@@ -14,7 +14,7 @@ demo: setup
 	$(SPARKZOO) run --conf $(CONF)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS) tests
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) tests
 
 ui:
 	$(SPARKZOO) ui --conf $(CONF)
