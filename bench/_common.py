@@ -51,3 +51,32 @@ def report(title: str, ours: tuple[str, float], baselines: list[tuple[str, float
     print(f"   {name}: {value:,.0f} {unit}")
     for bname, bvalue in baselines:
         print(f"   {bname}: {bvalue:,.0f} {unit}   ratio ours/{bname} = {value / bvalue:.2f}x")
+
+
+def training_args(doc: str, *, steps: int, batch_size: int, repeats: int = 3):
+    """The flags every training benchmark takes."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    return ap.parse_args()
+
+
+def train_tensors(ds, rows: int | None = None):
+    """The first ``rows`` train rows as normalised tensors in memory: the plain-loop baselines' input."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from sparkzoo.models.tasks import images_to_tensor
+
+    table = pq.read_table(ds.split_dir("train"), columns=["image", "label"])
+    if rows is not None:
+        table = table.slice(0, rows)
+    shape = ds.manifest["shape"]
+    pixels = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(
+        -1, shape["height"], shape["width"], shape["channels"])
+    st = ds.manifest["stats"]
+    return images_to_tensor(pixels, st["mean"], st["std"]), torch.from_numpy(table.column("label").to_numpy())

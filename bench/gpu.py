@@ -7,29 +7,21 @@ the GPU, same LeNet-like model and batch size. Needs a CUDA device; exits with a
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 
-import numpy as np
 
-from _common import ROOT, experiment, prepared, report
+from _common import ROOT, experiment, prepared, report, train_tensors, training_args
 
 
 def plain_loop(ds, steps: int, batch: int) -> float:
-    import pyarrow.parquet as pq
     import torch
 
     from sparkzoo.models import InputSpec, get_model
-    from sparkzoo.models.tasks import images_to_tensor
 
     dev = torch.device("cuda:0")
-    table = pq.read_table(ds.split_dir("train"), columns=["image", "label"])
-    pixels = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(-1, 28, 28, 1)
-    st = ds.manifest["stats"]
-    x_all = images_to_tensor(pixels, st["mean"], st["std"]).to(dev)
-    y_all = torch.from_numpy(table.column("label").to_numpy()).to(dev)
+    x_all, y_all = (t.to(dev) for t in train_tensors(ds))
     model = get_model("lenet", InputSpec(1, 28, 28, 10)).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     n_rows = len(y_all)
@@ -58,11 +50,7 @@ def engine(steps: int, batch: int) -> float:
 def main() -> None:
     import torch
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--batch-size", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = training_args(__doc__, steps=100, batch_size=512)
     if not torch.cuda.is_available():
         sys.exit("bench/gpu.py needs a CUDA device; none is visible here")
     ds = prepared(experiment(f"workspace={ROOT / 'workspace' / 'bench'}"))

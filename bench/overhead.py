@@ -7,31 +7,23 @@ already in memory as tensors, same LeNet-like model, optimizer and batch size: t
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
-import numpy as np
 
-from _common import ROOT, experiment, prepared, report
+from _common import ROOT, experiment, prepared, report, train_tensors, training_args
 
 
 def plain_loop(ds, steps: int, batch: int, lr: float) -> float:
     """Samples/s of the bare loop: tensors in memory, no loader, no Horovod, no logging."""
-    import pyarrow.parquet as pq
     import torch
 
     from sparkzoo.models import InputSpec, get_model
-    from sparkzoo.models.tasks import images_to_tensor
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     n = steps * batch
-    table = pq.read_table(ds.split_dir("train"), columns=["image", "label"]).slice(0, n)
-    pixels = np.frombuffer(b"".join(table.column("image").to_pylist()), np.uint8).reshape(-1, 28, 28, 1)
-    st = ds.manifest["stats"]
-    x_all = images_to_tensor(pixels, st["mean"], st["std"])
-    y_all = torch.from_numpy(table.column("label").to_numpy())
+    x_all, y_all = train_tensors(ds, n)
     model = get_model("lenet", InputSpec(1, 28, 28, 10))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -57,11 +49,7 @@ def engine(steps: int, batch: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = training_args(__doc__, steps=300, batch_size=64)
     ds = prepared(experiment(f"workspace={ROOT / 'workspace' / 'bench'}"))
     ours, base = [], []
     for _ in range(args.repeats):   # interleaved, so CPU steal hits both sides alike

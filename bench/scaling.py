@@ -7,10 +7,9 @@ job start to the first training step, Horovod on Spark vs Spark's TorchDistribut
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
-from _common import ROOT, experiment, prepared, report
+from _common import ROOT, experiment, prepared, report, training_args
 
 
 def run(spark, steps: int, batch: int, procs: int, threads: int, backend: str = "horovod_spark"):
@@ -24,11 +23,7 @@ def run(spark, steps: int, batch: int, procs: int, threads: int, backend: str = 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = training_args(__doc__, steps=300, batch_size=64)
     exp = experiment(f"workspace={ROOT / 'workspace' / 'bench'}", "spark.master=local[2]")
     prepared(exp)
     from sparkzoo.pipelines.session import get_spark
