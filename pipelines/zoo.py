@@ -125,10 +125,8 @@ def run(family: str, overrides: list[str] | None = None, only: list[str] | None 
         results[entry.id] = res
     if write_table:   # entries measured earlier (another --only run) keep their rows
         results = {**{r.id: r for r in read_records(spec)}, **results}
-    by_id = {e.id: e for e in spec.entries}
     results = {e.id: results[e.id] for e in spec.entries if e.id in results}
-    for res in results.values():
-        res.checks = [(bar.describe(), _check(bar, res, results)) for bar in by_id[res.id].bars]
+    evaluate(spec, results)
     out = list(results.values())
     if write_table:
         write(spec, out, overrides or [])
@@ -141,18 +139,25 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _record_path(spec: ZooSpec) -> Path:
-    return ROOT / "docs" / "zoo" / f"{spec.family}.json"
+def _record_path(spec: ZooSpec, root: Path = ROOT) -> Path:
+    return root / "docs" / "zoo" / f"{spec.family}.json"
 
 
-def read_records(spec: ZooSpec) -> list[EntryResult]:
-    path = _record_path(spec)
+def read_records(spec: ZooSpec, root: Path = ROOT) -> list[EntryResult]:
+    path = _record_path(spec, root)
     if not path.exists():
         return []
     known = {e.id for e in spec.entries}
     fields = set(EntryResult.__dataclass_fields__) - {"checks"}
     return [EntryResult(**{k: v for k, v in rec.items() if k in fields})
             for rec in json.loads(path.read_text()) if rec.get("id") in known]
+
+
+def evaluate(spec: ZooSpec, results: dict[str, EntryResult]) -> None:
+    """Each result's bars, against values, its baseline, or other entries' results."""
+    by_id = {e.id: e for e in spec.entries}
+    for res in results.values():
+        res.checks = [(bar.describe(), _check(bar, res, results)) for bar in by_id[res.id].bars]
 
 
 def _check(bar: Bar, res: EntryResult, results: dict[str, EntryResult]) -> bool:
@@ -189,12 +194,12 @@ def table(spec: ZooSpec, results: list[EntryResult]) -> str:
     return "\n".join(lines)
 
 
-def write(spec: ZooSpec, results: list[EntryResult], overrides: list[str]) -> Path:
+def write(spec: ZooSpec, results: list[EntryResult], overrides: list[str], root: Path = ROOT) -> Path:
     """Replace this family's section of the zoo table; keep a JSON record beside it in docs/zoo/."""
     import os
     import platform
 
-    path = ROOT / spec.table
+    path = root / spec.table
     start, end = f"<!-- zoo:{spec.family}:start -->", f"<!-- zoo:{spec.family}:end -->"
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}"
     passed = sum(r.passed for r in results)
@@ -213,7 +218,7 @@ def write(spec: ZooSpec, results: list[EntryResult], overrides: list[str]) -> Pa
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
-    record = _record_path(spec)
+    record = _record_path(spec, root)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps([{k: v for k, v in r.__dict__.items()} for r in results], indent=2))
     log.info("zoo %s: %d/%d entries clear their bars; table in %s", spec.family, passed, len(results), path)
