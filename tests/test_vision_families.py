@@ -118,3 +118,16 @@ def test_classification_baseline_is_logistic_regression_on_the_same_split(spark,
     run = track.client(exp).get_run(base.run_id)
     assert run.info.experiment_id == track.experiment_id(exp)     # beside the nets in the MLflow UI
     assert run.data.tags["sparkzoo.dataset_version"] == prepared.version
+
+
+@pytest.mark.parametrize("conf, check", [
+    ("fashion_mnist_mlp.yaml", lambda t, std2: t["accuracy"] > 0.6),                 # chance is 0.1
+    ("fashion_mnist_denoising_autoencoder.yaml", lambda t, std2: t["mse"] < 0.8 * std2),
+    ("fashion_mnist_vae.yaml", lambda t, std2: t["mse"] < 0.8 * std2 and t["kl"] > 0),
+])
+def test_every_other_family_trains_and_registers_on_a_subsample(spark, make_exp, prepared, conf, check):
+    from sparkzoo.pipelines import track, train
+
+    result = train.run(make_exp("train.epochs=1", conf=CONF / conf), spark)
+    assert check(result.test, prepared.manifest["stats"]["std"] ** 2), result.test
+    assert track.alias_version(make_exp(conf=CONF / conf), "candidate") == result.model_version
