@@ -168,6 +168,9 @@ class ImageSettings(_Strict):
     channels: Literal[1, 3] = 3
     resize: Literal["stretch", "fit", "crop"] = "fit"   # fit = keep aspect and pad; crop = fill and centre-crop
     background: Literal["white", "black", "random"] = "white"   # under transparent pixels and padding
+    # Files whose header declares more pixels are quarantined (too_large) before any decode: a few-kB
+    # PNG can declare gigapixels ("decompression bomb").
+    max_pixels: int = Field(40_000_000, ge=1)
 
 
 class TextSettings(_Strict):
@@ -177,6 +180,7 @@ class TextSettings(_Strict):
     min_count: int = Field(1, ge=1)
     max_size: int = Field(30000, ge=8)
     max_length: int = Field(256, ge=1)       # tokens kept per text (longer texts are cut, not dropped)
+    max_record_bytes: int = Field(16 << 20, ge=1024)   # CSV/TSV field size the parser accepts (Python's default: 128 kB)
 
 
 class AudioSettings(_Strict):
