@@ -271,6 +271,14 @@ class MlflowConfig(_Strict):
     # "<split>_<metric>", metric accuracy (higher wins) or loss (mean log loss, lower wins).
     promote_metric: str = Field("test_accuracy", pattern=r"^(train|val|test)_(accuracy|loss)$")
     promote_margin: float = Field(0.0, ge=0.0)
+    # A tracking server that stops answering (docs/RELIABILITY.md): metrics and artefacts are kept in the
+    # outbox and sent when it is back; a call that cannot wait (log the model, register, finish) retries
+    # with backoff for outage_timeout_s, then fails the job with a message; a re-run resumes.
+    outage_timeout_s: float = Field(300.0, ge=0.0)
+    retry_backoff_s: float = Field(1.0, gt=0.0)        # first wait between retries; doubles up to the next
+    retry_max_interval_s: float = Field(15.0, gt=0.0)
+    request_timeout_s: float = Field(30.0, gt=0.0)     # one HTTP request to the tracking server
+    outbox: str = "{workspace}/mlflow-outbox"          # rank 0's metrics/artefacts while the server is away
 
 
 class ScoreConfig(_Strict):
@@ -430,8 +438,10 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Experim
     for text in overrides or []:
         parts, value = parse_override(text)
         _apply_override(tree, parts, value)
-    if overrides:
-        where += " (with --set " + " ".join(overrides) + ")"
+    if overrides:   # shown in every error message: a --set of a secret must not print it
+        from .secrets import mask_override
+
+        where += " (with --set " + " ".join(mask_override(o) for o in overrides) + ")"
     tree["source_file"] = where
     try:
         exp = Experiment.model_validate(tree)
