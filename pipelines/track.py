@@ -142,7 +142,8 @@ def _required(exp: Experiment, what: str, call: Callable[[], T], run_id: str | N
         except Exception as exc:
             if not unreachable(exc):
                 raise
-            if time.monotonic() + delay > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 kept = f"; what it could not take yet is kept in {outbox(exp, run_id).dir}" if run_id else ""
                 raise TrainingError(
                     f"MLflow tracking server {tracking_uri(exp)} did not answer for mlflow.outage_timeout_s="
@@ -153,7 +154,7 @@ def _required(exp: Experiment, what: str, call: Callable[[], T], run_id: str | N
                 log.warning("MLflow tracking server %s is unreachable while %s (%s); retrying for up to %gs",
                             tracking_uri(exp), what, _short(exc), cfg.outage_timeout_s)
                 warned = True
-            time.sleep(delay)
+            time.sleep(min(delay, left))
             delay = min(delay * 2, cfg.retry_max_interval_s)
 
 

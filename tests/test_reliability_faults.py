@@ -135,15 +135,17 @@ def test_incomplete_prepared_dataset_is_refused_and_replaced(make_exp, spark, tm
 
 
 def test_disk_full_during_score_and_incomplete_partitions(trained, make_exp, spark, tmp_path):
-    with small_disk(tmp_path / "small", "64k") as disk:
+    n = 300                                          # a slice of the real test split keeps three runs quick
+    pq.write_table(pq.read_table(open_prepared(make_exp()).split_dir("test")).slice(0, n), tmp_path / "in.parquet")
+    scoring = (f"score.input_path={tmp_path / 'in.parquet'}",)
+    with small_disk(tmp_path / "small", "8k") as disk:
         with pytest.raises(OutputError, match=r"cannot write scoring output .*the disk is full"):
-            score.run(make_exp(f"score.output={disk / 'pred'}", "score.run_date=2026-06-01"), spark)
+            score.run(make_exp(*scoring, f"score.output={disk / 'pred'}", "score.run_date=2026-06-01"), spark)
         committed = [p for p in disk.rglob("*") if p.is_file() and (p.name == paths.SUCCESS or p.suffix == ".parquet")
                      and "model_version=" in str(p)]
         assert committed == [], committed
     out = tmp_path / "pred"
-    n = open_prepared(make_exp()).rows("test")
-    day1 = score.run(make_exp(f"score.output={out}", "score.run_date=2026-06-01"), spark)
+    day1 = score.run(make_exp(*scoring, f"score.output={out}", "score.run_date=2026-06-01"), spark)
     part = Path(score.partition_dir(str(out), day1.model_version, "2026-06-01"))
     info = json.loads((part / "_manifest.json").read_text())
     assert (part / paths.SUCCESS).exists() and info["rows"] == day1.scored_rows == n
@@ -151,8 +153,9 @@ def test_disk_full_during_score_and_incomplete_partitions(trained, make_exp, spa
     assert (Path(score.partition_dir(day1.rejects, day1.model_version, "2026-06-01")) / paths.SUCCESS).exists()
     (part / paths.SUCCESS).unlink()                 # as if the job died right after Spark's commit
     with pytest.raises(ScoringError, match=r"run_date=2026-06-01 has no _SUCCESS marker"):
-        score.run(make_exp(f"score.output={out}", "score.run_date=2026-06-02", "score.incremental=true"), spark)
-    again = score.run(make_exp(f"score.output={out}", "score.run_date=2026-06-01"), spark)   # the fix it names
+        score.run(make_exp(*scoring, f"score.output={out}", "score.run_date=2026-06-02", "score.incremental=true"),
+                  spark)
+    again = score.run(make_exp(*scoring, f"score.output={out}", "score.run_date=2026-06-01"), spark)   # the fix it names
     assert (part / paths.SUCCESS).exists() and again.scored_rows == n
     ids = pq.read_table(part, columns=["id"]).column("id").to_pylist()
     assert len(ids) == len(set(ids)) == n
@@ -238,39 +241,40 @@ def test_tracking_server_stopped_during_training(ui_server, prepared, make_exp, 
                    "train.epochs=4", "train.max_steps_per_epoch=40", "mlflow.outage_timeout_s=180",
                    f"spark.conf.spark.hadoop.fs.s3a.secret.key={SECRET}")
     viewer = MlflowClient(tracking_uri=ui_server.url)
-    outcome: dict = {}
+    seen: dict = {}
+    stop = threading.Event()
 
-    def run() -> None:
+    def outage() -> None:
+        """Beside the training (which must own the main thread: Horovod sets signal handlers): wait for
+        epoch 1's metrics, kill the server, wait until rank 0 has kept later metrics, start it again."""
         try:
-            outcome["result"] = train.run(exp, spark)
-        except BaseException as exc:   # handed to the test thread below
-            outcome["error"] = exc
+            run_id = None
+            while not stop.is_set() and (run_id is None or not viewer.get_metric_history(run_id, "val_accuracy")):
+                time.sleep(0.2)
+                found = viewer.get_experiment_by_name(exp.mlflow.experiment)
+                runs = viewer.search_runs([found.experiment_id]) if found else []
+                run_id = runs[0].info.run_id if runs else None
+            ui_server.kill()
+            seen["run_id"] = run_id
+            kept = Path(track.outbox(exp, run_id).dir) / "metrics.jsonl"
+            while not stop.is_set() and not (kept.exists() and '"val_accuracy"' in kept.read_text()):
+                time.sleep(0.2)
+            time.sleep(3)          # training goes on meanwhile
+            seen["steps_kept"] = sorted({json.loads(ln)["step"] for ln in kept.read_text().splitlines()})
+            ui_server.start()      # the same store, the same port
+        except BaseException as exc:   # reported by the main thread
+            seen["error"] = exc
 
-    job = threading.Thread(target=run)
-    job.start()
-    run_id, steps_kept = None, []
+    watcher = threading.Thread(target=outage, daemon=True)
+    watcher.start()
     try:
-        deadline = time.time() + 300
-        while run_id is None or not viewer.get_metric_history(run_id, "val_accuracy"):   # epoch 1 arrived
-            assert job.is_alive() and time.time() < deadline, outcome
-            time.sleep(0.2)
-            runs = viewer.search_runs([viewer.get_experiment_by_name("sparkzoo").experiment_id]) \
-                if viewer.get_experiment_by_name("sparkzoo") else []
-            run_id = runs[0].info.run_id if runs else None
-        ui_server.kill()
-        box = track.outbox(exp, run_id)
-        metrics_file = Path(box.dir) / "metrics.jsonl"
-        while not metrics_file.exists() or not any(json.loads(ln)["key"] == "val_accuracy"
-                                                   for ln in metrics_file.read_text().splitlines()):
-            assert job.is_alive() and time.time() < deadline, outcome
-            time.sleep(0.2)
-        time.sleep(3)          # training goes on meanwhile
-        steps_kept = sorted({json.loads(ln)["step"] for ln in metrics_file.read_text().splitlines()})
-        ui_server.start()      # the same store, the same port
+        result = train.run(exp, spark)
     finally:
-        job.join(400)
-    assert "error" not in outcome, outcome.get("error")
-    result = outcome["result"]
+        stop.set()
+        watcher.join(60)
+    assert "error" not in seen, seen["error"]
+    run_id, steps_kept = seen["run_id"], seen["steps_kept"]
+    box = track.outbox(exp, run_id)
     assert result.run_id == run_id and steps_kept and min(steps_kept) >= 2     # epoch 2 on went to the outbox
     got = viewer.get_run(run_id)
     assert got.info.status == "FINISHED"
@@ -302,3 +306,38 @@ def test_tracking_server_stopped_during_training(ui_server, prepared, make_exp, 
            test=THIS + "test_tracking_server_stopped_during_training")
     record("`sparkzoo ui` bind address", kind="safety", expected="127.0.0.1 unless ui.host / --host says otherwise",
            outcome="listens on 127.0.0.1 only", test=THIS + "test_tracking_server_stopped_during_training")
+
+
+def test_tracking_server_still_down_fails_clearly_and_nothing_is_lost(ui_server, make_exp, tmp_path):
+    """The other branch of the same policy, at the track level (no training needed): what can wait is
+    kept, what cannot fails after mlflow.outage_timeout_s with a message, and the next command sends it."""
+    exp = make_exp(f"workspace={tmp_path / 'ws'}", f"mlflow.tracking_uri={ui_server.url}", "name=down",
+                   "mlflow.outage_timeout_s=3", "mlflow.retry_backoff_s=0.5")
+    run_id = track.start_run(exp, dataset_version="v0", world_size=2)
+    ui_server.kill()
+    started = time.monotonic()
+    for step in (1, 2):
+        track.log_metrics(exp, run_id, {"val_accuracy": 0.5 + step / 10}, step=step)   # kept, returns at once
+    assert time.monotonic() - started < 5
+    with pytest.raises(Exception) as err:          # a call that cannot be deferred: waits 3 s, then gives up
+        track.end_run(exp, run_id, "FINISHED")
+    msg = str(err.value)
+    assert type(err.value).__name__ == "TrainingError" and 3 <= time.monotonic() - started < 30
+    assert f"MLflow tracking server {ui_server.url} did not answer for mlflow.outage_timeout_s=3s" in msg
+    assert track.outbox(exp, run_id).dir in msg and "re-run the same command" in msg
+    track.end_run(exp, run_id, "FAILED")          # what train.run does next: kept too, no second error
+    assert track.outbox(exp, run_id).pending() == 3
+    ui_server.start()
+    assert track.find_unfinished_run(exp) == run_id   # the re-run's first call sends what was kept
+    from mlflow.tracking import MlflowClient
+
+    viewer = MlflowClient(tracking_uri=ui_server.url)
+    history = viewer.get_metric_history(run_id, "val_accuracy")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.6), (2, 0.7)]
+    assert viewer.get_run(run_id).info.status == "FAILED"
+    assert not Path(track.outbox(exp, run_id).dir).exists()
+    record("MLflow tracking server still down when the run must finish", kind="fault",
+           expected="TrainingError after mlflow.outage_timeout_s naming the server and the outbox; kept metrics "
+                    "sent by the next command", outcome="failed after 3 s with that message; both kept epochs and "
+                    "the FAILED status arrived once the server was back",
+           test=THIS + "test_tracking_server_still_down_fails_clearly_and_nothing_is_lost")
