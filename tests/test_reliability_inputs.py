@@ -318,3 +318,35 @@ def test_audio_corpus(make_exp, spark, tmp_path):
     for name, (reason, what) in AUDIO_CASES.items():
         record(f"audio: {what}", kind="input", expected=f"quarantined `{reason}`", outcome=f"quarantined `{reason}`",
                test=test, rows_in=1, rows_out=0, quarantined=1)
+
+
+# ---- secrets in what the user sees --------------------------------------------------------------------
+
+def test_secrets_never_reach_messages_or_logs():
+    """A --set of a secret in a config error, a password in a URI in a log line: masked, by key name or
+    URI shape; ``track.flatten`` (the MLflow params) is checked on a real run in test_reliability_faults."""
+    import logging
+
+    from sparkzoo.jobs import cli
+    from sparkzoo.pipelines import config
+    from sparkzoo.pipelines.errors import ConfigError
+
+    from .conftest import CONF
+
+    secret = "AKIA-not-a-real-key-42"
+    with pytest.raises(ConfigError) as err:
+        config.load(CONF, [f"spark.conf.spark.hadoop.fs.s3a.secret.key={secret}", "train.epochs=zero"])
+    assert "train.epochs" in str(err.value) and "fs.s3a.secret.key=***" in str(err.value)
+    assert secret not in str(err.value)
+    cli._setup_logging()
+    handler = logging.getLogger("sparkzoo").handlers[0]
+    buf = io.StringIO()
+    old = handler.setStream(buf)
+    try:
+        logging.getLogger("sparkzoo.score").info("writing to %s", f"http://bob:{secret}@mlflow.example:5000")
+    finally:
+        handler.setStream(old)
+    assert buf.getvalue() == "[sparkzoo] writing to http://bob:***@mlflow.example:5000\n"
+    record("a secret in a --set override or in a URI in a log line", kind="safety",
+           expected="masked in config errors and in log lines", outcome="shown as ***",
+           test=THIS + "test_secrets_never_reach_messages_or_logs")
