@@ -105,9 +105,18 @@ def _flush(exp: Experiment, run_id: str | None) -> None:
     ids = [run_id] if run_id else sorted(os.listdir(root))
     for rid in ids:
         box = Outbox(root, rid)
-        if box.pending():
+        if not box.pending():
+            continue
+        try:
             n = box.flush(client(exp))
-            log.info("MLflow tracking server %s is back: sent %d kept item(s) of run %s", tracking_uri(exp), n, rid)
+        except Exception as exc:
+            if run_id or unreachable(exc):
+                raise
+            # another run's items that this server refuses (say, it lives on another server): they stay
+            log.warning("could not send the kept items of run %s to %s (%s); they stay in %s", rid,
+                        tracking_uri(exp), _short(exc), box.dir)
+            continue
+        log.info("MLflow tracking server %s is back: sent %d kept item(s) of run %s", tracking_uri(exp), n, rid)
 
 
 def _deferred(exp: Experiment, run_id: str, send: Callable[[], None], keep: Callable[[Outbox], None],
