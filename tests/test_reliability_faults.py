@@ -53,9 +53,10 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-# ---- an executor's Python worker killed during prepare ------------------------------------------------
+# ---- an executor's Python worker, or the executor itself, killed during prepare --------------------
 
-def test_python_worker_killed_during_prepare_is_retried_without_duplicates(tmp_path):
+def _stamp_tree(tmp_path: Path) -> tuple[Path, set[str]]:
+    """36 real stamps in 3 class folders and one empty file: the ids a complete output must hold."""
     src = tmp_path / "stamps"
     expected = set()
     for cat in ("food", "sports", "vehicles"):
@@ -64,19 +65,19 @@ def test_python_worker_killed_during_prepare_is_retried_without_duplicates(tmp_p
             shutil.copy(p, src / cat / p.name)
             expected.add(f"stamps_fault/{cat}/{p.name}")
     (src / "food" / "zero.png").write_bytes(b"")
-    marker = tmp_path / "killed-once"
-    sets = [f"workspace={tmp_path / 'ws'}", "data.dataset=stamps_fault", "data.max_records=null",
+    return src, expected
+
+
+def _prepare_sets(tmp_path: Path, src: Path) -> list[str]:
+    return [f"workspace={tmp_path / 'ws'}", "data.dataset=stamps_fault", "data.max_records=null",
             "data.source={kind: image_folder, path: " + str(src) + ", extensions: [png], label_level: 0}",
             "data.image={height: 16, width: 16, channels: 3}", "prepare.max_bad_fraction=0.5",
-            "spark.master=local[2,3]",            # 3 attempts per task: Spark's retry in local mode
             "spark.conf.spark.ui.enabled=false"]
-    proc = run_cli("prepare", "--conf", str(CONF), *[a for s in sets for a in ("--set", s)],
-                   env={"SPARKZOO_FAULT": f"prepare.decode:{marker}", "PYSPARK_PYTHON": sys.executable})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert marker.exists(), "the fault was never injected"
-    killed_pid = int(marker.read_text())
-    assert "Lost task" in proc.stderr and "Python worker exited unexpectedly" in proc.stderr   # Spark saw it die
-    dataset = proc.stdout.split("path: ")[1].strip()
+
+
+def _complete_once(stdout: str, expected: set[str]) -> tuple[int, int, int]:
+    """The committed dataset holds every expected id exactly once: (input, written, quarantined)."""
+    dataset = stdout.split("path: ")[1].split()[0].strip()
     ds = open_prepared_at(dataset)
     ids = _ids(dataset)
     assert len(ids) == len(set(ids)), "the retried task duplicated rows"
@@ -84,11 +85,48 @@ def test_python_worker_killed_during_prepare_is_retried_without_duplicates(tmp_p
     quarantined = pq.read_table(paths.join(dataset, "quarantine")).column("reason").to_pylist()
     assert quarantined == ["empty_file"]
     assert ds.manifest["input_records"] == len(ids) + len(quarantined) == len(expected) + 1
+    return ds.manifest["input_records"], len(ids), len(quarantined)
+
+
+def test_python_worker_killed_during_prepare_is_retried_without_duplicates(tmp_path):
+    src, expected = _stamp_tree(tmp_path)
+    marker = tmp_path / "killed-once"
+    sets = [*_prepare_sets(tmp_path, src), "spark.master=local[2,3]"]   # 3 attempts per task in local mode
+    proc = run_cli("prepare", "--conf", str(CONF), *[a for s in sets for a in ("--set", s)],
+                   env={"SPARKZOO_FAULT": f"prepare.decode:{marker}", "PYSPARK_PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists(), "the fault was never injected"
+    killed_pid = int(marker.read_text().split()[1])
+    assert "Lost task" in proc.stderr and "Python worker exited unexpectedly" in proc.stderr   # Spark saw it die
+    rows_in, rows_out, quarantined = _complete_once(proc.stdout, expected)
     record("Python worker SIGKILLed in the middle of a prepare task", kind="fault",
            expected="Spark retries the task; output complete, no duplicates",
            outcome=f"worker pid {killed_pid} killed after sending its rows; task retried; every id once",
            test=THIS + "test_python_worker_killed_during_prepare_is_retried_without_duplicates",
-           rows_in=ds.manifest["input_records"], rows_out=len(ids), quarantined=len(quarantined))
+           rows_in=rows_in, rows_out=rows_out, quarantined=quarantined)
+
+
+def test_executor_jvm_killed_during_prepare_on_a_standalone_cluster(tmp_path):
+    from .test_cluster import VENV_BIN, standalone_cluster
+
+    src, expected = _stamp_tree(tmp_path)
+    marker = tmp_path / "executor-killed-once"
+    with standalone_cluster(tmp_path) as (master, env):
+        proc = subprocess.run(
+            [str(VENV_BIN / "spark-submit"), "--master", master, "--conf", f"spark.pyspark.python={sys.executable}",
+             "--conf", "spark.executor.memory=1g", "--conf", f"spark.executorEnv.SPARKZOO_FAULT=prepare.decode:"
+             f"{marker}:executor", str(ROOT / "jobs" / "prepare.py"), "--conf", str(CONF),
+             *[a for s in _prepare_sets(tmp_path, src) for a in ("--set", s)]],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert marker.exists() and marker.read_text().startswith("executor "), "the executor was never killed"
+    assert "Lost executor" in proc.stderr or "ExecutorLostFailure" in proc.stderr     # Spark saw it go
+    rows_in, rows_out, quarantined = _complete_once(proc.stdout, expected)
+    record("executor JVM SIGKILLed in the middle of prepare (standalone cluster, 2 workers)", kind="fault",
+           expected="Spark reruns its tasks on the other executor; output complete, no duplicates",
+           outcome="executor lost; tasks rerun; every id once",
+           test=THIS + "test_executor_jvm_killed_during_prepare_on_a_standalone_cluster",
+           rows_in=rows_in, rows_out=rows_out, quarantined=quarantined)
 
 
 # ---- full disk ------------------------------------------------------------------------------------------
