@@ -92,8 +92,9 @@ def cmd_train(args) -> int:
 def _train_summary(r) -> str:
     acc, ece = r.test.get("accuracy"), r.test.get("ece")
     calibration = f", calibration error (ECE) {ece:.4f}" if ece is not None else ""
+    others = ", ".join(f"{k} {v:.4f}" for k, v in r.test.items() if k != "loss")
     return (f"trained {r.model_name}: test accuracy {acc:.4f}{calibration}\n" if acc is not None
-            else f"trained {r.model_name}\n") + (
+            else f"trained {r.model_name}: test {others}\n") + (
         f"  training time {r.train_seconds:.1f}s, {r.samples_per_second:.0f} samples/s, {r.parameters:,} parameters\n"
         f"  MLflow run {r.run_id}; registered model {r.model_name} version {r.model_version} "
         f"aliases {', '.join(r.aliases)}\n  {r.promotion}")
@@ -149,6 +150,34 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_baseline(args) -> int:
+    """The classical model beside this config's family, on the same prepared split, logged to MLflow."""
+    from sparkzoo.pipelines import baselines
+
+    exp = _load(args)
+    r = baselines.run(exp)
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items() if k.startswith("test_"))
+    print(f"{r.kind} baseline for {exp.model.name} on {exp.data.dataset}: {figures} ({r.seconds:.1f}s)\n"
+          f"  MLflow run {r.run_id} in experiment {exp.mlflow.experiment}")
+    if r.model_probe:
+        print(f"  {r.model_probe['model']} v{r.model_probe['version']} code, same probe: test_probe_accuracy "
+              f"{r.model_probe['test_probe_accuracy']:.4f} (logged to its run {r.model_probe['run_id']})")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    """Every family of a zoo spec to its bar; writes the table in docs/MODEL_ZOO.md."""
+    from sparkzoo.pipelines import zoo
+
+    results = zoo.run(args.family, args.set, args.only.split(",") if args.only else None,
+                      write_table=not args.no_table)
+    print(zoo.table(zoo.load_spec(args.family), results))
+    failed = [r.id for r in results if not r.passed]
+    print(f"zoo {args.family}: {len(results) - len(failed)}/{len(results)} entries clear their bars"
+          + (f"; below: {', '.join(failed)}" if failed else ""))
+    return 0 if not failed else 3
+
+
 def cmd_ui(args) -> int:
     from sparkzoo.pipelines import track
 
@@ -198,6 +227,9 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "promote": (cmd_promote, "compare candidate and champion in Spark; move champion only if the candidate wins "
                              "(--rollback-to N moves it back)"),
     "run": (cmd_run, "prepare, train and score in a row, then print a summary"),
+    "baseline": (cmd_baseline, "the classical baseline for this config's family on the same split (Spark ML), "
+                               "logged beside the nets"),
+    "zoo": (cmd_zoo, "train every family of a zoo spec (conf/zoo/<family>.yaml) to its bar and write docs/MODEL_ZOO.md"),
     "ui": (cmd_ui, "start the MLflow UI on this experiment's store (127.0.0.1 by default)"),
     "doctor": (cmd_doctor, "check Java, Spark, Horovod (Gloo + torch), petastorm, the MLflow store and free disk"),
 }
@@ -230,6 +262,10 @@ def _extra_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "promote":
         p.add_argument("--rollback-to", type=int, metavar="VERSION",
                        help="move the champion alias back to this version instead of evaluating (logged)")
+    elif name == "zoo":
+        p.add_argument("--family", default="vision", help="zoo spec under conf/zoo/ (default: vision)")
+        p.add_argument("--only", help="comma-separated entry ids to run (default: all)")
+        p.add_argument("--no-table", action="store_true", help="do not rewrite docs/MODEL_ZOO.md")
     elif name == "doctor":
         p.add_argument("--min-free-gb", type=_positive_float, default=2.0, metavar="GB",
                        help="free disk space the workspace needs (default: 2)")

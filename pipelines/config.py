@@ -167,7 +167,12 @@ class ImageSettings(_Strict):
     width: int = Field(64, gt=0)
     channels: Literal[1, 3] = 3
     resize: Literal["stretch", "fit", "crop"] = "fit"   # fit = keep aspect and pad; crop = fill and centre-crop
-    background: Literal["white", "black", "random"] = "white"   # under transparent pixels and padding
+    # Under transparent pixels and padding: a solid colour, or (texture) a seeded random picture of
+    # gradients, shapes and noise per image, with the cut-out pasted at a random place and scale: the
+    # varied backgrounds segmentation needs, where a colour threshold no longer finds the object.
+    background: Literal["white", "black", "random", "texture"] = "white"
+    paste_scale_min: float = Field(1.0, gt=0.0, le=1.0)   # texture: the cut-out's size, fraction of the frame
+    variants: int = Field(1, ge=1, le=100)   # texture: rows per file, each on its own background (same split)
     # Files whose header declares more pixels are quarantined (too_large) before any decode: a few-kB
     # PNG can declare gigapixels ("decompression bomb").
     max_pixels: int = Field(40_000_000, ge=1)
@@ -201,6 +206,9 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)   # for sources without an official test split
     max_records: Optional[int] = Field(None, gt=0)
+    # Share of the train split kept (a stable hash of the row id picks it): "10% of the labels" for
+    # label-efficiency and transfer-learning runs; val and test stay whole.
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0)
     version: Optional[str] = None  # pin a prepared version; null = the one this config and source give
     image: ImageSettings = ImageSettings()
     text: TextSettings = TextSettings()
@@ -235,6 +243,11 @@ class ReplicateConfig(_Strict):
 class ModelConfig(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # Transfer learning: start from a registered version's weights (every tensor of the same name and
+    # shape; a head for other classes or input sizes stays fresh), pinned at job start.
+    init_from: Optional[str] = Field(None, pattern=r"^models:/[^/@]+(@[^/]+|/\d+)$")
+    init_exclude: list[str] = Field(default_factory=list)   # name prefixes not copied (a new head: [head])
+    freeze: list[str] = Field(default_factory=list)   # parameter-name prefixes that stop learning
 
 
 class TrainConfig(_Strict):
@@ -250,6 +263,7 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0.0)
     scale_lr_by_world_size: bool = True
     warmup_epochs: float = Field(0.0, ge=0.0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"   # cosine: decay to 0 by the last epoch
     fp16_compression: bool = False
     backward_passes_per_step: int = Field(1, ge=1)
     amp: bool = True               # bf16 autocast on CUDA devices; ignored on CPU
@@ -309,6 +323,15 @@ class ScoreConfig(_Strict):
         return value.isoformat() if hasattr(value, "isoformat") else value
 
 
+class BaselineConfig(_Strict):
+    """``sparkzoo baseline``: the classical model beside each family (see pipelines/baselines.py)."""
+
+    max_iter: int = Field(100, ge=1)                 # logistic regression (raw pixels, and every linear probe)
+    reg_param: float = Field(0.0, ge=0.0)
+    pca_components: Optional[int] = Field(None, ge=1)   # null = the autoencoder's code size (model.params.code, else 10)
+    thresholds: int = Field(32, ge=2, le=1024)       # colour threshold: grid size tried on the train split
+
+
 class UiConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(5000, ge=1, le=65535)
@@ -326,6 +349,7 @@ class Experiment(_Strict):
     train: TrainConfig = TrainConfig()
     mlflow: MlflowConfig = MlflowConfig()
     score: ScoreConfig = ScoreConfig()
+    baseline: BaselineConfig = BaselineConfig()
     ui: UiConfig = UiConfig()
     # Where it was loaded from, for messages; not part of the user's YAML.
     source_file: str = ""

@@ -62,7 +62,7 @@ class Predictor:
         self.device = torch.device(device)
         self.optimize = optimize
         self.module = optimize_module(module.eval().to(self.device), optimize, self.device)
-        self.task = make_task(spec["task"], spec["num_classes"])
+        self.task = make_task(spec["task"], spec["num_classes"], mean=spec["stats"]["mean"], std=spec["stats"]["std"])
         self._torch = torch
 
     @classmethod
@@ -88,12 +88,10 @@ class Predictor:
         return flat.reshape(len(images), shape["height"], shape["width"], shape["channels"])
 
     def predict_arrays(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        from sparkzoo.models.tasks import images_to_tensor
-
-        stats = self.spec["stats"]
+        """uint8 (n, h, w, c) -> the task's output columns as numpy arrays (see ``models.tasks``)."""
         torch = self._torch
         with torch.inference_mode():
-            x = images_to_tensor(pixels, stats["mean"], stats["std"], self.device if self.device.type != "cpu" else None)
+            x = self.task.inputs(pixels, self.device if self.device.type != "cpu" else None)
             if self.optimize in ("channels_last", "compile"):
                 x = x.contiguous(memory_format=torch.channels_last)
             n = x.shape[0]
@@ -104,15 +102,33 @@ class Predictor:
                 if n < self._pad_to:
                     x = torch.cat([x, x.new_zeros((self._pad_to - n, *x.shape[1:]))]).contiguous(
                         memory_format=torch.channels_last)
-            logits = self.module(x)[:n]
+            out = _rows(self.module(x), n)
+            if self.task.name == "reconstruction":
+                out = {**out, "input": x[:n]}
+            out = self.task.as_float(out)
             if self.device.type != "cpu":
-                logits = logits.float().cpu()
-        return self.task.outputs(logits)
+                out = {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
+        return self.task.outputs(out)
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        out = self.predict_arrays(self.decode(frame["image"]))
-        return pd.DataFrame({"prediction": out["prediction"], "confidence": out["confidence"],
-                             "probability": list(out["probability"])})
+        return outputs_frame(self.predict_arrays(self.decode(frame["image"])))
+
+
+def _rows(out: Any, n: int) -> Any:
+    return {k: v[:n] for k, v in out.items()} if isinstance(out, dict) else out[:n]
+
+
+def outputs_frame(out: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Task outputs -> the columns scoring writes: uint8 rows become bytes (masks), float rows arrays."""
+    cols: dict[str, Any] = {}
+    for name, arr in out.items():
+        if arr.ndim == 1:
+            cols[name] = arr
+        elif arr.dtype == np.uint8:
+            cols[name] = [row.tobytes() for row in arr]
+        else:
+            cols[name] = list(arr)
+    return pd.DataFrame(cols)
 
 
 def optimize_module(module, optimize: str, device):

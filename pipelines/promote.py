@@ -50,6 +50,10 @@ def evaluate(spark, exp: Experiment, version: int, split: str) -> dict[str, floa
     ds = open_prepared(exp)
     df = spark.read.parquet(ds.split_dir(split))
     shipped = score.ship_model(spark, exp, exp.model_name, version)
+    if shipped.spec["task"] != "classification":
+        raise RegistryError(f"sparkzoo promote compares classifiers (accuracy, log loss); {exp.model_name} is a "
+                            f"{shipped.spec['task']} model: compare its runs' test metrics in MLflow and move the "
+                            f"champion alias with --rollback-to <version>")
     df = score.check_input(df, ds.split_dir(split), shipped.spec)
     good = df.filter(score.reject_reason(df, shipped.spec).isNull() & F.col("label").isNotNull())
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))

@@ -33,7 +33,6 @@ from .errors import ScoringError
 
 log = logging.getLogger("sparkzoo.score")
 
-OUTPUT_SCHEMA_BASE = "id string, prediction long, confidence float, probability array<float>"
 REJECT_SCHEMA = "id string, reason string, model_name string, model_version int, run_date string"
 _LOADED: dict[tuple, Any] = {}   # per Python worker: (model key, device, optimisation) -> Predictor
 _GLOB = set("*?[{")
@@ -135,14 +134,15 @@ def _predictor(model_file: str, options: dict[str, Any]):
 def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[str],
                   options: dict[str, Any] | None = None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: one model per worker, whole-batch inference, numpy outputs."""
+    from .modelpack import outputs_frame
+
     options = options or {"device": "auto", "threads": 1, "optimize": "none"}
     predictor = _predictor(model_file, options)
     for frame in batches:
         if frame.empty:
             continue
-        out = predictor.predict_arrays(predictor.decode(frame["image"]))
-        result = pd.DataFrame({"id": frame["id"].to_numpy(), "prediction": out["prediction"],
-                               "confidence": out["confidence"], "probability": list(out["probability"])})
+        result = outputs_frame(predictor.predict_arrays(predictor.decode(frame["image"])))
+        result.insert(0, "id", frame["id"].to_numpy())
         for col in keep:
             result[col] = frame[col].to_numpy()
         yield result
@@ -150,16 +150,14 @@ def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[s
 
 def ship_model(spark, exp: Experiment, name: str, version: int) -> ShippedModel:
     """Download one pinned version on the driver and ship its folder to the executors once."""
-    import mlflow
+    import json
 
     from .modelpack import SPEC_FILE
 
-    track.client(exp)
     local = tempfile.mkdtemp(prefix=f"sparkzoo-{name}-v{version}-")
-    model_dir = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=local)
-    import json
-
-    with open(os.path.join(model_dir, "artifacts", SPEC_FILE)) as fh:
+    files = track.download_model_files(exp, name, version, local)
+    model_dir = os.path.dirname(files)
+    with open(os.path.join(files, SPEC_FILE)) as fh:
         spec = json.load(fh)
     # One zip, not a folder: Spark ships local folders only on a local master.
     import shutil
@@ -172,8 +170,11 @@ def ship_model(spark, exp: Experiment, name: str, version: int) -> ShippedModel:
 
 
 def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
-    """Rows (id, image, *keep) that fit the model -> id, prediction, confidence, probability, *keep."""
-    schema = OUTPUT_SCHEMA_BASE + "".join(f", {c} {dict(df.dtypes)[c]}" for c in keep)
+    """Rows (id, image, *keep) that fit the model -> id, the task's output columns, *keep."""
+    from sparkzoo.models.tasks import TASKS
+
+    schema = f"id string, {TASKS[shipped.spec['task']].output_schema}" + "".join(
+        f", {c} {dict(df.dtypes)[c]}" for c in keep)
     model_file = shipped.file
     options = {**options, "model_key": shipped.key}
     return df.select("id", "image", *keep).mapInPandas(
@@ -325,12 +326,16 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     shipped = ship_model(spark, exp, name, version)
     df = check_input(df, where, shipped.spec)
     if exp.score.optimize != "none":
+        if shipped.spec["task"] != "classification":
+            raise ScoringError(f"score.optimize={exp.score.optimize} is checked against eager accuracy, so it is for "
+                               f"classifiers; {name} is a {shipped.spec['task']} model: use score.optimize=none")
         check_optimization(spark, exp, shipped, df, where)
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     tagged = df.withColumn("_reject", reject_reason(df, shipped.spec))
-    keep = [c for c in ("label",) if c in df.columns]
+    classifier = shipped.spec["task"] == "classification"
+    keep = [c for c in ("label",) if c in df.columns and classifier]
     good = tagged.filter(F.col("_reject").isNull())
     out = paths.predictions_dir(exp)
     skipped = 0

@@ -230,7 +230,7 @@ def _find_unfinished_run(exp: Experiment) -> str | None:
     return None
 
 
-def start_run(exp: Experiment, *, dataset_version: str, world_size: int) -> str:
+def start_run(exp: Experiment, *, dataset_version: str, world_size: int, extra_params: dict[str, str] | None = None) -> str:
     import datetime as dt
 
     c = client(exp)
@@ -247,7 +247,7 @@ def start_run(exp: Experiment, *, dataset_version: str, world_size: int) -> str:
         "mlflow.note.content": f"{exp.model.name} on {exp.data.dataset} v{dataset_version}, {world_size} ranks",
     })
     run_id = run.info.run_id
-    params = flatten(exp.model_dump(mode="json", exclude={"source_file"}))
+    params = {**flatten(exp.model_dump(mode="json", exclude={"source_file"})), **(extra_params or {})}
     from mlflow.entities import Param
 
     items = [Param(k, v[:6000]) for k, v in params.items()]
@@ -433,28 +433,33 @@ def tag_version(exp: Experiment, version: int, tags: dict[str, str]) -> None:
 def log_decision(exp: Experiment, *, run_name: str, params: dict[str, Any], metrics: dict[str, float],
                  tags: dict[str, str]) -> str:
     """One finished MLflow run in the experiment that records a registry decision; returns its id."""
+    return log_finished_run(exp, run_name=run_name, params=params, metrics=metrics,
+                            tags={"sparkzoo.kind": "registry_decision", **tags}, note=tags.get(PROMOTION_TAG, ""))
+
+
+def log_finished_run(exp: Experiment, *, run_name: str, params: dict[str, Any], metrics: dict[str, float],
+                     tags: dict[str, str], note: str = "") -> str:
+    """A complete run in one call (registry decisions, classical baselines); returns its id."""
     import time
 
     from mlflow.entities import Metric, Param, RunTag
 
     c = client(exp)
     run = c.create_run(experiment_id(exp), run_name=run_name,
-                       tags={"sparkzoo.kind": "registry_decision", "sparkzoo.model_name": exp.model_name,
-                             "sparkzoo.version": __version__, **tags})
+                       tags={"sparkzoo.model_name": exp.model_name, "sparkzoo.version": __version__, **tags})
     now = int(time.time() * 1000)
     c.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                params=[Param(k, str(v)) for k, v in params.items()], tags=[RunTag("mlflow.note.content", tags.get(
-                    PROMOTION_TAG, ""))])
+                params=[Param(k, str(v)[:6000]) for k, v in params.items()], tags=[RunTag("mlflow.note.content", note)])
     c.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
 
-def resolve_model_version(exp: Experiment, uri: str | None) -> tuple[str, int]:
+def resolve_model_version(exp: Experiment, uri: str | None, setting: str = "score.model_uri") -> tuple[str, int]:
     """``models:/name@alias`` or ``models:/name/3`` -> (name, version), pinned once at job start."""
     uri = uri or f"models:/{exp.model_name}@champion"
     m = re.match(r"^models:/([^/@]+)(?:@([^/]+)|/(\d+))$", uri)
     if not m:
-        raise RegistryError(f"score.model_uri {uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
+        raise RegistryError(f"{setting} {uri!r} is not models:/<name>@<alias> or models:/<name>/<version>")
     name, alias, number = m.groups()
     if number:
         return name, int(number)
@@ -465,3 +470,12 @@ def resolve_model_version(exp: Experiment, uri: str | None) -> tuple[str, int]:
     except MlflowException:
         raise RegistryError(f"registered model '{name}' has no version with alias '{alias}' in {registry_uri(exp)}; "
                             f"train it first (sparkzoo train --conf ...) or set score.model_uri") from None
+
+
+def download_model_files(exp: Experiment, name: str, version: int, dst: str) -> str:
+    """One registered version's files into ``dst``; returns the folder holding spec.json and weights.pt."""
+    import mlflow
+
+    client(exp)   # sets the tracking and registry URIs for mlflow's module-level download
+    model_dir = mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=dst)
+    return os.path.join(model_dir, "artifacts")

@@ -1,7 +1,8 @@
-"""Every registered family builds, runs forward on a tiny input and gives one logit per class."""
+"""Every registered family builds, runs forward on small inputs and fits its task's contract."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,12 +11,38 @@ from sparkzoo.models.registry import UnknownModelError
 
 
 @pytest.mark.parametrize("name", models.list_models())
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8)])
-def test_family_forward(name, shape):
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8), (1, 20, 20)])
+def test_family_forward_and_task_contract(name, shape):
+    """Each family's output fits its task: loss is finite and backpropagates, every metric key is
+    present, and scoring gets one output row per input row."""
     spec = models.InputSpec(*shape, num_classes=10)
     net = models.get_model(name, spec)
-    out = net(torch.randn(4, *shape))
-    assert out.shape == (4, 10)
+    task = models.make_task(models.model_task(name), 10, mean=0.3, std=0.35)
+    batch = {"image": np.random.default_rng(0).integers(0, 256, (4, shape[1], shape[2], shape[0]), dtype=np.uint8),
+             "label": np.arange(4, dtype=np.int64),
+             "mask": (np.random.default_rng(1).random((4, shape[1], shape[2])) > 0.5).astype(np.uint8)}
+    x, y = task.tensors(batch, torch.device("cpu"))
+    out = task.as_float(net(x))
+    if task.name == "classification":
+        assert out.shape == (4, 10)
+    elif task.name == "reconstruction":
+        assert out["reconstruction"].shape == x.shape and out["code"].shape[0] == 4
+    else:
+        assert out.shape == (4, 1, shape[1], shape[2])
+    loss = task.loss(out, y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    sums = task.metric_sums(task.as_float(out, detach=True), y)
+    assert set(sums) == set(task.empty_sums())
+    assert task.metric in task.finish(sums)
+    net.eval()
+    with torch.no_grad():
+        scored = net(x)
+    if task.name == "reconstruction":
+        scored = {**scored, "input": x}
+    cols = task.outputs(task.as_float(scored))
+    assert all(len(v) == 4 for v in cols.values())
     assert models.count_parameters(net) > 0
 
 

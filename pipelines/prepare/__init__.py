@@ -79,6 +79,7 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
     from pyspark import StorageLevel
     with contextlib.ExitStack() as stack:
         rows = _check_labels(module.read(spark, exp, listing, stack), list(exp.data.source.label_names))
+        rows = _keep_train_fraction(rows, exp.data.train_fraction)
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         stack.callback(rows.unpersist)
         totals, per_class, summary = _aggregate(rows)
@@ -119,6 +120,19 @@ def _discard(staging: str) -> None:
     no marker, so it can never be mistaken for a dataset."""
     with contextlib.suppress(OSError):
         paths.delete_dir(staging)
+
+
+UNUSED = "unused"   # train rows left out by data.train_fraction: counted, never written
+
+
+def _keep_train_fraction(rows, fraction: float):
+    """``data.train_fraction`` < 1: a stable hash of the id moves the rest of train to ``unused``."""
+    if fraction >= 1.0:
+        return rows
+    from .split import BUCKETS
+
+    drop = (F.col("split") == "train") & (F.pmod(F.xxhash64("id"), F.lit(BUCKETS)) >= int(round(fraction * BUCKETS)))
+    return rows.withColumn("split", F.when(drop, F.lit(UNUSED)).otherwise(F.col("split")))
 
 
 def _module(exp: Experiment):
@@ -162,7 +176,7 @@ def _write(rows, data, exp: Experiment, staging: str, version: str, listing, lab
            summary: BadSummary, extra: dict[str, Any]) -> dict[str, Any]:
     """All splits in one pass (partitioned by split, then renamed to train/val/test), then quarantine."""
     parts = paths.join(staging, "_parts")
-    (data.write.mode("overwrite")
+    (data.filter(F.col("split") != UNUSED).write.mode("overwrite")
      .partitionBy("split")
      .option("maxRecordsPerFile", exp.prepare.rows_per_file)
      .option("parquet.block.size", exp.prepare.row_group_bytes)
@@ -201,5 +215,7 @@ def _write(rows, data, exp: Experiment, staging: str, version: str, listing, lab
         config={"data": exp.data.model_dump(mode="json"), "prepare": exp.prepare.model_dump(mode="json")},
     )
     manifest.update(extra)
+    if UNUSED in totals:
+        manifest["unused_train_rows"] = int(totals[UNUSED]["rows"])   # data.train_fraction left them out
     paths.write_json(paths.join(staging, MANIFEST), manifest)
     return manifest

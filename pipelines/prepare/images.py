@@ -36,8 +36,12 @@ EXT_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP", "gif": 
 
 def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np.ndarray,
                labels: np.ndarray, label_names: list[str], val_fraction: float, test_fraction: float = 0.0,
-               masks: list[bytes | None] | None = None, captions: list[str | None] | None = None) -> pd.DataFrame:
-    """Good rows from uint8 (n, h, w, c) pixels; labels outside the known classes become bad rows."""
+               masks: list[bytes | None] | None = None, captions: list[str | None] | None = None,
+               split_ids: list[str] | None = None) -> pd.DataFrame:
+    """Good rows from uint8 (n, h, w, c) pixels; labels outside the known classes become bad rows.
+
+    ``split_ids`` (default: the ids) decide the split, so several rows made from one file share it.
+    """
     n, h, w, c = pixels.shape if pixels.ndim == 4 else (0, 0, 0, 0)
     flat = pixels.reshape(n, -1)
     as_float = flat.astype(np.float64) / 255.0
@@ -46,7 +50,7 @@ def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np
     frame = pd.DataFrame({
         "id": ids,
         "source": sources,
-        "split": assign(ids, source_split, val_fraction, test_fraction),
+        "split": assign(split_ids or ids, source_split, val_fraction, test_fraction),
         "label_name": names[np.where(known, labels, len(label_names))] if label_names else [None] * n,
         "stage": None, "reason": None, "detail": None,
         "stat_sum": as_float.sum(axis=1),
@@ -167,11 +171,12 @@ def transform_image(content: bytes | None, ext: str, settings: dict[str, Any], k
         raise BadRecord("truncated", f"decoding stopped early: {exc}") from None
     img = _eight_bit(img)
     h, w, c = int(settings["height"]), int(settings["width"]), int(settings["channels"])
-    bg = background_colour(settings.get("background", "white"), key, seed)
+    textured = settings.get("background") == "texture"
+    bg = background_colour("white" if textured else settings.get("background", "white"), key, seed)
     has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     alpha = None
+    rgba = img.convert("RGBA") if has_alpha or textured else None
     if has_alpha:
-        rgba = img.convert("RGBA")
         alpha = rgba.getchannel("A")
         base = Image.new("RGBA", rgba.size, bg + (255,))
         img = Image.alpha_composite(base, rgba).convert("RGB")
@@ -192,6 +197,14 @@ def transform_image(content: bytes | None, ext: str, settings: dict[str, Any], k
             raise BadRecord("mask_size_mismatch", f"image is {img.size[0]}x{img.size[1]} but its mask is "
                                                   f"{m.size[0]}x{m.size[1]}")
         mask_img = m.convert("L").point(lambda v: 255 if v > 127 else 0)
+    if textured:
+        from .backgrounds import paste_on_texture
+
+        placed, mask_img = paste_on_texture(rgba, mask_img, h, w, float(settings.get("paste_scale_min", 1.0)), key,
+                                            seed, _geometry)
+        out = np.asarray(placed.convert("L" if c == 1 else "RGB"), dtype=np.uint8).reshape(h, w, c)
+        mask = (np.asarray(mask_img) > 127).astype(np.uint8) if mask_img is not None else None
+        return out, mask
     img = img.convert("L" if c == 1 else "RGB")
     fill = (bg[0] * 299 + bg[1] * 587 + bg[2] * 114) // 1000 if c == 1 else bg
     out = np.asarray(_geometry(img, h, w, settings.get("resize", "fit"), fill, Image.BILINEAR), dtype=np.uint8)
@@ -233,7 +246,7 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
 
     root, src = ctx["root"], ctx["source"]
     for frame in frames:
-        good: dict[str, list] = {k: [] for k in ("id", "source", "label", "mask", "caption")}
+        good: dict[str, list] = {k: [] for k in ("id", "split_id", "source", "label", "mask", "caption")}
         pixels: list[np.ndarray] = []
         bad: dict[str, list] = {k: [] for k in ("id", "source", "reason", "detail", "stage")}
         for row in frame.itertuples(index=False):
@@ -264,28 +277,36 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
                     raw = (_sidecar(path, src["caption_sidecar"]) if ctx["kind"] == "image_folder"
                            else (getattr(row, "caption", None) or "").encode("utf-8"))
                     caption = _caption(raw)
-                content = row.content
-                pix, mask = transform_image(bytes(content) if content is not None else None, ext, ctx["image"],
-                                            rid, ctx["seed"], ctx["mask"], mask_bytes)
+                content = bytes(row.content) if row.content is not None else None
+                made = [(key, *transform_image(content, ext, ctx["image"], key, ctx["seed"], ctx["mask"], mask_bytes))
+                        for key in _variant_ids(rid, ctx.get("variants", 1))]
             except BadRecord as bad_rec:
                 for k, v in zip(("id", "source", "reason", "detail", "stage"),
                                 (rid, path, bad_rec.reason, bad_rec.detail, bad_rec.stage)):
                     bad[k].append(v)
                 continue
-            pixels.append(pix)
-            good["id"].append(rid)
-            good["source"].append(path)
-            good["label"].append(label)
-            good["mask"].append(mask.tobytes() if mask is not None else None)
-            good["caption"].append(caption)
+            for key, pix, mask in made:
+                pixels.append(pix)
+                good["id"].append(key)
+                good["split_id"].append(rid)
+                good["source"].append(path)
+                good["label"].append(label)
+                good["mask"].append(mask.tobytes() if mask is not None else None)
+                good["caption"].append(caption)
         if pixels:
             out = image_rows(good["id"], good["source"], "all", np.stack(pixels), np.full(len(pixels), -1),
-                             [], ctx["val_fraction"], ctx["test_fraction"], good["mask"], good["caption"])
+                             [], ctx["val_fraction"], ctx["test_fraction"], good["mask"], good["caption"],
+                             split_ids=good["split_id"])
             out["label_name"] = good["label"]
             yield out
             faults.maybe_kill("prepare.decode")   # tests only: dies after sending rows, so the retry must not duplicate them
         if bad["id"]:
             yield bad_rows(bad["id"], bad["source"], "all", bad["reason"], bad["detail"], bad["stage"])
+
+
+def _variant_ids(rid: str, variants: int) -> list[str]:
+    """The file's own id, then ``<id>#v1``...: one row per background variant."""
+    return [rid] + [f"{rid}#v{k}" for k in range(1, variants)]
 
 
 def _caption(raw: bytes | None) -> str:
@@ -310,7 +331,8 @@ def _ctx(exp, root: str) -> dict[str, Any]:
             "image": exp.data.image.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
             "test_fraction": exp.data.test_fraction, "needs_label": task_label,
             "mask": d.get("mask", "file" if d.get("mask_column") else "none"),
-            "caption": bool(d.get("caption_sidecar") or d.get("caption_column"))}
+            "caption": bool(d.get("caption_sidecar") or d.get("caption_column")),
+            "variants": exp.data.image.variants if exp.data.image.background == "texture" else 1}
 
 
 def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):

@@ -6,12 +6,12 @@ import hashlib
 
 import numpy as np
 
-_BUCKETS = 10_000
+BUCKETS = 10_000
 
 
 def bucket(row_id: str) -> int:
     """A stable bucket in [0, 10000) from the id alone (blake2b, not Python's salted hash)."""
-    return int.from_bytes(hashlib.blake2b(row_id.encode("utf-8"), digest_size=8).digest(), "big") % _BUCKETS
+    return int.from_bytes(hashlib.blake2b(row_id.encode("utf-8"), digest_size=8).digest(), "big") % BUCKETS
 
 
 def assign(ids: list[str], source_split: str, val_fraction: float, test_fraction: float = 0.0) -> np.ndarray:
@@ -22,8 +22,8 @@ def assign(ids: list[str], source_split: str, val_fraction: float, test_fraction
     """
     if source_split == "test":
         return np.full(len(ids), "test", dtype=object)
-    cut = int(round(val_fraction * _BUCKETS))
-    tcut = cut + int(round(test_fraction * _BUCKETS)) if source_split == "all" else cut
+    cut = int(round(val_fraction * BUCKETS))
+    tcut = cut + int(round(test_fraction * BUCKETS)) if source_split == "all" else cut
     out = []
     for i in ids:
         b = bucket(i)

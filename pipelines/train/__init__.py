@@ -46,6 +46,11 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
     if exp.train.backend != "horovodrun" and spark is None:
         from ..session import get_spark
         spark = get_spark(exp)
+    check_task(exp, ds.manifest)
+    init_from = None
+    if exp.model.init_from:   # pinned once: an alias that moves during the job cannot change the start point
+        src_name, src_version = track.resolve_model_version(exp, exp.model.init_from, "model.init_from")
+        init_from = {"uri": exp.model.init_from, "name": src_name, "version": src_version}
     run_id = track.find_unfinished_run(exp)
     resume_from = None
     if run_id is not None:
@@ -53,10 +58,12 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
         track.client(exp).update_run(run_id, status="RUNNING")
         log.info("resuming MLflow run %s from %s", run_id, resume_from or "the start (no checkpoint yet)")
     else:
-        run_id = track.start_run(exp, dataset_version=ds.version, world_size=exp.train.num_proc)
+        source = ({"model.init_from_name": init_from["name"], "model.init_from_version": str(init_from["version"])}
+                  if init_from else None)
+        run_id = track.start_run(exp, dataset_version=ds.version, world_size=exp.train.num_proc, extra_params=source)
     ctx = {"run_id": run_id, "dataset_path": ds.path, "manifest": ds.manifest,
            "checkpoint_dir": paths.checkpoint_dir(exp, run_id), "resume_from": resume_from,
-           "fault": fault, "launched_at": time.time()}
+           "fault": fault, "launched_at": time.time(), "init_from": init_from}
     try:
         ranks = launch(exp, ctx, spark)
     except BaseException:
@@ -65,9 +72,11 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
     summary = ranks[0]
     if "model_uri" not in summary:
         raise TrainingError("rank 0 finished without a model; see the rank logs above")
+    metric = summary["metric"]
     description = (f"{exp.model.name} trained on {ds.manifest['dataset']} v{ds.version} "
                    f"({ds.rows('train')} train rows), {summary['size']} ranks, run {run_id}; "
-                   f"test_accuracy={summary['test'].get('accuracy', float('nan')):.4f}")
+                   f"test_{metric}={summary['test'].get(metric, float('nan')):.4f}"
+                   + (f"; initialised from {init_from['name']} v{init_from['version']}" if init_from else ""))
     version = track.register(exp, summary["model_uri"], run_id, description)
     track.set_alias(exp, "candidate", version)
     promoted, reason = track.promote_first(exp, version)
@@ -76,3 +85,21 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
     return TrainResult(run_id, exp.model_name, version, aliases, summary["test"], summary["history"],
                        summary["parameters"], summary["train_seconds"], summary["train_samples_per_second"],
                        time.time() - started, resume_from, reason, summary["first_step_seconds"], ranks)
+
+
+def check_task(exp: Experiment, manifest: dict[str, Any]) -> None:
+    """The family's task must fit the prepared data; say what to change before any rank starts."""
+    from ...models import model_task
+
+    task = model_task(exp.model.name)
+    columns = {c["name"] for c in manifest.get("schema", [])}
+    if manifest.get("modality", "image") != "image":
+        raise TrainingError(f"model {exp.model.name} trains on images but {manifest['dataset']} holds "
+                            f"{manifest.get('modality')} data; pick a family for that modality")
+    if task == "segmentation" and "mask" not in columns:
+        raise TrainingError(f"model {exp.model.name} segments images but {manifest['dataset']} has no masks; prepare it "
+                            f"with data.source.mask: alpha (or file), see conf/tuxpaint_masks.yaml")
+    if task == "classification" and manifest.get("num_classes", 0) < 2:
+        raise TrainingError(f"model {exp.model.name} classifies but {manifest['dataset']} has "
+                            f"{manifest.get('num_classes', 0)} classes; set data.source.label_level or label_names, "
+                            f"or pick a reconstruction family (autoencoder) for unlabelled images")

@@ -54,19 +54,26 @@ def steps_per_epoch(files: list[dict[str, Any]], size: int, batch_size: int, cap
     return min(steps, cap) if cap else steps
 
 
-def decode_images(table: pa.Table, height: int, width: int, channels: int) -> Batch:
-    """``image`` binary column -> uint8 (n, h, w, c) as a view of the Arrow data buffer."""
-    col = table.column("image").combine_chunks()
+def _fixed_width(table: pa.Table, name: str, per: int, what: str) -> np.ndarray:
+    """A binary column whose rows all hold ``per`` bytes -> uint8 (n, per), a view of the Arrow buffer."""
+    col = table.column(name).combine_chunks()
     n = len(col)
-    per = height * width * channels
     if col.null_count:
-        raise DataError(f"{col.null_count} rows have a null image; the prepared data is damaged, prepare it again")
+        raise DataError(f"{col.null_count} rows have a null {name}; the prepared data is damaged (or has no {name}s "
+                        f"for this task), prepare it again")
     _, offsets_buf, data_buf = col.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=col.offset * 4)
     if n and not np.all(np.diff(offsets) == per):
-        raise DataError(f"image sizes differ from the manifest's {height}x{width}x{channels}; prepare the data again")
-    pixels = np.frombuffer(data_buf, dtype=np.uint8, count=n * per, offset=int(offsets[0])).reshape(n, height, width, channels)
-    out: Batch = {"image": pixels}
+        raise DataError(f"{name} sizes differ from the manifest's {what}; prepare the data again")
+    return np.frombuffer(data_buf, dtype=np.uint8, count=n * per, offset=int(offsets[0])).reshape(n, per)
+
+
+def decode_images(table: pa.Table, height: int, width: int, channels: int) -> Batch:
+    """``image`` (and ``mask``) binary columns -> uint8 (n, h, w, c) and (n, h, w), views of Arrow data."""
+    pixels = _fixed_width(table, "image", height * width * channels, f"{height}x{width}x{channels}")
+    out: Batch = {"image": pixels.reshape(-1, height, width, channels)}
+    if "mask" in table.column_names:
+        out["mask"] = _fixed_width(table, "mask", height * width, f"{height}x{width} mask").reshape(-1, height, width)
     if "label" in table.column_names:
         out["label"] = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     return out
@@ -204,7 +211,7 @@ class ShardReader:
                                reader_pool_type="dummy") as reader:
             for nt in reader:
                 cols = {name: getattr(nt, name) for name in self.columns}
-                table = pa.table({name: pa.array(list(v)) if name == "image" else pa.array(v)
+                table = pa.table({name: pa.array(list(v)) if name in ("image", "mask") else pa.array(v)
                                   for name, v in cols.items()})
                 yield self._decode(table)
 

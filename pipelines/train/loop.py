@@ -6,6 +6,7 @@ heavy is imported here, inside the rank. Only rank 0 talks to MLflow and writes 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
@@ -48,8 +49,11 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     shape = manifest["shape"]
     spec = InputSpec(shape["channels"], shape["height"], shape["width"], manifest["num_classes"])
     model = get_model(exp.model.name, spec, **exp.model.params).to(device)
-    task = make_task(model_task(exp.model.name), manifest["num_classes"])
-    mean, std = manifest["stats"]["mean"], manifest["stats"]["std"]
+    task = make_task(model_task(exp.model.name), manifest["num_classes"], mean=manifest["stats"]["mean"],
+                     std=manifest["stats"]["std"])
+    if rank == 0 and exp.model.init_from:
+        _init_from(exp, model, ctx["init_from"], exp.model.init_exclude)   # other ranks get these weights from the broadcast below
+    _freeze(model, exp.model.freeze)
 
     def files(split: str) -> list[dict[str, Any]]:
         return [{"path": ctx["dataset_path"] + "/" + f["path"], "row_groups": f["row_groups"]}
@@ -57,7 +61,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
 
     def reader(split: str) -> ShardReader:
         return ShardReader(files(split), rank, size, shape=shape, batch_size=tc.batch_size, seed=exp.seed,
-                           shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
+                           columns=task.columns, shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
                            dataset_dir=ctx["dataset_path"] + "/" + split)
 
     train_reader = reader("train")
@@ -69,18 +73,23 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                               f"lower train.batch_size or train.num_proc, or prepare more data")
 
     lr = tc.lr * (size if tc.scale_lr_by_world_size else 1)
+    trainable = [p for p in model.parameters() if p.requires_grad]
     if tc.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
+        opt = torch.optim.Adam(trainable, lr=lr, weight_decay=tc.weight_decay)
     else:
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+        opt = torch.optim.SGD(trainable, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
     warmup_steps = int(tc.warmup_epochs * steps / every)
+    total_steps = max(1, tc.epochs * steps // every)
 
     def lr_factor(step: int) -> float:
         # Horovod's recipe: start from the single-process rate and ramp up to lr * size.
-        if warmup_steps <= 0 or step >= warmup_steps:
-            return 1.0
-        start = 1.0 / size if tc.scale_lr_by_world_size else 0.0
-        return start + (1.0 - start) * step / warmup_steps
+        if warmup_steps > 0 and step < warmup_steps:
+            start = 1.0 / size if tc.scale_lr_by_world_size else 0.0
+            return start + (1.0 - start) * step / warmup_steps
+        if tc.lr_schedule == "cosine":   # decay to 0 over the remaining steps: better final weights, no tuning
+            done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+        return 1.0
 
     model, opt = comm.prepare(model, opt, fp16_compression=tc.fp16_compression, backward_passes_per_step=every)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)   # on the wrapped optimizer, so steps count
@@ -106,11 +115,6 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def to_device(batch: dict[str, np.ndarray]):
-        x = _to_tensor(batch["image"], mean, std).to(device, non_blocking=True)
-        y = torch.from_numpy(batch["label"]).to(device, non_blocking=True)
-        return x, y
-
     def allreduce_sums(sums: dict[str, float], extra: np.ndarray | None = None):
         keys = sorted(sums)
         total = dict(zip(keys, comm.allreduce_sum(np.array([sums[k] for k in keys]), name=f"sums.{len(keys)}").tolist()))
@@ -119,36 +123,24 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         return total, extra
 
     def evaluate(split: str):
-        """Metrics summed over ranks, plus an ``EvalDetail``: confusion, calibration bins, rank 0's samples."""
-        from sparkzoo.pipelines.train.metrics import EvalDetail, calibration_sums, expected_calibration_error
+        """Task metrics summed over ranks, plus an ``EvalDetail``: the task's arrays and rank 0's samples."""
+        from sparkzoo.pipelines.train.metrics import EvalDetail
 
         net = comm.unwrap(model)   # no collectives inside the forward pass: shards may be uneven
         net.eval()
-        sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-        conf = np.zeros((task.num_classes, task.num_classes), dtype=np.int64)
-        calib = calibration_sums(np.zeros(0), np.zeros(0))
-        samples = None
+        sums, arrays, samples = task.empty_sums(), task.empty_arrays(), None
         with torch.inference_mode():
             for batch in reader(split).full_pass(batch_size=max(tc.batch_size, 512)):
-                x, y = to_device(batch)
+                x, y = task.tensors(batch, device)
                 with autocast():
-                    logits = net(x).float()
-                for k, v in task.metric_sums(logits, y).items():
-                    sums[k] += v
-                confidence, pred_t = torch.softmax(logits, dim=1).max(1)
-                pred, confidence = pred_t.cpu().numpy(), confidence.cpu().numpy().astype(np.float64)
-                conf += np.bincount(batch["label"] * task.num_classes + pred,
-                                    minlength=task.num_classes ** 2).reshape(task.num_classes, -1)
-                calib += calibration_sums(confidence, pred == batch["label"])
+                    out = task.as_float(net(x))
+                _add(sums, task.metric_sums(out, y))
+                _add(arrays, task.detail_arrays(out, y))
                 if samples is None and rank == 0:
-                    n = min(len(pred), EvalDetail.SAMPLES)
-                    samples = {"image": np.array(batch["image"][:n]), "label": np.array(batch["label"][:n]),
-                               "prediction": pred[:n], "confidence": confidence[:n]}
-        total, conf = allreduce_sums(sums, conf)
-        calib = comm.allreduce_sum(calib, name="calibration")
-        metrics = task.finish(total)
-        metrics["ece"] = expected_calibration_error(calib)
-        return metrics, EvalDetail(confusion=conf, calibration=calib, samples=samples)
+                    samples = task.samples(out, batch, EvalDetail.SAMPLES)
+        total, _ = allreduce_sums(sums)
+        arrays = {k: comm.allreduce_sum(v, name=f"detail.{k}").astype(v.dtype) for k, v in sorted(arrays.items())}
+        return task.finish(total, arrays), EvalDetail(arrays=arrays, samples=samples)
 
     ckpt_dir = ctx["checkpoint_dir"]
     fault = tuple(ctx["fault"]) if ctx.get("fault") else None   # (rank, epoch, step) to kill, tests only
@@ -161,7 +153,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     for epoch in range(start_epoch, tc.epochs):
         torch.manual_seed(exp.seed + 1000 * epoch + rank)  # dropout differs per rank; same after a resume
         model.train()
-        sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+        sums = task.empty_sums()
         bar = EpochProgress(epoch, tc.epochs, steps, tc.batch_size * size, enabled=rank == 0 and tc.progress)
         t0 = time.time()
         opt.zero_grad()
@@ -170,18 +162,17 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                 os.kill(os.getpid(), 9)   # fault injection for the resume test: this rank dies, no goodbye
             if first_step_at is None:
                 first_step_at = time.time()
-            x, y = to_device(batch)
+            x, y = task.tensors(batch, device)
             with comm.accumulation_context(model, step, every), autocast():
-                logits = model(x)
-                loss = task.loss(logits.float(), y)
+                out = task.as_float(model(x))
+                loss = task.loss(out, y)
                 (loss / every).backward()
             if (step + 1) % every == 0:
                 opt.step()
                 scheduler.step()
                 opt.zero_grad()
             with torch.no_grad():
-                for k, v in task.metric_sums(logits.detach(), y).items():
-                    sums[k] += v
+                _add(sums, task.metric_sums(task.as_float(out, detach=True), y))
             bar.update(float(loss.detach()))
         bar.close()
         epoch_seconds = time.time() - t0
@@ -195,6 +186,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                   "lr": scheduler.get_last_lr()[0]}
         history.append(record)
         watch = val_metrics.get(task.metric)
+        if watch is not None and task.higher_is_better is False:
+            watch = -watch   # best/stale compare "higher is better"
         if watch is not None and (best is None or watch > best):
             best, stale = watch, 0
         else:
@@ -205,8 +198,9 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                      "epoch": epoch, "history": history, "rng": checkpoint.rng_state(), "best": best, "stale": stale}
             path = checkpoint.save(ckpt_dir, epoch, state)
             _log_checkpoint(exp, ctx, state)
+            m = task.metric
             print(f"[sparkzoo] epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
-                  f"train_acc={record['train_accuracy']:.4f} val_acc={record.get('val_accuracy', float('nan')):.4f} "
+                  f"train_{m}={record[f'train_{m}']:.4f} val_{m}={record.get(f'val_{m}', float('nan')):.4f} "
                   f"{record['samples_per_second']:.0f} samples/s; checkpoint {path}", flush=True)
         if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
             break
@@ -216,15 +210,44 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
               "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
-        result.update(_finish(exp, ctx, comm.unwrap(model), history, test_metrics, test_conf, count_parameters(model),
-                              train_seconds, samples_seen, time.time() - started))
+        result.update(_finish(exp, ctx, comm.unwrap(model), task, history, test_metrics, test_conf,
+                              count_parameters(model), train_seconds, samples_seen, time.time() - started))
     return result
 
 
-def _to_tensor(pixels: np.ndarray, mean: float, std: float):
-    from sparkzoo.models.tasks import images_to_tensor
+def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
+    for k, v in more.items():
+        into[k] = into[k] + v
 
-    return images_to_tensor(pixels, mean, std)
+
+def _init_from(exp, model, source: dict[str, Any], exclude: list[str]) -> None:
+    """Transfer learning: copy every tensor whose name and shape match the source version (the trunk);
+    the rest (a head for other classes or another input size, or what ``exclude`` names) stays fresh."""
+    import torch
+
+    from sparkzoo.pipelines import track
+    from sparkzoo.pipelines.modelpack import WEIGHTS_FILE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = track.download_model_files(exp, source["name"], source["version"], tmp)
+        state = torch.load(os.path.join(files, WEIGHTS_FILE), map_location="cpu", weights_only=True)
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+             and not any(k.startswith(pre) for pre in exclude)}
+    if not taken:
+        raise _training_error(f"model.init_from {source['uri']} shares no tensor (same name and shape) with "
+                              f"this model; use a source of the same family")
+    model.load_state_dict(taken, strict=False)
+    fresh = sorted(set(own) - set(taken))
+    print(f"[sparkzoo] init_from {source['uri']} (v{source['version']}): {len(taken)} tensors copied, "
+          f"{len(fresh)} kept fresh ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})", flush=True)
+
+
+def _freeze(model, prefixes: list[str]) -> None:
+    """Parameters under these name prefixes stop learning (every rank applies it before the optimizer)."""
+    for name, p in model.named_parameters():
+        if any(name.startswith(pre) for pre in prefixes):
+            p.requires_grad_(False)
 
 
 def _training_error(message: str) -> Exception:
@@ -252,14 +275,37 @@ def _log_checkpoint(exp, ctx: dict[str, Any], state: dict[str, Any]) -> None:
         track.log_artifact(exp, ctx["run_id"], path, "checkpoints")
 
 
-def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_detail, n_params: int, train_seconds: float,
-            samples: int, wall: float) -> dict[str, Any]:
+def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], tmp: str) -> list[tuple[str, str]]:
+    """The pictures each task's report shows: (local file, caption)."""
+    from sparkzoo.pipelines.train import metrics as m
+
+    plots: list[tuple[str, str]] = []
+    s = detail.samples
+    if task.name == "classification":
+        plots.append((m.plot_confusion(detail.arrays["confusion"], names, os.path.join(tmp, "confusion_matrix.png")),
+                      "test confusion matrix"))
+        plots.append((m.plot_reliability(detail.arrays["calibration"], os.path.join(tmp, "reliability.png")),
+                      f"reliability diagram, test ECE {test_metrics.get('ece', float('nan')):.4f}"))
+        if s is not None:
+            plots.append((m.plot_samples(s["image"], s["label"], s["prediction"], s["confidence"], names,
+                                         os.path.join(tmp, "test_samples.png")), "test samples: predicted / true"))
+    elif task.name == "reconstruction" and s is not None:
+        plots.append((m.plot_reconstructions(s["image"], s["reconstruction"], os.path.join(tmp, "reconstructions.png")),
+                      f"test inputs (top) and reconstructions (below), MSE {test_metrics.get('mse', float('nan')):.4f}"))
+    elif task.name == "segmentation" and s is not None:
+        plots.append((m.plot_mask_overlays(s["image"], s["mask"], s["prediction"], os.path.join(tmp, "mask_overlays.png")),
+                      f"test images with predicted (red) and true (outline) masks, IoU {test_metrics.get('iou', float('nan')):.3f}"))
+    return plots
+
+
+def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_detail, n_params: int,
+            train_seconds: float, samples: int, wall: float) -> dict[str, Any]:
     """Rank 0: final metrics, plots, report, manifest and config artefacts, and the logged model."""
     import pandas as pd
 
     from sparkzoo.pipelines import track
     from sparkzoo.pipelines.modelpack import build_spec
-    from sparkzoo.pipelines.train.metrics import plot_confusion, plot_curves, plot_reliability, plot_samples
+    from sparkzoo.pipelines.train.metrics import plot_curves
     from sparkzoo.pipelines.train.report import write_report
 
     manifest = ctx["manifest"]
@@ -273,23 +319,20 @@ def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_detail,
     with tempfile.TemporaryDirectory() as tmp:
         plots = []   # (local file, artefact path, caption)
         if history:
-            plots.append((plot_curves(history, os.path.join(tmp, "curves.png")), "loss and accuracy per epoch"))
+            plots.append((plot_curves(history, os.path.join(tmp, "curves.png"), metric=task.metric),
+                          f"loss and {task.metric} per epoch"))
         if test_detail is not None:
-            plots.append((plot_confusion(test_detail.confusion, names, os.path.join(tmp, "confusion_matrix.png")),
-                          "test confusion matrix"))
-            plots.append((plot_reliability(test_detail.calibration, os.path.join(tmp, "reliability.png")),
-                          f"reliability diagram, test ECE {test_metrics.get('ece', float('nan')):.4f}"))
-            if test_detail.samples is not None:
-                s = test_detail.samples
-                plots.append((plot_samples(s["image"], s["label"], s["prediction"], s["confidence"], names,
-                                           os.path.join(tmp, "test_samples.png")), "test samples: predicted / true"))
+            plots += _task_plots(task, test_detail, test_metrics, names, tmp)
         plots = [(p, "plots/" + os.path.basename(p), c) for p, c in plots]
         for local, _, _ in plots:
             track.log_artifact(exp, run_id, local, "plots")
+        source = ctx.get("init_from")
         report = write_report(
             os.path.join(tmp, "report.html"), title=f"sparkzoo run {run_id}: {exp.name}",
             meta={"experiment": exp.mlflow.experiment, "model": f"{exp.model.name} ({n_params:,} parameters)",
+                  "task": task.name,
                   "dataset": f"{manifest['dataset']} v{manifest['version']}", "run": run_id,
+                  **({"initialised from": f"{source['uri']} (v{source['version']})"} if source else {}),
                   "training": f"{train_seconds:.1f}s, {final['train_samples_per_second']:.0f} samples/s"},
             final=final, history=history, images=plots, config=config, manifest=manifest,
             artifacts=[a for _, a, _ in plots] + ["config.yaml", "dataset/manifest.json", "history.json"])
@@ -297,7 +340,7 @@ def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_detail,
     track.log_dict(exp, run_id, history, "history.json")
     track.log_dict(exp, run_id, config, "config.yaml")
     track.log_dict(exp, run_id, {k: v for k, v in manifest.items() if k != "splits"}, "dataset/manifest.json")
-    spec = build_spec(family=exp.model.name, params=exp.model.params, task="classification", shape=manifest["shape"],
+    spec = build_spec(family=exp.model.name, params=exp.model.params, task=task.name, shape=manifest["shape"],
                       stats=manifest["stats"], label_names=manifest["label_names"], dataset=manifest["dataset"],
                       dataset_version=manifest["version"])
     shape = manifest["shape"]
@@ -306,4 +349,4 @@ def _finish(exp, ctx: dict[str, Any], model, history, test_metrics, test_detail,
     model_uri = track.log_model(exp, run_id, spec, state, example)
     return {"history": history, "test": test_metrics, "parameters": n_params, "train_seconds": train_seconds,
             "train_samples_per_second": final["train_samples_per_second"], "wall_seconds": wall,
-            "model_uri": model_uri}
+            "model_uri": model_uri, "task": task.name, "metric": task.metric}

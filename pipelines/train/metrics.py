@@ -8,46 +8,22 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from sparkzoo.models.evaluation import (CALIBRATION_BINS, calibration_sums, confusion,  # noqa: F401  (re-exported)
+                                       expected_calibration_error)
+
 
 @dataclass
 class EvalDetail:
     """What an evaluation pass leaves besides its metrics, for rank 0's plots and report.
 
-    ``confusion`` and ``calibration`` are already summed over ranks; ``samples`` are the first rows of
-    rank 0's shard with their predictions (None on other ranks), enough for a picture, never a dataset.
+    ``arrays`` are the task's fixed-shape sums (confusion matrix, calibration bins), already summed over
+    ranks; ``samples`` are the first rows of rank 0's shard with the model's outputs (None on other
+    ranks), enough for a picture, never a dataset.
     """
 
     SAMPLES: ClassVar[int] = 32
-    confusion: np.ndarray
-    calibration: np.ndarray
+    arrays: dict[str, np.ndarray]
     samples: dict[str, Any] | None = None
-
-
-def confusion(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.bincount(target * num_classes + pred, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-CALIBRATION_BINS = 15   # the usual choice for ECE (Guo et al. 2017); fine enough for 10k test rows
-
-
-def calibration_sums(confidence: np.ndarray, correct: np.ndarray, bins: int = CALIBRATION_BINS) -> np.ndarray:
-    """Per confidence bin: (rows, summed confidence, summed correctness) as one (3, bins) float64 array.
-
-    Sums, not means, so ranks can allreduce them and divide once, exactly like the confusion matrix.
-    """
-    idx = np.minimum((np.asarray(confidence, dtype=np.float64) * bins).astype(np.int64), bins - 1)
-    return np.stack([np.bincount(idx, minlength=bins).astype(np.float64),
-                     np.bincount(idx, weights=confidence, minlength=bins),
-                     np.bincount(idx, weights=np.asarray(correct, dtype=np.float64), minlength=bins)])
-
-
-def expected_calibration_error(sums: np.ndarray) -> float:
-    """ECE: the row-weighted mean gap between confidence and accuracy over the bins (0 = calibrated)."""
-    count, conf, correct = sums
-    total = count.sum()
-    if total == 0:
-        return 0.0
-    return float(np.abs(conf - correct).sum() / total)
 
 
 def plot_reliability(sums: np.ndarray, path: str, title: str = "test reliability diagram") -> str:
@@ -110,8 +86,8 @@ def plot_samples(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray
     return path
 
 
-def plot_curves(history: list[dict[str, float]], path: str) -> str:
-    """Train vs validation loss and accuracy per epoch: the talk's overfitting check at a glance."""
+def plot_curves(history: list[dict[str, float]], path: str, metric: str = "accuracy") -> str:
+    """Train vs validation loss and the task's metric per epoch: the talk's overfitting check at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,16 +95,71 @@ def plot_curves(history: list[dict[str, float]], path: str) -> str:
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, name in zip(axes, ("loss", metric)):
         for split, style in (("train", "-o"), ("val", "-s")):
-            key = f"{split}_{metric}"
+            key = f"{split}_{name}"
             if all(key in h for h in history):
                 ax.plot(epochs, [h[key] for h in history], style, label=split)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.set_title(metric)
+        ax.set_ylabel(name)
+        ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _show(ax, img: np.ndarray) -> None:
+    ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=255)
+    ax.axis("off")
+
+
+def plot_reconstructions(images: np.ndarray, reconstructions: np.ndarray, path: str, columns: int = 12) -> str:
+    """Inputs on one row, what the autoencoder gave back under each: what the bottleneck keeps and loses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(len(images), columns)
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.6), squeeze=False)
+    for i in range(n):
+        _show(axes[0, i], images[i])
+        _show(axes[1, i], reconstructions[i])
+    axes[0, 0].set_title("input", fontsize=8, loc="left")
+    axes[1, 0].set_title("reconstruction", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_mask_overlays(images: np.ndarray, masks: np.ndarray, predictions: np.ndarray, path: str,
+                       columns: int = 8) -> str:
+    """Each image with the predicted mask tinted red and the true mask's outline in yellow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(len(images), 2 * columns)
+    rows = max(1, -(-n // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.7 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        img = images[i] if images[i].shape[-1] == 3 else np.repeat(images[i], 3, axis=-1)
+        tinted = img.astype(np.float64)
+        pred = predictions[i].astype(bool)
+        tinted[pred] = 0.5 * tinted[pred] + 0.5 * np.array([255.0, 0.0, 0.0])
+        ax.imshow(tinted.astype(np.uint8))
+        ax.contour(masks[i], levels=[0.5], colors="yellow", linewidths=0.8)
+        inter, union = (pred & (masks[i] > 0)).sum(), (pred | (masks[i] > 0)).sum()
+        ax.set_title(f"IoU {inter / union:.2f}" if union else "empty", fontsize=7)
+    fig.suptitle("predicted mask (red) vs true outline (yellow)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
