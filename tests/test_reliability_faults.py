@@ -278,7 +278,7 @@ def test_tracking_server_stopped_during_training(ui_server, prepared, make_exp, 
     exp = make_exp(f"mlflow.tracking_uri={ui_server.url}", "mlflow.model_name=outage_cnn", "name=outage",
                    "train.epochs=4", "train.max_steps_per_epoch=40", "mlflow.outage_timeout_s=180",
                    f"spark.conf.spark.hadoop.fs.s3a.secret.key={SECRET}")
-    viewer = MlflowClient(tracking_uri=ui_server.url)
+    viewer = MlflowClient(tracking_uri=ui_server.url, registry_uri=ui_server.url)
     seen: dict = {}
     stop = threading.Event()
 
@@ -369,7 +369,7 @@ def test_tracking_server_still_down_fails_clearly_and_nothing_is_lost(ui_server,
     assert track.find_unfinished_run(exp) == run_id   # the re-run's first call sends what was kept
     from mlflow.tracking import MlflowClient
 
-    viewer = MlflowClient(tracking_uri=ui_server.url)
+    viewer = MlflowClient(tracking_uri=ui_server.url, registry_uri=ui_server.url)
     history = viewer.get_metric_history(run_id, "val_accuracy")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.6), (2, 0.7)]
     assert viewer.get_run(run_id).info.status == "FAILED"
