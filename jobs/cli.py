@@ -26,9 +26,26 @@ def _setup_logging() -> None:
     if not ours.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("[sparkzoo] %(message)s"))
+        handler.addFilter(_MaskSecrets())
         ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     ours.propagate = False
+    for handler in logging.getLogger().handlers:   # the libraries' lines (MLflow prints tracking URIs)
+        if not any(isinstance(f, _MaskSecrets) for f in handler.filters):
+            handler.addFilter(_MaskSecrets())
+
+
+class _MaskSecrets(logging.Filter):
+    """A log line never shows the password of a ``scheme://user:password@host`` URI."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from sparkzoo.pipelines.secrets import mask_text
+
+        text = record.getMessage()
+        masked = mask_text(text)
+        if masked != text:
+            record.msg, record.args = masked, ()
+        return True
 
 
 def _load(args):
@@ -283,7 +300,9 @@ def main(argv: Sequence[str] | None = None, only: str | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except SparkzooError as exc:
-        print(f"sparkzoo: error: {exc}", file=sys.stderr)
+        from sparkzoo.pipelines.secrets import mask_text
+
+        print(f"sparkzoo: error: {mask_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sparkzoo: interrupted", file=sys.stderr)

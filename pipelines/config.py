@@ -173,6 +173,9 @@ class ImageSettings(_Strict):
     background: Literal["white", "black", "random", "texture"] = "white"
     paste_scale_min: float = Field(1.0, gt=0.0, le=1.0)   # texture: the cut-out's size, fraction of the frame
     variants: int = Field(1, ge=1, le=100)   # texture: rows per file, each on its own background (same split)
+    # Files whose header declares more pixels are quarantined (too_large) before any decode: a few-kB
+    # PNG can declare gigapixels ("decompression bomb").
+    max_pixels: int = Field(40_000_000, ge=1)
 
 
 class TextSettings(_Strict):
@@ -182,6 +185,7 @@ class TextSettings(_Strict):
     min_count: int = Field(1, ge=1)
     max_size: int = Field(30000, ge=8)
     max_length: int = Field(256, ge=1)       # tokens kept per text (longer texts are cut, not dropped)
+    max_record_bytes: int = Field(16 << 20, ge=1024)   # CSV/TSV field size the parser accepts (Python's default: 128 kB)
 
 
 class AudioSettings(_Strict):
@@ -281,6 +285,14 @@ class MlflowConfig(_Strict):
     # "<split>_<metric>", metric accuracy (higher wins) or loss (mean log loss, lower wins).
     promote_metric: str = Field("test_accuracy", pattern=r"^(train|val|test)_(accuracy|loss)$")
     promote_margin: float = Field(0.0, ge=0.0)
+    # A tracking server that stops answering (docs/RELIABILITY.md): metrics and artefacts are kept in the
+    # outbox and sent when it is back; a call that cannot wait (log the model, register, finish) retries
+    # with backoff for outage_timeout_s, then fails the job with a message; a re-run resumes.
+    outage_timeout_s: float = Field(300.0, ge=0.0)
+    retry_backoff_s: float = Field(1.0, gt=0.0)        # first wait between retries; doubles up to the next
+    retry_max_interval_s: float = Field(15.0, gt=0.0)
+    request_timeout_s: float = Field(30.0, gt=0.0)     # one HTTP request to the tracking server
+    outbox: str = "{workspace}/mlflow-outbox"          # rank 0's metrics/artefacts while the server is away
 
 
 class ScoreConfig(_Strict):
@@ -450,8 +462,10 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Experim
     for text in overrides or []:
         parts, value = parse_override(text)
         _apply_override(tree, parts, value)
-    if overrides:
-        where += " (with --set " + " ".join(overrides) + ")"
+    if overrides:   # shown in every error message: a --set of a secret must not print it
+        from .secrets import mask_override
+
+        where += " (with --set " + " ".join(mask_override(o) for o in overrides) + ")"
     tree["source_file"] = where
     try:
         exp = Experiment.model_validate(tree)

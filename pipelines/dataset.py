@@ -89,20 +89,34 @@ def open_prepared(exp: Experiment) -> PreparedDataset:
     """The dataset this config trains or scores on; a clear error if prepare has not run yet."""
     version = dataset_version(exp)
     path = paths.dataset_dir(exp, version)
-    manifest_path = paths.join(path, MANIFEST)
-    if not paths.exists(manifest_path):
+    if not paths.exists(paths.join(path, MANIFEST)) and not paths.exists(path):
         raise DataError(
             f"no prepared dataset '{exp.data.dataset}' version {version} at {path}; run the prepare stage "
             f"first: sparkzoo prepare --conf {exp.source_file.split(' ')[0]}"
         )
-    return PreparedDataset(path, paths.read_json(manifest_path))
+    return open_prepared_at(path, rerun=f"sparkzoo prepare --conf {exp.source_file.split(' ')[0]}")
 
 
-def open_prepared_at(path: str) -> PreparedDataset:
+def open_prepared_at(path: str, rerun: str = "sparkzoo prepare") -> PreparedDataset:
+    """A complete prepared dataset or a ``DataError`` saying what is missing and how to fix it.
+
+    Complete means: the ``_SUCCESS`` marker prepare writes last, the manifest, and every Parquet file the
+    manifest lists. A folder without them is a job that died while writing, or one someone edited; its
+    rows must not be trained or scored on as if they were the whole dataset.
+    """
     manifest_path = paths.join(path, MANIFEST)
-    if not paths.exists(manifest_path):
-        raise DataError(f"{path} is not a complete prepared dataset: {MANIFEST} is missing")
-    return PreparedDataset(path, paths.read_json(manifest_path))
+    if not paths.is_complete(path) or not paths.exists(manifest_path):
+        missing = paths.SUCCESS if paths.exists(manifest_path) else f"{MANIFEST} (and {paths.SUCCESS})"
+        raise DataError(f"{path} is not a complete prepared dataset: {missing} is missing, so the job that wrote it "
+                        f"did not finish; re-run `{rerun}` (it replaces the incomplete folder)")
+    manifest = paths.read_json(manifest_path)
+    for split in SPLITS:
+        listed = {paths.join(path, f["path"]) for f in manifest["splits"][split]["files"]}
+        gone = sorted(listed - set(paths.list_files(paths.join(path, split), ".parquet")))
+        if gone:
+            raise DataError(f"{path} is damaged: {len(gone)} Parquet file(s) of split {split} that its manifest lists "
+                            f"are gone (e.g. {gone[0]}); re-run `{rerun}` after deleting {path}")
+    return PreparedDataset(path, manifest)
 
 
 def relpath(path: str, base: str) -> str:

@@ -36,3 +36,7 @@ class RegistryError(SparkzooError):
 
 class SetupError(SparkzooError):
     """The machine lacks something the pipeline needs (Java, Horovod, a reachable MLflow store, disk)."""
+
+
+class OutputError(SparkzooError):
+    """An output could not be written (disk full, no permission) or an existing output is incomplete."""

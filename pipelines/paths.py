@@ -96,6 +96,71 @@ def delete_dir(path: str) -> None:
         fs.delete_dir(inner)
 
 
+SUCCESS = "_SUCCESS"   # written last, after every file and the manifest: "this folder is complete"
+
+
+def mark_complete(folder: str, info: dict[str, Any]) -> None:
+    """Write the completion marker (a small JSON: what was committed and when); always the last write."""
+    write_json(join(folder, SUCCESS), info)
+
+
+def is_complete(folder: str) -> bool:
+    return exists(join(folder, SUCCESS))
+
+
+def commit_dir(staging: str, target: str) -> bool:
+    """Move a finished staging folder into place; False (staging dropped) if a complete one is there.
+
+    A target without the marker is a leftover of a job that died while committing: it is replaced.
+    """
+    if is_complete(target):
+        delete_dir(staging)
+        return False
+    delete_dir(target)
+    move(staging, target)
+    return True
+
+
+_WRITE_FAILURES = (
+    ("No space left on device", "the disk is full"),
+    ("Disk quota exceeded", "the disk quota is exhausted"),
+    ("File too large", "a file exceeds the size limit of this filesystem or process"),
+    ("Read-only file system", "the filesystem is read-only"),
+    ("Permission denied", "this user may not write there"),
+)
+
+
+def write_failure(exc: BaseException, where: str):
+    """An ``OutputError`` naming the path and the cause when ``exc`` (also a Spark/Java error, whose text
+    carries the Java cause) is a storage failure; None for anything else, which stays a bug."""
+    from .errors import OutputError
+
+    text = str(exc)
+    for needle, cause in _WRITE_FAILURES:
+        if needle in text:
+            return OutputError(f"cannot write {where}: {cause} ({needle}); nothing was committed there, so no "
+                               f"partial output looks complete. Free space or point the output elsewhere, then "
+                               f"re-run the same command")
+    return None
+
+
+def delete_file(path: str) -> None:
+    fs, inner = filesystem(path)
+    if fs.get_file_info(inner).type == pafs.FileType.File:
+        fs.delete_file(inner)
+
+
+def list_dirs(path: str) -> list[str]:
+    """Sub-folders directly under a folder (none if it does not exist), sorted; hidden ones skipped."""
+    fs, inner = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    names = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_")))
+    if is_uri(path):
+        scheme = path.split("://", 1)[0]
+        return [f"{scheme}://{n}" if "://" not in n else n for n in names]
+    return names
+
+
 def list_files(path: str, suffix: str = "") -> list[str]:
     """Files directly under a folder, sorted: the order every rank agrees on."""
     fs, inner = filesystem(path)

@@ -6,8 +6,10 @@ on the executor's GPU when it has one. Input is a prepared split, any Parquet pa
 a column of the wrong type stops the job before any work, while rows that cannot fit the model (null id
 or image, wrong size, a declared shape that is not the model's) are routed by a native Spark filter to a
 reject table with a reason and the job goes on. Output is Parquet partitioned by model version and run
-date; a rerun overwrites only its own partitions, and incremental mode skips ids this version already
-scored on earlier dates (an anti-join in Spark). ``promote`` evaluates models through the same
+date; a rerun overwrites only its own partitions (Spark's dynamic partition overwrite stages the files
+and renames whole partitions at job commit), and each committed partition then gets a ``_manifest.json``
+and a ``_SUCCESS`` marker, written last; incremental mode skips ids this version already scored on
+earlier dates (an anti-join in Spark) and refuses to read a partition without its marker. ``promote`` evaluates models through the same
 ``ship_model`` / ``score_frame`` pair.
 """
 
@@ -287,6 +289,30 @@ def check_optimization(spark, exp: Experiment, shipped: ShippedModel, df, where:
     return {"eager": acc_eager, "optimized": acc_fast}
 
 
+def partition_dir(output: str, version: int, run_date: str) -> str:
+    return paths.join(output, f"model_version={version}", f"run_date={run_date}")
+
+
+def _mark_partition(folder: str, info: dict[str, Any]) -> None:
+    """Manifest (files, rows) then the marker, after Spark committed the partition (an empty rejects
+    partition has no folder; it gets one with only the marker, so "0 rejects" is a stated fact)."""
+    info = {**info, "files": [os.path.basename(f) for f in paths.list_files(folder, ".parquet")]}
+    paths.write_json(paths.join(folder, "_manifest.json"), info)
+    paths.mark_complete(folder, {"rows": info["rows"], "committed_at": info["committed_at"]})
+
+
+def require_complete(output: str, version: int, exclude_date: str | None = None) -> None:
+    """Refuse to build on a predictions partition that lacks its marker: its job died while committing."""
+    base = paths.join(output, f"model_version={version}")
+    for folder in paths.list_dirs(base):
+        if exclude_date and folder.rstrip("/").endswith(f"run_date={exclude_date}"):
+            continue
+        if not paths.is_complete(folder):
+            raise ScoringError(f"predictions partition {folder} has no {paths.SUCCESS} marker: the scoring job that "
+                               f"wrote it did not finish, so its ids cannot count as scored; re-run score for that "
+                               f"date (--set score.run_date=...) or delete the partition")
+
+
 def run(exp: Experiment, spark=None) -> ScoreResult:
     from pyspark.sql import functions as F
 
@@ -316,6 +342,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     if exp.score.incremental and paths.exists(out):
         # Ids this version scored on EARLIER dates; today's partition is about to be replaced, so a
         # rerun for the same date scores the same rows again and stays idempotent.
+        require_complete(out, version, exclude_date=run_date)
         done = (spark.read.parquet(out)
                 .filter((F.col("model_version") == version) & (F.col("run_date").cast("string") != run_date))
                 .select("id"))
@@ -326,12 +353,20 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
               .withColumn("scored_at", F.current_timestamp())
               .withColumn("model_version", F.lit(version))
               .withColumn("run_date", F.lit(run_date)))
-    scored.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(out)
     rejects_path = out.rstrip("/") + "_rejects"
-    (tagged.filter(F.col("_reject").isNotNull())
-     .select("id", F.col("_reject").alias("reason"), F.lit(name).alias("model_name"),
-             F.lit(version).alias("model_version"), F.lit(run_date).alias("run_date"))
-     .write.mode("overwrite").partitionBy("model_version", "run_date").parquet(rejects_path))
+    rejects = (tagged.filter(F.col("_reject").isNotNull())
+               .select("id", F.col("_reject").alias("reason"), F.lit(name).alias("model_name"),
+                       F.lit(version).alias("model_version"), F.lit(run_date).alias("run_date")))
+    for frame, where in ((scored, out), (rejects, rejects_path)):
+        # a marker left from an earlier run of this date must not vouch for files being replaced now
+        paths.delete_file(paths.join(partition_dir(where, version, run_date), paths.SUCCESS))
+        try:
+            frame.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(where)
+        except Exception as exc:
+            failure = paths.write_failure(exc, f"scoring output {where}")
+            if failure is not None:
+                raise failure from None
+            raise
 
     mine = (F.col("model_version") == version) & (F.col("run_date").cast("string") == run_date)
     written = spark.read.parquet(out).filter(mine)
@@ -346,6 +381,11 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     if result.scored_rows + result.rejected_rows + skipped != n_in:
         raise ScoringError(f"scored {result.scored_rows} + rejected {rejected} + already scored {skipped} rows != "
                            f"{n_in} input rows; output at {out} is not trusted (duplicate ids in the input?)")
+    info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
+            "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,
+            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
+        _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
     log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected%s", result.scored_rows, name, version,
              result.seconds, n_in / max(result.seconds, 1e-9), rejected,
              f", {skipped} already scored (incremental)" if exp.score.incremental else "")

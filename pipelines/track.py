@@ -2,26 +2,44 @@
 
 Only the driver and rank 0 call this module. The embedded default is a SQLite store under the
 workspace; a tracking server is a config change (``mlflow.tracking_uri: http://...``).
+
+A tracking server that stops answering does not stop training (docs/RELIABILITY.md): metrics,
+artefacts and dicts go to a local outbox (``tracking_outbox``) and are sent, with their original
+timestamps, by the next call that reaches the server. Calls that cannot be deferred (log the model,
+register, alias, finish the run) retry with backoff for ``mlflow.outage_timeout_s`` and then fail with
+a ``TrainingError`` that says where the outbox is and that a re-run resumes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
 import tempfile
-from typing import Any
+import time
+from typing import Any, Callable, TypeVar
 
 from sparkzoo import __version__
 
 from . import paths
 from .config import Experiment
-from .errors import RegistryError
+from .errors import RegistryError, TrainingError
+from .secrets import mask_secrets, mask_text, secret_key
+from .tracking_outbox import Outbox
 
+log = logging.getLogger("sparkzoo.track")
+T = TypeVar("T")
 CONFIG_HASH_TAG = "sparkzoo.config_hash"
-_SECRET = re.compile(r"(password|secret|token|access_key|api_key|credential)", re.I)
+# What a request to a server that is down, restarting or overloaded fails with (requests/urllib3 text
+# inside MlflowException): those are waited out; any other error is a real error and raised at once.
+_UNREACHABLE = ("Connection refused", "Max retries exceeded", "Failed to establish a new connection",
+                "Connection aborted", "Connection reset", "Read timed out", "RemoteDisconnected",
+                "Bad Gateway", "Service Unavailable", "Gateway Timeout", "too many 503 error responses",
+                "too many 502 error responses")
+_OPERATIONAL = {"outage_timeout_s", "retry_backoff_s", "retry_max_interval_s", "request_timeout_s", "outbox"}
 
 
 def tracking_uri(exp: Experiment) -> str:
@@ -44,9 +62,115 @@ def client(exp: Experiment):
     uri = tracking_uri(exp)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
+    if _remote(exp):
+        # MLflow's own retries (7, backing off to minutes per call) would freeze rank 0 at the first
+        # request to a stopped server; we fail fast and decide here what waits (see _deferred/_required).
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(exp.mlflow.request_timeout_s))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry_uri(exp))
     return MlflowClient(tracking_uri=uri, registry_uri=registry_uri(exp))
+
+
+# ---- an unreachable tracking server -----------------------------------------------------------------
+
+def _remote(exp: Experiment) -> bool:
+    return tracking_uri(exp).startswith(("http://", "https://"))
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The server is down or not answering (as opposed to refusing what we sent)."""
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                        TimeoutError)):
+        return True
+    return any(text in str(exc) for text in _UNREACHABLE)
+
+
+def outbox_root(exp: Experiment) -> str:
+    root = exp.mlflow.outbox.replace("{workspace}", paths.workspace(exp))
+    return root if not paths.is_uri(root) else os.path.join(tempfile.gettempdir(), "sparkzoo-mlflow-outbox")
+
+
+def outbox(exp: Experiment, run_id: str) -> Outbox:
+    return Outbox(outbox_root(exp), run_id)
+
+
+def _flush(exp: Experiment, run_id: str | None) -> None:
+    """Send what earlier calls kept (this run's, or every run's when none is named)."""
+    root = outbox_root(exp)
+    if not os.path.isdir(root):
+        return
+    ids = [run_id] if run_id else sorted(os.listdir(root))
+    for rid in ids:
+        box = Outbox(root, rid)
+        if not box.pending():
+            continue
+        try:
+            n = box.flush(client(exp))
+        except Exception as exc:
+            if run_id or unreachable(exc):
+                raise
+            # another run's items that this server refuses (say, it lives on another server): they stay
+            log.warning("could not send the kept items of run %s to %s (%s); they stay in %s", rid,
+                        tracking_uri(exp), _short(exc), box.dir)
+            continue
+        log.info("MLflow tracking server %s is back: sent %d kept item(s) of run %s", tracking_uri(exp), n, rid)
+
+
+def _deferred(exp: Experiment, run_id: str, send: Callable[[], None], keep: Callable[[Outbox], None],
+              what: str) -> None:
+    """Send now; if the server is unreachable, keep it in the outbox and let training go on."""
+    if not _remote(exp):
+        send()
+        return
+    try:
+        _flush(exp, run_id)
+        send()
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        box = outbox(exp, run_id)
+        keep(box)
+        log.warning("MLflow tracking server %s is unreachable (%s); %s kept in %s (%d item(s) waiting), sent when "
+                    "it answers again", tracking_uri(exp), _short(exc), what, box.dir, box.pending())
+
+
+def _required(exp: Experiment, what: str, call: Callable[[], T], run_id: str | None = None) -> T:
+    """A call that cannot be deferred: wait out an unreachable server with backoff, then fail clearly."""
+    if not _remote(exp):
+        return call()
+    cfg = exp.mlflow
+    deadline = time.monotonic() + cfg.outage_timeout_s
+    delay, warned = cfg.retry_backoff_s, False
+    while True:
+        try:
+            _flush(exp, run_id)
+            return call()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                kept = f"; what it could not take yet is kept in {outbox(exp, run_id).dir}" if run_id else ""
+                raise TrainingError(
+                    f"MLflow tracking server {tracking_uri(exp)} did not answer for mlflow.outage_timeout_s="
+                    f"{cfg.outage_timeout_s:g}s while {what} ({_short(exc)}){kept}. Start the server (or fix "
+                    f"mlflow.tracking_uri) and re-run the same command: it resumes from the last checkpoint and "
+                    f"sends the kept metrics") from None
+            if not warned:
+                log.warning("MLflow tracking server %s is unreachable while %s (%s); retrying for up to %gs",
+                            tracking_uri(exp), what, _short(exc), cfg.outage_timeout_s)
+                warned = True
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, cfg.retry_max_interval_s)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    m = re.search(r"(Connection refused|Max retries exceeded|Read timed out|RemoteDisconnected|[0-9]{3} error)", text)
+    return m.group(1) if m else text[:160]
 
 
 def experiment_id(exp: Experiment) -> str:
@@ -65,20 +189,21 @@ def experiment_id(exp: Experiment) -> str:
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {"train.lr": "0.001"}; values that look like secrets are masked."""
+    """Nested config -> {"train.lr": "0.001"}; secret-named keys and URI passwords are masked."""
     out: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             out.update(flatten(value, name + "."))
         else:
-            out[name] = "***" if _SECRET.search(name) else json.dumps(value) if not isinstance(value, str) else value
+            out[name] = "***" if secret_key(name) else mask_text(json.dumps(value) if not isinstance(value, str) else value)
     return out
 
 
 def config_hash(exp: Experiment) -> str:
     """What identifies "the same training job" for resume: everything but scoring and UI settings."""
-    tree = exp.model_dump(mode="json", exclude={"score", "ui", "source_file", "spark"})
+    tree = exp.model_dump(mode="json", exclude={"score": True, "ui": True, "source_file": True, "spark": True,
+                                                "mlflow": _OPERATIONAL})
     return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -92,6 +217,10 @@ def git_commit() -> str:
 
 def find_unfinished_run(exp: Experiment) -> str | None:
     """A run of the same config that did not finish: the one a re-run resumes."""
+    return _required(exp, "looking for a run to resume", lambda: _find_unfinished_run(exp))
+
+
+def _find_unfinished_run(exp: Experiment) -> str | None:
     c = client(exp)
     runs = c.search_runs([experiment_id(exp)], filter_string=f"tags.`{CONFIG_HASH_TAG}` = '{config_hash(exp)}'",
                          order_by=["attributes.start_time DESC"], max_results=5)
@@ -128,28 +257,53 @@ def start_run(exp: Experiment, *, dataset_version: str, world_size: int, extra_p
 
 
 def log_metrics(exp: Experiment, run_id: str, metrics: dict[str, float], step: int) -> None:
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client(exp).log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+    rows = [{"key": k, "value": float(v), "timestamp": now, "step": step} for k, v in metrics.items()]
+    _deferred(exp, run_id, lambda: client(exp).log_batch(run_id, metrics=[Metric(**m) for m in rows]),
+              lambda box: box.add_metrics(rows), f"metrics of step {step}")
 
 
 def log_artifact(exp: Experiment, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-    client(exp).log_artifact(run_id, local_path, artifact_path)
+    _deferred(exp, run_id, lambda: client(exp).log_artifact(run_id, local_path, artifact_path),
+              lambda box: box.add_artifact(local_path, artifact_path), f"artefact {os.path.basename(local_path)}")
 
 
 def log_dict(exp: Experiment, run_id: str, data: Any, name: str) -> None:
-    client(exp).log_dict(run_id, data, name)
+    data = mask_secrets(data)
+
+    def keep(box: Outbox) -> None:
+        import yaml
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, os.path.basename(name))
+            with open(path, "w") as fh:
+                if name.endswith((".yaml", ".yml")):
+                    yaml.safe_dump(data, fh, default_flow_style=False)
+                else:
+                    json.dump(data, fh, indent=2)
+            box.add_artifact(path, os.path.dirname(name) or None)
+
+    _deferred(exp, run_id, lambda: client(exp).log_dict(run_id, data, name), keep, f"artefact {name}")
 
 
 def end_run(exp: Experiment, run_id: str, status: str = "FINISHED") -> None:
-    client(exp).set_terminated(run_id, status)
+    """FINISHED must reach the server (it waits); FAILED is kept for later if the server is away, so
+    the job's own error, not a second one about the tracking server, is what the user sees."""
+    if status == "FINISHED":
+        _required(exp, f"marking run {run_id} {status}", lambda: client(exp).set_terminated(run_id, status), run_id)
+    else:
+        _deferred(exp, run_id, lambda: client(exp).set_terminated(run_id, status), lambda box: box.set_status(status),
+                  f"run status {status}")
 
 
 def log_model(exp: Experiment, run_id: str, spec: dict[str, Any], state_dict: dict[str, Any], example) -> str:
     """Log the sparkzoo pyfunc (spec + weights) with a signature and an input example; returns its URI."""
+    return _required(exp, "logging the model", lambda: _log_model(exp, run_id, spec, state_dict, example), run_id)
+
+
+def _log_model(exp: Experiment, run_id: str, spec: dict[str, Any], state_dict: dict[str, Any], example) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
@@ -182,6 +336,10 @@ def _pip_requirements() -> list[str]:
 
 def register(exp: Experiment, model_uri: str, run_id: str, description: str) -> int:
     """A new version of the experiment's registered model, tagged with where it came from."""
+    return _required(exp, "registering the model", lambda: _register(exp, model_uri, run_id, description), run_id)
+
+
+def _register(exp: Experiment, model_uri: str, run_id: str, description: str) -> int:
     import mlflow
 
     client(exp)
@@ -201,7 +359,8 @@ def alias_version(exp: Experiment, alias: str) -> int | None:
 
 
 def set_alias(exp: Experiment, alias: str, version: int) -> None:
-    client(exp).set_registered_model_alias(exp.model_name, alias, str(version))
+    _required(exp, f"setting alias {alias}",
+              lambda: client(exp).set_registered_model_alias(exp.model_name, alias, str(version)))
 
 
 def version_metric(exp: Experiment, version: int, metric: str) -> float | None:
@@ -214,6 +373,10 @@ def version_metric(exp: Experiment, version: int, metric: str) -> float | None:
 
 def promote_first(exp: Experiment, version: int) -> tuple[bool, str]:
     """Training makes the first version champion; later ones stay candidates until ``sparkzoo promote``."""
+    return _required(exp, "setting the first champion", lambda: _promote_first(exp, version))
+
+
+def _promote_first(exp: Experiment, version: int) -> tuple[bool, str]:
     champion = alias_version(exp, "champion")
     if champion is None:
         set_alias(exp, "champion", version)

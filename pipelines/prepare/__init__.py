@@ -1,7 +1,8 @@
 """The prepare stage: raw files -> versioned Parquet dataset + manifest + quarantine, all in Spark.
 
-Output is written to a staging folder and renamed into place only after the manifest is written, so a
-dataset folder with a manifest is always complete; an unchanged source and config give the same
+Output is written to a staging folder; the manifest and then the ``_SUCCESS`` marker are written last,
+and only then is the folder renamed into place, so a dataset folder with the marker is always complete
+(readers refuse one without it); an unchanged source and config give the same
 version, and preparing it again does no work.
 """
 
@@ -64,7 +65,7 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
     listing = source_listing(exp)
     version = dataset_version(exp, listing)
     target = paths.dataset_dir(exp, version)
-    if paths.exists(paths.join(target, MANIFEST)):
+    if paths.is_complete(target):
         ds = open_prepared_at(target)
         log.info("dataset %s version %s is already prepared at %s: nothing to do", exp.data.dataset, version, target)
         return PrepareResult(target, version, {s: ds.rows(s) for s in SPLITS}, int(ds.manifest["quarantined"]),
@@ -94,13 +95,15 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
         try:
             manifest = _write(rows, data, exp, staging, version, listing, label_names, totals, per_class,
                               summary, extra)
-            if paths.exists(paths.join(target, MANIFEST)):   # another job finished the same version first
-                paths.delete_dir(staging)
-            else:
-                paths.delete_dir(target)                      # a leftover without manifest is incomplete
-                paths.move(staging, target)
-        except BaseException:
-            paths.delete_dir(staging)
+            paths.mark_complete(staging, {"dataset": exp.data.dataset, "version": version,
+                                          "rows": {s: manifest["splits"][s]["rows"] for s in SPLITS},
+                                          "quarantined": summary.bad, "created_at": manifest["created_at"]})
+            paths.commit_dir(staging, target)   # a no-op if another job finished the same version first
+        except BaseException as exc:
+            _discard(staging)
+            failure = paths.write_failure(exc, f"the prepared dataset under {paths.datasets_root(exp)}")
+            if failure is not None:
+                raise failure from None
             raise
     seconds = time.time() - started
     result = PrepareResult(target, version, {s: manifest["splits"][s]["rows"] for s in SPLITS},
@@ -110,6 +113,13 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
              summary.bad, seconds, result.rows_per_second, result.rows["train"], result.rows["val"],
              result.rows["test"])
     return result
+
+
+def _discard(staging: str) -> None:
+    """Remove a staging folder after a failure; on a full disk even that may fail, and the folder has
+    no marker, so it can never be mistaken for a dataset."""
+    with contextlib.suppress(OSError):
+        paths.delete_dir(staging)
 
 
 UNUSED = "unused"   # train rows left out by data.train_fraction: counted, never written

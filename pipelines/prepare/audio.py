@@ -81,6 +81,10 @@ def decode(content: bytes | None, ext: str, settings: dict[str, Any]) -> tuple[n
             want = EXT_FORMAT.get(ext.lower())
             if want is not None and fmt != want:
                 raise BadRecord("wrong_type", f"the file is {fmt} audio behind a .{ext} extension; rename or re-encode it")
+            if frames > 0 and rate > 0 and frames / float(rate) > float(settings["max_seconds"]):
+                # from the header, before decoding: an hour-long clip must not be read into memory first
+                raise BadRecord("too_long", f"the header says {frames / float(rate):.1f}s, longer than "
+                                            f"data.audio.max_seconds={settings['max_seconds']}")
             data = fh.read(dtype="float32", always_2d=True)
     except BadRecord:
         raise
@@ -130,7 +134,7 @@ def _label(rel: str, src: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     """mapInPandas body over binaryFile rows (path, content [, label_name, transcript])."""
-    from .sources.files import local, relative, selected
+    from .sources.files import check_source, local, relative, selected
 
     src, settings = ctx["source"], ctx["audio"]
     for frame in frames:
@@ -149,6 +153,7 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
                 label = getattr(row, "label_name", None) or None
                 transcript = getattr(row, "transcript", None) or None
             try:
+                check_source(path, ctx["root"], getattr(row, "read_error", None))
                 if ctx["needs_label"] and not label:
                     raise BadRecord("missing_label", f"no label for {rel} (label_level / label_regex / label column)")
                 if ctx["needs_transcript"] and not transcript:
@@ -212,10 +217,10 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         ctx["needs_transcript"] = bool(src.transcript_column)
         base = files.local(src.path).rsplit("/", 1)[0]
         ctx["root"] = base
-        table = (spark.read.parquet(src.path) if src.path.endswith(".parquet")
-                 else spark.read.option("header", "true").csv(src.path))
-        cols = [F.concat(F.lit(base + "/"), F.col(src.path_column)).alias("path")]
-        schema = "path string, content binary"
+        table = files.read_index(spark, src.path, {src.path_column: "string"}
+                                 | {c: "any" for c in (src.label_column, src.transcript_column) if c})
+        cols = [files.index_path(base, src.path_column).alias("path")]
+        schema = "path string, content binary, read_error string"
         if src.label_column:
             cols.append(F.col(src.label_column).cast("string").alias("label_name"))
             schema += ", label_name string"
@@ -226,7 +231,7 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         if exp.data.max_records:
             index = index.limit(exp.data.max_records)
         df = index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
-            .mapInPandas(_attach_content, schema)
+            .mapInPandas(lambda it: _attach_content(it, base), schema)
     rows = df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
     return rows if empty is None else rows.unionByName(empty)
 

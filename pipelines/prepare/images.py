@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from .. import faults
 from .quarantine import BadRecord
 from .split import assign
 
@@ -125,30 +126,50 @@ def _geometry(img, height: int, width: int, resize: str, fill, resample):
     return canvas
 
 
+def _eight_bit(img):
+    """16-bit (and 32-bit integer) grey images scaled to 8 bits; Pillow's convert("L") would clip them,
+    turning almost every pixel of a 16-bit scan white."""
+    from PIL import Image
+
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img).astype(np.uint32)
+        bits = 16 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 8
+        return Image.fromarray(np.minimum(arr >> (bits - 8), 255).astype(np.uint8), "L")
+    return img
+
+
 def transform_image(content: bytes | None, ext: str, settings: dict[str, Any], key: str, seed: int = 0,
                     mask_mode: str = "none", mask_content: bytes | None = None
                     ) -> tuple[np.ndarray, np.ndarray | None]:
     """Encoded bytes -> uint8 (h, w, c) pixels at the configured size, and an optional 0/1 mask.
 
     Raises ``BadRecord`` with the reason a person can act on: empty_file, unreadable, wrong_type,
-    truncated, no_alpha, mask_unreadable, mask_size_mismatch.
+    too_large, truncated, no_alpha, mask_unreadable, mask_size_mismatch.
     """
     from PIL import Image, UnidentifiedImageError
 
     if not content:
         raise BadRecord("empty_file", "the file has 0 bytes")
+    max_pixels = int(settings.get("max_pixels") or 0)
     try:
         img = Image.open(io.BytesIO(content))
+    except Image.DecompressionBombError as exc:   # Pillow's own cap (2x MAX_IMAGE_PIXELS), checked in open()
+        raise BadRecord("too_large", f"{exc}; more than data.image.max_pixels={max_pixels}") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise BadRecord("unreadable", f"Pillow cannot identify an image in {len(content)} bytes ({exc})") from None
     want = EXT_FORMAT.get(ext.lower())
     if want is not None and img.format != want:
         raise BadRecord("wrong_type", f"the file is {img.format or 'unknown'} data behind a .{ext} extension; "
                                       f"rename it or re-encode it as {want}")
+    if max_pixels and img.size[0] * img.size[1] > max_pixels:
+        # decided from the header, before a single pixel is decoded: a small file can declare a huge image
+        raise BadRecord("too_large", f"the header declares {img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]:,} "
+                                     f"pixels, more than data.image.max_pixels={max_pixels:,}")
     try:
         img.load()
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadRecord("truncated", f"decoding stopped early: {exc}") from None
+    img = _eight_bit(img)
     h, w, c = int(settings["height"]), int(settings["width"]), int(settings["channels"])
     textured = settings.get("background") == "texture"
     bg = background_colour("white" if textured else settings.get("background", "white"), key, seed)
@@ -221,7 +242,7 @@ def _sidecar(path: str, suffix: str) -> bytes | None:
 
 def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     """mapInPandas body over ``binaryFile`` rows (path, content) plus optional label/mask/caption columns."""
-    from .sources.files import local, relative, selected
+    from .sources.files import check_source, local, relative, selected
 
     root, src = ctx["root"], ctx["source"]
     for frame in frames:
@@ -236,6 +257,7 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
             rid = f"{ctx['dataset']}/{rel}"
             ext = os.path.splitext(path)[1].lstrip(".")
             try:
+                check_source(path, root, getattr(row, "read_error", None))
                 if ctx["kind"] == "image_folder":
                     label = _folder_label(rel, src["label_level"])
                 else:
@@ -277,6 +299,7 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
                              split_ids=good["split_id"])
             out["label_name"] = good["label"]
             yield out
+            faults.maybe_kill("prepare.decode")   # tests only: dies after sending rows, so the retry must not duplicate them
         if bad["id"]:
             yield bad_rows(bad["id"], bad["source"], "all", bad["reason"], bad["detail"], bad["stage"])
 
@@ -356,9 +379,10 @@ def _index_with_content(spark, exp, stack):
 
     src = exp.data.source
     base = files.local(src.path).rsplit("/", 1)[0]
-    table = (spark.read.parquet(src.path) if src.path.endswith(".parquet")
-             else spark.read.option("header", "true").csv(src.path))
-    cols = [F.concat(F.lit(base + "/"), F.col(src.path_column)).alias("path")]
+    table = files.read_index(spark, src.path, {c: "string" for c in (src.path_column, src.mask_column,
+                                                                     getattr(src, "caption_column", None)) if c}
+                             | ({src.label_column: "any"} if src.label_column else {}))
+    cols = [files.index_path(base, src.path_column).alias("path")]
     if src.label_column:
         cols.append(F.col(src.label_column).cast("string").alias("label_name"))
     if getattr(src, "caption_column", None):
@@ -371,11 +395,11 @@ def _index_with_content(spark, exp, stack):
     # content is read by path in the task (so a path the index names but the disk lacks is a quarantine
     # row, not a silently missing join partner)
     return index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
-        .mapInPandas(_attach_content, _index_schema(src))
+        .mapInPandas(lambda it: _attach_content(it, base), _index_schema(src))
 
 
 def _index_schema(src) -> str:
-    s = "path string, content binary"
+    s = "path string, content binary, read_error string"
     if src.label_column:
         s += ", label_name string"
     if getattr(src, "caption_column", None):
@@ -385,20 +409,28 @@ def _index_schema(src) -> str:
     return s
 
 
-def _attach_content(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    from .sources.files import read_bytes
+def _attach_content(frames: Iterator[pd.DataFrame], root: str) -> Iterator[pd.DataFrame]:
+    """Read each file the index names, but never one outside ``root`` (an index is user data: it may
+    say ``../../etc/shadow``); what cannot be read is kept as ``read_error`` for the quarantine."""
+    from .sources.files import inside, read_bytes
 
     def get(p):
+        if not inside(p, root):
+            return None, f"outside_root: {p} is outside {root}, the folder of the index; only files under it are read"
         try:
-            return read_bytes(p)
-        except (OSError, FileNotFoundError):
-            return None
+            return read_bytes(p), None
+        except FileNotFoundError:
+            return None, f"missing_file: the index names {p}, which does not exist"
+        except OSError as exc:
+            return None, f"unreadable: cannot read {p} ({exc})"
 
     for frame in frames:
         frame = frame.copy()
-        frame["content"] = [get(p) for p in frame["path"]]
+        got = [get(p) for p in frame["path"]]
+        frame["content"] = [c for c, _ in got]
+        frame["read_error"] = [e for _, e in got]
         if "mask_path" in frame:
-            frame["mask_content"] = [get(p) if isinstance(p, str) else None for p in frame["mask_path"]]
+            frame["mask_content"] = [get(p)[0] if isinstance(p, str) else None for p in frame["mask_path"]]
             frame = frame.drop(columns=["mask_path"])
         yield frame
 

@@ -12,6 +12,7 @@ frames), additive noise in the power domain. Text: token dropout to <unk>.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -126,7 +127,7 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
     version = output_version(src.version, exp)
     root = paths.join(paths.resolve(exp, exp.data.root), name)
     target = paths.join(root, version)
-    if paths.exists(paths.join(target, MANIFEST)):
+    if paths.is_complete(target):
         ds = open_prepared_at(target)
         return PrepareResult(target, version, {s: ds.rows(s) for s in SPLITS}, 0, int(ds.manifest["input_records"]),
                              time.time() - started, skipped=True, manifest=ds.manifest)
@@ -172,13 +173,15 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
                                 "note": "synthetic: augmented copies of real rows; stats are the source's"},
         })
         paths.write_json(paths.join(staging, MANIFEST), manifest)
-        if not paths.exists(paths.join(target, MANIFEST)):
-            paths.delete_dir(target)
-            paths.move(staging, target)
-        else:
+        paths.mark_complete(staging, {"dataset": name, "version": version, "rows": {s: splits[s]["rows"] for s in SPLITS},
+                                      "replicated_from": manifest["replicated_from"]})
+        paths.commit_dir(staging, target)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             paths.delete_dir(staging)
-    except BaseException:
-        paths.delete_dir(staging)
+        failure = paths.write_failure(exc, f"the replicated dataset under {root}")
+        if failure is not None:
+            raise failure from None
         raise
     seconds = time.time() - started
     rows = {s: splits[s]["rows"] for s in SPLITS}

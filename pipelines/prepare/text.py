@@ -48,9 +48,13 @@ def tokenize(text: str, how: str) -> list[str]:
 
 # ---- parsing files in tasks ----------------------------------------------------------------------
 
-def _records(data: str, src: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+def _records(data: str, src: dict[str, Any], max_field: int | None = None
+             ) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """(record number, fields or None, problem) for each record of a decoded file."""
     fmt = src["format"]
+    if fmt in ("csv", "tsv"):
+        yield from _csv_records(data, src, max_field)
+        return
     if fmt == "jsonl":
         for n, line in enumerate(data.splitlines()):
             if not line.strip():
@@ -70,9 +74,25 @@ def _records(data: str, src: dict[str, Any]) -> Iterator[tuple[int, dict[str, An
             parts = line.strip().split(None, 1)
             yield n, dict(zip(src["columns"], parts)), None
         return
-    reader = csv.reader(io.StringIO(data, newline=""), delimiter="\t" if fmt == "tsv" else ",")
+
+
+def _csv_records(data: str, src: dict[str, Any], max_field: int | None):
+    """CSV/TSV records; a parse error (e.g. a field over ``data.text.max_record_bytes``) ends the file
+    with one malformed record that names the line, since a CSV parser cannot resync after it."""
+    if max_field:   # Python's default is 128 kB: a 1 MB single-line record would kill the task
+        csv.field_size_limit(int(max_field))
+    reader = csv.reader(io.StringIO(data, newline=""), delimiter="\t" if src["format"] == "tsv" else ",")
     names = list(src["columns"])
-    for n, fields in enumerate(reader):
+    rows = enumerate(reader)
+    while True:
+        try:
+            n, fields = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, None, (f"line {reader.line_num} cannot be parsed ({exc}); the rest of the file is "
+                                          f"not read (raise data.text.max_record_bytes for longer records)")
+            return
         if n == 0 and src["header"]:
             names = [f.strip() for f in fields]
             continue
@@ -116,7 +136,7 @@ def parse_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator
                 else:
                     data = raw.decode("utf-8-sig", errors="surrogateescape")
                     count = 0
-                    for n, rec, problem in _records(data, src):
+                    for n, rec, problem in _records(data, src, ctx.get("max_record_bytes")):
                         if ctx["max_records"] and count >= ctx["max_records"]:
                             break
                         count += 1
@@ -181,6 +201,7 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
     tasks = pd.DataFrame({"path": [f["path"] for f in chosen],
                           "rel": [relative(f["path"], root) for f in chosen]})
     ctx = {"source": src.model_dump(mode="json"), "dataset": exp.data.dataset, "max_records": exp.data.max_records,
+           "max_record_bytes": exp.data.text.max_record_bytes,
            "lowercase": exp.data.text.lowercase,
            "lowercase_target": exp.data.text.lowercase and exp.data.text.target_tokenizer != "space",
            "val_fraction": exp.data.val_fraction, "test_fraction": exp.data.test_fraction}

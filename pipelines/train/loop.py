@@ -314,7 +314,7 @@ def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_d
     final.update({"parameters": n_params, "train_seconds": train_seconds,
                   "train_samples_per_second": samples / train_seconds if train_seconds else 0.0})
     track.log_metrics(exp, run_id, final, step=len(history))
-    config = exp.model_dump(mode="json", exclude={"source_file"})
+    config = track.mask_secrets(exp.model_dump(mode="json", exclude={"source_file"}))   # also goes into report.html
     names = manifest["label_names"]
     with tempfile.TemporaryDirectory() as tmp:
         plots = []   # (local file, artefact path, caption)

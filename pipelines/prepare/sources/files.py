@@ -37,6 +37,63 @@ def relative(path: str, root: str) -> str:
     return path[len(root) + 1:] if path.startswith(root + "/") else os.path.basename(path)
 
 
+def inside(path: str, root: str) -> bool:
+    """Whether ``path`` lies under ``root`` once ``..`` and (for local files) symbolic links are resolved."""
+    import posixpath
+
+    path, root = local(path), local(root)
+    if paths.is_uri(path) or paths.is_uri(root):
+        real, base = posixpath.normpath(path), posixpath.normpath(root)
+    else:
+        real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip("/") + "/")
+
+
+def check_source(path: str, root: str, read_error: str | None = None) -> None:
+    """Inside a task, before a record's bytes are used: raise ``BadRecord`` for a file the source may
+    not read (outside the configured root, e.g. through a symlink) or could not read."""
+    from ..quarantine import BadRecord
+
+    if read_error:
+        reason, _, detail = read_error.partition(": ")
+        raise BadRecord(reason, detail, "read")
+    if not inside(path, root):
+        target = os.path.realpath(local(path)) if not paths.is_uri(path) else path
+        raise BadRecord("outside_root", f"{local(path)} resolves to {target}, outside data.source.path {local(root)}; "
+                                        f"only files under the configured root are read", "read")
+
+
+def read_index(spark, path: str, columns: dict[str, str]):
+    """An image/audio index table (CSV with a header, or Parquet), checked on the driver before any
+    work: every configured column must exist and path-like columns must be strings."""
+    try:
+        table = (spark.read.parquet(path) if path.endswith(".parquet")
+                 else spark.read.option("header", "true").csv(path))
+        types = dict(table.dtypes)
+    except Exception as exc:   # Spark's AnalysisException / SparkException: a corrupt or non-table file
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read the index {path} as {'Parquet' if path.endswith('.parquet') else 'CSV'}: "
+                        f"{first}; fix the file or data.source.path") from None
+    missing = [c for c in columns if c not in types]
+    if missing:
+        raise DataError(f"the index {path} has no column(s) {', '.join(missing)} (its columns: "
+                        f"{', '.join(types) or 'none'}); fix the file or set data.source.path_column / "
+                        f"label_column / ... to its names")
+    wrong = [f"{c} is {types[c]}" for c, want in columns.items() if want != "any" and types[c] != want]
+    if wrong:
+        raise DataError(f"the index {path} has the wrong schema: {', '.join(wrong)}, expected string (a path or "
+                        f"text relative to the index's folder); rewrite those columns as strings")
+    return table
+
+
+def index_path(base: str, column: str):
+    """Spark column: ``<base>/<value>``; a null value gets a unique placeholder that reads as missing."""
+    from pyspark.sql import functions as F
+
+    return F.coalesce(F.concat(F.lit(base + "/"), F.col(column)),
+                      F.concat(F.lit(f"{base}/<empty {column}> row "), F.monotonically_increasing_id().cast("string")))
+
+
 def selected(rel: str, include: list[str], exclude: list[str]) -> bool:
     """Include/exclude globs on the path under the source root (fnmatch: ``*`` also crosses ``/``)."""
     if include and not any(fnmatch.fnmatch(rel, g) for g in include):
