@@ -39,11 +39,6 @@ def images_to_tensor(pixels: np.ndarray, mean: float, std: float, device: torch.
     return (x / 255.0 - mean) / std
 
 
-def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
-    for k, v in more.items():
-        into[k] = into[k] + v
-
-
 @dataclass(frozen=True)
 class Task:
     """The contract the training loop, the evaluator and the scorer rely on (see the module docstring)."""
