@@ -142,11 +142,11 @@ def eager_rate(predictor, x, reps: int, batch: int) -> float:
     task = predictor.task
     with torch.inference_mode():
         for i in range(0, min(n, 2 * batch), batch):   # warm-up (and the compile, for the compiled path)
-            task.outputs(predictor.module(x[i:i + batch]))
+            task.outputs(predictor.module(x[i:i + batch]), x[i:i + batch])
         t0 = time.perf_counter()
         for _ in range(reps):
             for i in range(0, n, batch):
-                task.outputs(predictor.module(x[i:i + batch]))
+                task.outputs(predictor.module(x[i:i + batch]), x[i:i + batch])
     return reps * n / (time.perf_counter() - t0)
 
 

@@ -81,7 +81,8 @@ class Task:
         """The first ``n`` rows with what the model made of them, for a picture in the report."""
         return {"image": np.array(batch["image"][:n])}
 
-    def outputs(self, out: Any) -> dict[str, np.ndarray]:
+    def outputs(self, out: Any, inputs: torch.Tensor) -> dict[str, np.ndarray]:
+        """The scored columns for a batch; ``inputs`` are the normalised tensors the model was given."""
         raise NotImplementedError
 
     @staticmethod
@@ -141,7 +142,7 @@ class ClassificationTask(Task):
         return {"image": np.array(batch["image"][:n]), "label": np.array(batch["label"][:n]),
                 "prediction": pred.cpu().numpy(), "confidence": confidence.cpu().numpy().astype(np.float64)}
 
-    def outputs(self, logits: torch.Tensor) -> dict[str, np.ndarray]:
+    def outputs(self, logits: torch.Tensor, inputs: torch.Tensor) -> dict[str, np.ndarray]:
         prob = torch.softmax(logits.float(), dim=1)
         conf, pred = prob.max(1)
         return {"prediction": pred.numpy().astype(np.int64), "confidence": conf.numpy().astype(np.float32),
@@ -197,10 +198,9 @@ class ReconstructionTask(Task):
         pix = (x.float() * self.std + self.mean).clamp(0, 1) * 255.0
         return pix.round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
-    def outputs(self, out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    def outputs(self, out: dict[str, torch.Tensor], inputs: torch.Tensor) -> dict[str, np.ndarray]:
         rec, code = out["reconstruction"].float(), out["code"].float()
-        # the scorer passes the clean input as out["input"] so the error is against what was scored
-        err = (rec - out["input"]).pow(2).flatten(1).mean(1) * self.std ** 2 if "input" in out else torch.zeros(len(rec))
+        err = (rec - inputs.float()).pow(2).flatten(1).mean(1) * self.std ** 2   # against what was scored
         return {"code": code.cpu().numpy().astype(np.float32), "error": err.cpu().numpy().astype(np.float32)}
 
 
@@ -243,7 +243,7 @@ class SegmentationTask(Task):
         return {"image": np.array(batch["image"][:n]), "mask": np.array(batch["mask"][:n]),
                 "prediction": (logits[:n] > 0).squeeze(1).cpu().numpy().astype(np.uint8)}
 
-    def outputs(self, logits: torch.Tensor) -> dict[str, np.ndarray]:
+    def outputs(self, logits: torch.Tensor, inputs: torch.Tensor) -> dict[str, np.ndarray]:
         pred = (logits.float() > 0).squeeze(1).cpu().numpy().astype(np.uint8)
         return {"mask": pred.reshape(len(pred), -1), "foreground": pred.reshape(len(pred), -1).mean(1).astype(np.float32)}
 

@@ -102,13 +102,10 @@ class Predictor:
                 if n < self._pad_to:
                     x = torch.cat([x, x.new_zeros((self._pad_to - n, *x.shape[1:]))]).contiguous(
                         memory_format=torch.channels_last)
-            out = _rows(self.module(x), n)
-            if self.task.name == "reconstruction":
-                out = {**out, "input": x[:n]}
-            out = self.task.as_float(out)
+            out = self.task.as_float(_rows(self.module(x), n))
             if self.device.type != "cpu":
                 out = {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
-        return self.task.outputs(out)
+            return self.task.outputs(out, x[:n].cpu())
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         return outputs_frame(self.predict_arrays(self.decode(frame["image"])))
