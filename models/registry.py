@@ -11,12 +11,22 @@ import torch.nn as nn
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a builder needs to know about the data, read from the dataset manifest."""
+    """What a builder needs to know about the data, read from the dataset manifest.
 
-    channels: int
-    height: int
-    width: int
-    num_classes: int
+    Image families read the pixel shape; sequence families read vocabulary sizes (specials included:
+    ``<pad>``=0, ``<unk>``=1, ``<bos>``=2, ``<eos>``=3 on text vocabularies) or ``n_mels`` for log-mel
+    frames. A CTC vocabulary holds no blank: CTC models output ``target_vocab_size + 1`` classes and use
+    the last one as the blank.
+    """
+
+    channels: int = 0
+    height: int = 0
+    width: int = 0
+    num_classes: int = 0
+    vocab_size: int = 0           # source-side tokens (text classifiers, seq2seq encoders)
+    target_vocab_size: int = 0    # output tokens (seq2seq / captioning decoders, CTC without the blank)
+    n_mels: int = 0               # log-mel features per frame (speech)
+    max_length: int = 0           # longest token sequence the data holds (decoding limit)
 
 
 @dataclass(frozen=True)
