@@ -50,6 +50,8 @@ class Task:
     metric: ClassVar[str] = "loss"            # watched for early stopping and reported as the headline
     higher_is_better: ClassVar[bool] = False
     columns: ClassVar[tuple[str, ...]] = ("image", "label")   # Parquet columns a rank reads
+    input_columns: ClassVar[tuple[str, ...]] = ("image",)     # what scoring needs of a row besides ``id``
+    sort_key: ClassVar[str | None] = None    # a length column to bucket batches by (sequence tasks)
     output_schema: ClassVar[str] = ""        # Spark DDL of the columns scoring writes after ``id``
 
     def inputs(self, pixels: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
@@ -60,6 +62,10 @@ class Task:
 
     def loss(self, out: Any, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def predict(self, net: Any, x: Any) -> Any:
+        """The outputs evaluation and scoring work from; decoding tasks add their decoded hypotheses."""
+        return net(x)
 
     def empty_sums(self) -> dict[str, float]:
         raise NotImplementedError
@@ -87,9 +93,11 @@ class Task:
 
     @staticmethod
     def as_float(out: Any, detach: bool = False) -> Any:
-        """Model output in float32 (out of bf16 autocast); a dict of tensors for autoencoders."""
+        """Model output in float32 (out of bf16 autocast); a dict of tensors for autoencoders and sequence
+        models, whose integer entries (decoded ids, lengths) stay integers."""
         def conv(t: torch.Tensor) -> torch.Tensor:
-            return (t.detach() if detach else t).float()
+            t = t.detach() if detach else t
+            return t.float() if t.is_floating_point() else t
 
         return {k: conv(v) for k, v in out.items()} if isinstance(out, dict) else conv(out)
 
@@ -250,9 +258,21 @@ class SegmentationTask(Task):
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, ReconstructionTask, SegmentationTask)}
 
+from .sequence_tasks import SEQUENCE_TASKS  # noqa: E402  (they build on the classes above)
 
-def make_task(task: str, num_classes: int, *, mean: float = 0.0, std: float = 1.0) -> Task:
-    """The task object for a family's task name, normalising with the dataset's pixel statistics."""
+TASKS.update(SEQUENCE_TASKS)
+
+
+def make_task(task: str, num_classes: int, *, mean: float = 0.0, std: float = 1.0, **options: Any) -> Task:
+    """The task object for a family's task name, normalising with the dataset's statistics.
+
+    ``options`` are task fields (target vocabulary, beam width, decoding limit); those a task does not
+    have are ignored, so one call site serves every task.
+    """
+    import dataclasses
+
     if task not in TASKS:
         raise ValueError(f"unknown task '{task}'; choose one of: {', '.join(sorted(TASKS))}")
-    return TASKS[task](num_classes=num_classes, mean=mean, std=std)
+    cls = TASKS[task]
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(num_classes=num_classes, mean=mean, std=std, **{k: v for k, v in options.items() if k in known})

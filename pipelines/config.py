@@ -248,6 +248,8 @@ class ModelConfig(_Strict):
     init_from: Optional[str] = Field(None, pattern=r"^models:/[^/@]+(@[^/]+|/\d+)$")
     init_exclude: list[str] = Field(default_factory=list)   # name prefixes not copied (a new head: [head])
     freeze: list[str] = Field(default_factory=list)   # parameter-name prefixes that stop learning
+    beam: int = Field(1, ge=1, le=64)                   # sequence decoding: 1 = greedy, k = beam search of width k
+    max_decode_length: Optional[int] = Field(None, ge=1)   # tokens a decoder may write (null = longest target + 8)
 
 
 class TrainConfig(_Strict):
@@ -273,6 +275,8 @@ class TrainConfig(_Strict):
     early_stopping_patience: Optional[int] = Field(None, gt=0)
     checkpoint_dir: str = "checkpoints"
     progress: bool = True
+    bucket_by_length: bool = True  # sequence tasks: batches of similar lengths (less padding), in random order
+    grad_clip: Optional[float] = Field(None, gt=0.0)   # clip the global gradient norm (recurrent nets)
 
 
 class MlflowConfig(_Strict):

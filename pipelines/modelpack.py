@@ -27,18 +27,55 @@ WEIGHTS_FILE = "weights.pt"
 
 
 def build_spec(*, family: str, params: dict[str, Any], task: str, shape: dict[str, int], stats: dict[str, float],
-               label_names: list[str], dataset: str, dataset_version: str) -> dict[str, Any]:
-    return {"family": family, "params": params, "task": task, "shape": shape, "stats": stats,
+               label_names: list[str], dataset: str, dataset_version: str, vocab: dict[str, list[str]] | None = None,
+               decode: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What rebuilding and serving the model needs: sequence models also carry their vocabularies, the
+    decoding settings (beam, length limit, how tokens join into text) and the text normalisation, so a
+    raw ``text`` column can be scored without the prepare stage."""
+    spec = {"family": family, "params": params, "task": task, "shape": shape, "stats": stats,
             "label_names": label_names, "num_classes": len(label_names), "dataset": dataset,
             "dataset_version": dataset_version}
+    if vocab:
+        spec["vocab"] = vocab
+    if decode:
+        spec["decode"] = decode
+    if text:
+        spec["text"] = text
+    return spec
+
+
+def target_vocab(spec: dict[str, Any]) -> list[str]:
+    """The output vocabulary of a sequence model (seq2seq/CTC ``target``, captioning ``caption``)."""
+    vocab = spec.get("vocab") or {}
+    return vocab.get("target") or vocab.get("caption") or []
+
+
+def input_spec(spec: dict[str, Any]):
+    """The ``InputSpec`` a family is built from, out of a model spec (or a manifest: same keys)."""
+    from sparkzoo.models import InputSpec
+
+    shape, vocab = spec.get("shape") or {}, spec.get("vocab") or {}
+    lengths = spec.get("lengths") or {}
+    longest = max([int(v.get("max", 0)) for v in lengths.values()] + [int(shape.get("max_length") or 0)])
+    return InputSpec(channels=int(shape.get("channels", 0)), height=int(shape.get("height", 0)),
+                     width=int(shape.get("width", 0)), num_classes=int(spec.get("num_classes") or 0),
+                     vocab_size=len(vocab.get("text", [])), target_vocab_size=len(target_vocab(spec)),
+                     n_mels=int(shape.get("n_mels", 0)), max_length=longest)
+
+
+def make_spec_task(spec: dict[str, Any]):
+    """The task object of a model spec, with its vocabulary and decoding settings."""
+    from sparkzoo.models import make_task
+
+    decode = spec.get("decode") or {}
+    return make_task(spec["task"], spec["num_classes"], mean=spec["stats"]["mean"], std=spec["stats"]["std"],
+                     target_vocab=tuple(target_vocab(spec)), **decode)
 
 
 def build_module(spec: dict[str, Any]):
-    from sparkzoo.models import InputSpec, get_model
+    from sparkzoo.models import get_model
 
-    shape = spec["shape"]
-    return get_model(spec["family"], InputSpec(shape["channels"], shape["height"], shape["width"], spec["num_classes"]),
-                     **spec["params"])
+    return get_model(spec["family"], input_spec(spec), **spec["params"])
 
 
 OPTIMIZATIONS = ("none", "channels_last", "compile", "int8")
@@ -54,15 +91,13 @@ class Predictor:
     def __init__(self, spec: dict[str, Any], module, *, device: str = "cpu", optimize: str = "none") -> None:
         import torch
 
-        from sparkzoo.models import make_task
-
         if optimize not in OPTIMIZATIONS:
             raise ValueError(f"unknown optimisation '{optimize}'; choose one of: {', '.join(OPTIMIZATIONS)}")
         self.spec = spec
         self.device = torch.device(device)
         self.optimize = optimize
         self.module = optimize_module(module.eval().to(self.device), optimize, self.device)
-        self.task = make_task(spec["task"], spec["num_classes"], mean=spec["stats"]["mean"], std=spec["stats"]["std"])
+        self.task = make_spec_task(spec)
         self._torch = torch
 
     @classmethod
@@ -74,6 +109,10 @@ class Predictor:
         module = build_module(spec)
         module.load_state_dict(torch.load(os.path.join(directory, WEIGHTS_FILE), map_location="cpu", weights_only=True))
         return cls(spec, module, device=device, optimize=optimize)
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return self.task.input_columns
 
     def decode(self, images: pd.Series) -> np.ndarray:
         """A column of raw pixel bytes -> uint8 (n, h, w, c); a wrong size is a ValueError naming the row."""
@@ -87,11 +126,40 @@ class Predictor:
         flat = np.frombuffer(b"".join(images.tolist()), dtype=np.uint8)
         return flat.reshape(len(images), shape["height"], shape["width"], shape["channels"])
 
+    def batch(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """A pandas frame in the prepared schema -> the numpy batch the task reads.
+
+        Text models take ``token_ids`` or, when a frame has only raw ``text``, tokenise it with the
+        model's own vocabulary and normalisation (the pre-processing travels with the model).
+        """
+        from .sequence_inputs import frames_batch, ids_batch, text_batch
+
+        cols = self.input_columns
+        if "image" in cols:
+            return {"image": self.decode(frame["image"])}
+        if "features" in cols:
+            return frames_batch(frame["features"], int(self.spec["shape"]["n_mels"]))
+        if "token_ids" in frame.columns:
+            return ids_batch(frame["token_ids"], "token_ids")
+        if "text" in frame.columns:
+            return text_batch(frame["text"], self.spec)
+        raise ValueError(f"a {self.spec['task']} model needs a 'token_ids' or 'text' column; got {list(frame.columns)}")
+
     def predict_arrays(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 (n, h, w, c) -> the task's output columns as numpy arrays (see ``models.tasks``)."""
+        return self.predict_batch({"image": pixels})
+
+    def predict_batch(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A numpy batch -> the task's output columns as numpy arrays, under ``torch.inference_mode``."""
         torch = self._torch
         with torch.inference_mode():
-            x = self.task.inputs(pixels, self.device if self.device.type != "cpu" else None)
+            if "image" not in self.input_columns:
+                x = self.task.model_inputs(batch, self.device)
+                out = self.task.as_float(self.task.predict(self.module, x))
+                if self.device.type != "cpu":
+                    out = {k: v.cpu() for k, v in out.items()}
+                return self.task.outputs(out, x)
+            x = self.task.inputs(batch["image"], self.device if self.device.type != "cpu" else None)
             if self.optimize in ("channels_last", "compile"):
                 x = x.contiguous(memory_format=torch.channels_last)
             n = x.shape[0]
@@ -102,13 +170,13 @@ class Predictor:
                 if n < self._pad_to:
                     x = torch.cat([x, x.new_zeros((self._pad_to - n, *x.shape[1:]))]).contiguous(
                         memory_format=torch.channels_last)
-            out = self.task.as_float(_rows(self.module(x), n))
+            out = self.task.as_float(_rows(self.task.predict(self.module, x), n))
             if self.device.type != "cpu":
                 out = {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
             return self.task.outputs(out, x[:n].cpu())
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        return outputs_frame(self.predict_arrays(self.decode(frame["image"])))
+        return outputs_frame(self.predict_batch(self.batch(frame)))
 
 
 def _rows(out: Any, n: int) -> Any:

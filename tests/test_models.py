@@ -10,7 +10,17 @@ from sparkzoo import models
 from sparkzoo.models.registry import UnknownModelError
 
 
-@pytest.mark.parametrize("name", models.list_models())
+IMAGE_TASKS = ("classification", "reconstruction", "segmentation")
+IMAGE_FAMILIES = [n for n in models.list_models() if models.model_task(n) in IMAGE_TASKS]
+
+
+def test_every_family_is_covered_by_a_contract_test():
+    from tests.test_sequence_contract import SEQUENCE_FAMILIES
+
+    assert sorted(IMAGE_FAMILIES + SEQUENCE_FAMILIES) == models.list_models()
+
+
+@pytest.mark.parametrize("name", IMAGE_FAMILIES)
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8), (1, 20, 20)])
 def test_family_forward_and_task_contract(name, shape):
     """Each family's output fits its task: loss is finite and backpropagates, every metric key is

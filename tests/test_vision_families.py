@@ -104,7 +104,7 @@ def test_a_family_on_data_it_cannot_use_fails_before_any_rank_starts(make_exp, p
     from sparkzoo.pipelines import train
     from sparkzoo.pipelines.errors import TrainingError
 
-    with pytest.raises(TrainingError, match="has no masks"):
+    with pytest.raises(TrainingError, match="has no mask column"):
         train.run(make_exp("model.name=fcn", "mlflow.model_name=never_trained"))
 
 

@@ -461,7 +461,9 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
         from . import text
 
         cols.append("caption")
-        df, vocab, lengths = text.add_token_ids(df, exp, "caption", "caption_ids", exp.data.text.tokenizer)
+        # <bos> ... <eos> around every caption: a decoder learns where captions start and end
+        df, vocab, lengths = text.add_token_ids(df, exp, "caption", "caption_ids", exp.data.text.tokenizer,
+                                                bos_eos=True)
         cols.append("caption_ids")
         extra["vocab"] = {"caption": vocab}
         extra["lengths"] = {"caption": lengths}

@@ -13,12 +13,12 @@ import csv
 import io
 import json
 import re
-import unicodedata
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
 
+from ..textnorm import normalise, tokenize  # noqa: F401  (shared with the scorer: one normalisation)
 from .images import COMMON_SCHEMA, label_ids
 from .quarantine import BadRecord
 from .split import assign
@@ -26,26 +26,6 @@ from .split import assign
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 PAD, UNK, BOS, EOS = range(4)
 ROW_SCHEMA = COMMON_SCHEMA + ", text string, target string"
-_WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
-_SPACES = re.compile(r"\s+")
-
-
-def normalise(text: str, lowercase: bool) -> str:
-    """NFKC (folds width and compatibility forms), optional lower case, single spaces, trimmed."""
-    text = unicodedata.normalize("NFKC", text)
-    if lowercase:
-        text = text.lower()
-    return _SPACES.sub(" ", text).strip()
-
-
-def tokenize(text: str, how: str) -> list[str]:
-    if how == "char":
-        return list(text)
-    if how == "space":
-        return text.split()
-    return _WORD.findall(text)
-
-
 # ---- parsing files in tasks ----------------------------------------------------------------------
 
 def _records(data: str, src: dict[str, Any], max_field: int | None = None

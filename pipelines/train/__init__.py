@@ -87,19 +87,36 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
                        time.time() - started, resume_from, reason, summary["first_step_seconds"], ranks)
 
 
+# What each task needs of the prepared data: its modality and the columns it reads.
+TASK_DATA: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "classification": ("image", ("image", "label"), "an image set with labels"),
+    "reconstruction": ("image", ("image",), "an image set"),
+    "segmentation": ("image", ("image", "mask"), "images with masks (data.source.mask: alpha or file, see "
+                                                 "conf/tuxpaint_masks.yaml)"),
+    "captioning": ("image", ("image", "caption_ids"), "images with captions (data.source.caption_sidecar or "
+                                                      "caption_column, see conf/tuxpaint_captions.yaml)"),
+    "text_classification": ("text", ("token_ids", "label"), "a labelled text table (see conf/pang_lee_polarity.yaml)"),
+    "seq2seq": ("text", ("token_ids", "target_ids"), "text pairs (source kind text_pairs, see conf/cmudict_g2p.yaml)"),
+    "ctc": ("audio", ("features", "target_ids"), "audio with transcripts (see conf/klettres_spelling.yaml)"),
+}
+
+
 def check_task(exp: Experiment, manifest: dict[str, Any]) -> None:
     """The family's task must fit the prepared data; say what to change before any rank starts."""
     from ...models import model_task
 
     task = model_task(exp.model.name)
     columns = {c["name"] for c in manifest.get("schema", [])}
-    if manifest.get("modality", "image") != "image":
-        raise TrainingError(f"model {exp.model.name} trains on images but {manifest['dataset']} holds "
-                            f"{manifest.get('modality')} data; pick a family for that modality")
-    if task == "segmentation" and "mask" not in columns:
-        raise TrainingError(f"model {exp.model.name} segments images but {manifest['dataset']} has no masks; prepare it "
-                            f"with data.source.mask: alpha (or file), see conf/tuxpaint_masks.yaml")
-    if task == "classification" and manifest.get("num_classes", 0) < 2:
+    modality = manifest.get("modality", "image")
+    want_modality, want_columns, what = TASK_DATA[task]
+    if modality != want_modality:
+        raise TrainingError(f"model {exp.model.name} ({task}) trains on {want_modality} data but {manifest['dataset']} "
+                            f"holds {modality} data; pick a family for {modality} (docs/MODEL_ZOO.md) or prepare {what}")
+    missing = [c for c in want_columns if c not in columns]
+    if missing:
+        raise TrainingError(f"model {exp.model.name} ({task}) cannot train on {manifest['dataset']}: it has no "
+                            f"{', '.join(missing)} column; prepare {what}")
+    if task in ("classification", "text_classification") and manifest.get("num_classes", 0) < 2:
         raise TrainingError(f"model {exp.model.name} classifies but {manifest['dataset']} has "
                             f"{manifest.get('num_classes', 0)} classes; set data.source.label_level or label_names, "
                             f"or pick a reconstruction family (autoencoder) for unlabelled images")

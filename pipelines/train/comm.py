@@ -47,6 +47,14 @@ class HorovodComm:
 
         return contextlib.nullcontext()   # DistributedOptimizer counts backward passes itself
 
+    def reduce_gradients(self, optimizer) -> None:
+        """Wait for the averaged gradients (so they can be measured or clipped before the step)."""
+        optimizer.synchronize()
+
+    def step(self, optimizer) -> None:
+        with optimizer.skip_synchronize():   # reduce_gradients already waited for them
+            optimizer.step()
+
     def unwrap(self, model):
         return model
 
@@ -100,6 +108,12 @@ class TorchDistComm:
 
         # skip the gradient allreduce on all but the last of `every` backward passes
         return model.no_sync() if every > 1 and (step + 1) % every else contextlib.nullcontext()
+
+    def reduce_gradients(self, optimizer) -> None:
+        """DDP averaged the gradients during backward already."""
+
+    def step(self, optimizer) -> None:
+        optimizer.step()
 
     def unwrap(self, model):
         return getattr(model, "module", model)

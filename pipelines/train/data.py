@@ -70,17 +70,88 @@ def _fixed_width(table: pa.Table, name: str, per: int, what: str) -> np.ndarray:
 
 def decode_images(table: pa.Table, height: int, width: int, channels: int) -> Batch:
     """``image`` (and ``mask``) binary columns -> uint8 (n, h, w, c) and (n, h, w), views of Arrow data."""
-    pixels = _fixed_width(table, "image", height * width * channels, f"{height}x{width}x{channels}")
-    out: Batch = {"image": pixels.reshape(-1, height, width, channels)}
-    if "mask" in table.column_names:
-        out["mask"] = _fixed_width(table, "mask", height * width, f"{height}x{width} mask").reshape(-1, height, width)
-    if "label" in table.column_names:
-        out["label"] = table.column("label").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return decode_table(table, {"height": height, "width": width, "channels": channels})
+
+
+def _padded_lists(table: pa.Table, name: str) -> Batch:
+    """A list<int> column -> int64 (n, longest) padded with 0 (``<pad>``) plus the true lengths.
+
+    One scatter through a boolean mask over the flat Arrow values: no per-row Python.
+    """
+    col = table.column(name).combine_chunks()
+    if col.null_count:
+        raise DataError(f"{col.null_count} rows have a null {name}; the prepared data is damaged, prepare it again")
+    offsets = np.asarray(col.offsets)
+    lengths = np.diff(offsets).astype(np.int64)
+    width = int(lengths.max()) if len(lengths) else 0
+    values = np.asarray(col.values)[offsets[0]:offsets[-1]] if len(lengths) else np.zeros(0, np.int64)
+    out = np.zeros((len(lengths), max(width, 1)), dtype=np.int64)
+    out[np.arange(out.shape[1]) < lengths[:, None]] = values
+    return {name: out, f"{name}__len": lengths}
+
+
+def _padded_frames(table: pa.Table, name: str, n_mels: int) -> Batch:
+    """A binary column of float32 (frames x n_mels) rows -> float32 (n, most frames, n_mels), 0-padded."""
+    col = table.column(name).combine_chunks()
+    if col.null_count:
+        raise DataError(f"{col.null_count} rows have null {name}; the prepared data is damaged, prepare it again")
+    _, offsets_buf, data_buf = col.buffers()
+    n = len(col)
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=col.offset * 4).astype(np.int64)
+    per_frame = 4 * n_mels
+    nbytes = np.diff(offsets)
+    if n and np.any(nbytes % per_frame):
+        raise DataError(f"{name} rows are not whole frames of {n_mels} float32 values; prepare the data again")
+    frames = nbytes // per_frame
+    flat = np.frombuffer(data_buf, dtype=np.float32, count=int(nbytes.sum()) // 4, offset=int(offsets[0]))
+    out = np.zeros((n, max(int(frames.max()) if n else 0, 1), n_mels), dtype=np.float32)
+    out[np.arange(out.shape[1]) < frames[:, None]] = flat.reshape(-1, n_mels)
+    return {name: out, f"{name}__len": frames}
+
+
+def decode_table(table: pa.Table, shape: dict[str, int]) -> Batch:
+    """Prepared columns -> numpy arrays by their Arrow type, whatever the modality.
+
+    ``image``/``mask`` are fixed-size pixels (views of the Arrow buffer); ``features`` are log-mel frames;
+    list<int> columns (``token_ids``, ``target_ids``, ``caption_ids``) are padded to the chunk's longest
+    row, with the true lengths beside them as ``<name>__len``; everything else is a numeric column.
+    Ragged arrays from different chunks are padded again when batches are assembled (``_concat``).
+    """
+    out: Batch = {}
+    for name in table.column_names:
+        kind = table.schema.field(name).type
+        if name == "image":
+            h, w, c = shape["height"], shape["width"], shape["channels"]
+            out["image"] = _fixed_width(table, "image", h * w * c, f"{h}x{w}x{c}").reshape(-1, h, w, c)
+        elif name == "mask":
+            h, w = shape["height"], shape["width"]
+            out["mask"] = _fixed_width(table, "mask", h * w, f"{h}x{w} mask").reshape(-1, h, w)
+        elif name == "features":
+            out.update(_padded_frames(table, name, int(shape["n_mels"])))
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            out.update(_padded_lists(table, name))
+        else:
+            out[name] = table.column(name).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     return out
 
 
+def _pad_to(a: np.ndarray, width: int) -> np.ndarray:
+    if a.ndim < 2 or a.shape[1] == width:
+        return a
+    pad = [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+    return np.pad(a, pad)
+
+
 def _concat(parts: list[Batch]) -> Batch:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    """Stack chunks; ragged (padded) sequence arrays are padded to the widest chunk first."""
+    out: Batch = {}
+    for k in parts[0]:
+        arrays = [p[k] for p in parts]
+        if arrays[0].ndim >= 2 and k not in ("image", "mask"):
+            width = max(a.shape[1] for a in arrays)
+            arrays = [_pad_to(a, width) for a in arrays]
+        out[k] = np.concatenate(arrays)
+    return out
 
 
 def _take(batch: Batch, idx: np.ndarray | slice) -> Batch:
@@ -92,8 +163,13 @@ def _rows(batch: Batch) -> int:
 
 
 def rebatch(chunks: Iterator[Batch], batch_size: int, *, shuffle_buffer: int = 0, rng: np.random.Generator | None = None,
-            drop_last: bool = True, max_batches: int | None = None) -> Iterator[Batch]:
-    """Turn decoded chunks into fixed-size batches, optionally mixing rows inside a seeded buffer."""
+            drop_last: bool = True, max_batches: int | None = None, sort_key: str | None = None) -> Iterator[Batch]:
+    """Turn decoded chunks into fixed-size batches, optionally mixing rows inside a seeded buffer.
+
+    ``sort_key`` (a length column) buckets by length: the shuffled buffer is sorted by it, cut into
+    batches, and the batches are yielded in a seeded random order, so a batch pads to similar lengths
+    while the epoch still mixes short and long sequences.
+    """
     pending: list[Batch] = []
     held = 0
     emitted = 0
@@ -105,12 +181,17 @@ def rebatch(chunks: Iterator[Batch], batch_size: int, *, shuffle_buffer: int = 0
         if rng is not None and shuffle_buffer:
             buf = _take(buf, rng.permutation(held))
         usable = held if final else held - held % batch_size
-        for start in range(0, usable, batch_size):
+        starts = list(range(0, usable, batch_size))
+        if sort_key is not None and rng is not None:
+            order = np.argsort(buf[sort_key][:usable], kind="stable")
+            buf = {k: np.concatenate([v[:usable][order], v[usable:]]) for k, v in buf.items()}
+            starts = [starts[i] for i in rng.permutation(len(starts))]
+        for start in starts:
             if max_batches is not None and emitted >= max_batches:
                 return
             end = start + batch_size
             if end > usable and drop_last:
-                break
+                continue
             emitted += 1
             yield _take(buf, slice(start, min(end, usable)))
         rest = held - usable if not final else 0
@@ -169,8 +250,9 @@ class ShardReader:
     def __init__(self, files: list[dict[str, Any]], rank: int, size: int, *, shape: dict[str, int],
                  batch_size: int, columns: tuple[str, ...] = ("image", "label"), seed: int = 0,
                  shuffle_buffer: int = 0, prefetch_batches: int = 4, reader: str = "pyarrow",
-                 dataset_dir: str | None = None) -> None:
+                 dataset_dir: str | None = None, sort_key: str | None = None) -> None:
         self.files, self.rank, self.size = files, rank, size
+        self.sort_key = sort_key
         self.pieces = shard(files, rank, size)
         self.expected_rows = sum(p.rows for p in self.pieces)
         self.shape = shape
@@ -181,8 +263,7 @@ class ShardReader:
         self.prefetch_batches = prefetch_batches
         self.reader = reader
         self.dataset_dir = dataset_dir
-        self._decode: Callable[[pa.Table], Batch] = lambda t: decode_images(
-            t, shape["height"], shape["width"], shape["channels"])
+        self._decode: Callable[[pa.Table], Batch] = lambda t: decode_table(t, shape)
 
     # -- raw chunks ------------------------------------------------------------------------------
     def _pyarrow_chunks(self, order: list[Piece]) -> Iterator[Batch]:
@@ -211,8 +292,8 @@ class ShardReader:
                                reader_pool_type="dummy") as reader:
             for nt in reader:
                 cols = {name: getattr(nt, name) for name in self.columns}
-                table = pa.table({name: pa.array(list(v)) if name in ("image", "mask") else pa.array(v)
-                                  for name, v in cols.items()})
+                table = pa.table({name: pa.array(list(v)) if name in ("image", "mask", "features") else pa.array(
+                    [list(x) for x in v] if getattr(v, "dtype", None) == object else v) for name, v in cols.items()})
                 yield self._decode(table)
 
     def _checked(self, chunks: Iterator[Batch], expected: int) -> Iterator[Batch]:
@@ -244,7 +325,7 @@ class ShardReader:
         """Shuffled training batches, exactly ``steps`` of them."""
         rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
         gen = rebatch(self.chunks(epoch, shuffle=True), self.batch_size, shuffle_buffer=self.shuffle_buffer,
-                      rng=rng, drop_last=True, max_batches=steps)
+                      rng=rng, drop_last=True, max_batches=steps, sort_key=self.sort_key)
         return prefetch(gen, self.prefetch_batches)
 
     def full_pass(self, batch_size: int | None = None) -> Iterator[Batch]:

@@ -28,7 +28,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     """Train on this rank's shard; rank 0 returns the run summary, others a small status dict."""
     import torch
 
-    from sparkzoo.models import InputSpec, count_parameters, get_model, make_task, model_task
+    from sparkzoo.models import count_parameters, get_model, model_task
+    from sparkzoo.pipelines.modelpack import input_spec, make_spec_task
     from sparkzoo.pipelines.config import from_dict
     from sparkzoo.pipelines.train import checkpoint
     from sparkzoo.pipelines.train.comm import make_comm
@@ -47,10 +48,10 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
 
     manifest = ctx["manifest"]
     shape = manifest["shape"]
-    spec = InputSpec(shape["channels"], shape["height"], shape["width"], manifest["num_classes"])
-    model = get_model(exp.model.name, spec, **exp.model.params).to(device)
-    task = make_task(model_task(exp.model.name), manifest["num_classes"], mean=manifest["stats"]["mean"],
-                     std=manifest["stats"]["std"])
+    model_spec = build_model_spec(exp, manifest, model_task(exp.model.name))
+    model = get_model(exp.model.name, input_spec({**model_spec, "lengths": manifest.get("lengths")}),
+                      **exp.model.params).to(device)
+    task = make_spec_task(model_spec)
     if rank == 0 and exp.model.init_from:
         _init_from(exp, model, ctx["init_from"], exp.model.init_exclude)   # other ranks get these weights from the broadcast below
     _freeze(model, exp.model.freeze)
@@ -62,7 +63,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     def reader(split: str) -> ShardReader:
         return ShardReader(files(split), rank, size, shape=shape, batch_size=tc.batch_size, seed=exp.seed,
                            columns=task.columns, shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
-                           dataset_dir=ctx["dataset_path"] + "/" + split)
+                           dataset_dir=ctx["dataset_path"] + "/" + split,
+                           sort_key=task.sort_key if tc.bucket_by_length else None)
 
     train_reader = reader("train")
     every = tc.backward_passes_per_step
@@ -133,7 +135,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             for batch in reader(split).full_pass(batch_size=max(tc.batch_size, 512)):
                 x, y = task.tensors(batch, device)
                 with autocast():
-                    out = task.as_float(net(x))
+                    out = task.as_float(task.predict(net, x))
                 _add(sums, task.metric_sums(out, y))
                 _add(arrays, task.detail_arrays(out, y))
                 if samples is None and rank == 0:
@@ -154,6 +156,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         torch.manual_seed(exp.seed + 1000 * epoch + rank)  # dropout differs per rank; same after a resume
         model.train()
         sums = task.empty_sums()
+        norms: dict[str, float] = {}
+        measured = 0
         bar = EpochProgress(epoch, tc.epochs, steps, tc.batch_size * size, enabled=rank == 0 and tc.progress)
         t0 = time.time()
         opt.zero_grad()
@@ -168,7 +172,13 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                 loss = task.loss(out, y)
                 (loss / every).backward()
             if (step + 1) % every == 0:
-                opt.step()
+                comm.reduce_gradients(opt)
+                if step % GRAD_NORM_EVERY < every:
+                    _add_norms(norms, grad_norms(comm.unwrap(model)))
+                    measured += 1
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
+                comm.step(opt)
                 scheduler.step()
                 opt.zero_grad()
             with torch.no_grad():
@@ -183,7 +193,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_metrics.items()},
                   **{f"val_{k}": v for k, v in val_metrics.items()},
                   "epoch_seconds": epoch_seconds, "samples_per_second": steps * tc.batch_size * size / epoch_seconds,
-                  "lr": scheduler.get_last_lr()[0]}
+                  "lr": scheduler.get_last_lr()[0],
+                  **{f"grad_norm_{k}": v / max(measured, 1) for k, v in sorted(norms.items())}}
         history.append(record)
         watch = val_metrics.get(task.metric)
         if watch is not None and task.higher_is_better is False:
@@ -218,6 +229,72 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
 def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
     for k, v in more.items():
         into[k] = into[k] + v
+
+
+GRAD_NORM_EVERY = 10   # steps between gradient-norm readings: cheap, and enough for a per-epoch mean
+
+
+def grad_norms(model) -> dict[str, float]:
+    """L2 norm of the (averaged) gradients per top-level module: the talk's vanishing gradients, made
+    visible per epoch (an RNN's embedding next to an LSTM's, the first conv next to the head)."""
+    sq: dict[str, float] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            key = name.split(".", 1)[0]
+            sq[key] = sq.get(key, 0.0) + float(p.grad.detach().float().pow(2).sum())
+    return {k: v ** 0.5 for k, v in sq.items()}
+
+
+def _add_norms(into: dict[str, float], more: dict[str, float]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0.0) + v
+
+
+def example_frame(task, manifest: dict[str, Any]):
+    """A two-row input example in what the logged model accepts: pixels, log-mel frames, or raw text
+    (the model carries its tokeniser, so MLflow users can send sentences)."""
+    import pandas as pd
+
+    shape = manifest["shape"]
+    if "image" in task.input_columns:
+        return pd.DataFrame({"image": [bytes(shape["height"] * shape["width"] * shape["channels"])] * 2})
+    if "features" in task.input_columns:
+        return pd.DataFrame({"features": [bytes(4 * int(shape["n_mels"]) * 20)] * 2})
+    vocab = (manifest.get("vocab") or {}).get("text") or ["<pad>", "<unk>", "<bos>", "<eos>", "a"]
+    words = [t for t in vocab[4:14] if t.strip()] or ["a"]
+    text_cfg = ((manifest.get("prepare_config") or {}).get("data") or {}).get("text") or {}
+    joiner = "" if text_cfg.get("tokenizer") == "char" else " "
+    return pd.DataFrame({"text": [joiner.join(words[:5]), words[0]]})
+
+
+SEQUENCE_OUTPUT_TASKS = ("seq2seq", "captioning", "ctc")
+
+
+def build_model_spec(exp, manifest: dict[str, Any], task: str) -> dict[str, Any]:
+    """The spec logged with the model: what rebuilds it and, for sequence models, the vocabularies,
+    decoding settings and text normalisation that scoring needs."""
+    from sparkzoo.pipelines.modelpack import build_spec, target_vocab
+
+    text_cfg = ((manifest.get("prepare_config") or {}).get("data") or {}).get("text") or {}
+    vocab = manifest.get("vocab") or None
+    decode, text = None, None
+    if task in SEQUENCE_OUTPUT_TASKS:
+        how = {"seq2seq": text_cfg.get("target_tokenizer"), "captioning": text_cfg.get("tokenizer")}.get(task, "char")
+        lengths = manifest.get("lengths") or {}
+        longest = max([int(v.get("max", 0)) for k, v in lengths.items() if k in ("target", "caption")] + [0])
+        decode = {"beam": exp.model.beam, "joiner": "" if how == "char" else " ",
+                  "max_decode": exp.model.max_decode_length or longest + 8}
+        if task != "ctc":
+            decode["top_k"] = exp.model.beam
+    if vocab and "text" in vocab:
+        text = {k: text_cfg.get(k) for k in ("tokenizer", "lowercase", "max_length")}
+    spec = build_spec(family=exp.model.name, params=exp.model.params, task=task, shape=manifest["shape"],
+                      stats=manifest["stats"], label_names=manifest["label_names"], dataset=manifest["dataset"],
+                      dataset_version=manifest["version"], vocab=vocab, decode=decode, text=text)
+    if task in SEQUENCE_OUTPUT_TASKS and not target_vocab(spec):
+        raise _training_error(f"model {exp.model.name} writes sequences but {manifest['dataset']} has no target "
+                              f"vocabulary; prepare it with text pairs, captions or transcripts")
+    return spec
 
 
 def _init_from(exp, model, source: dict[str, Any], exclude: list[str]) -> None:
@@ -275,18 +352,20 @@ def _log_checkpoint(exp, ctx: dict[str, Any], state: dict[str, Any]) -> None:
         track.log_artifact(exp, ctx["run_id"], path, "checkpoints")
 
 
-def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], tmp: str) -> list[tuple[str, str]]:
+def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], tmp: str,
+                manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """The pictures each task's report shows: (local file, caption)."""
     from sparkzoo.pipelines.train import metrics as m
 
     plots: list[tuple[str, str]] = []
     s = detail.samples
-    if task.name == "classification":
+    vocab = manifest.get("vocab") or {}
+    if task.name in ("classification", "text_classification"):
         plots.append((m.plot_confusion(detail.arrays["confusion"], names, os.path.join(tmp, "confusion_matrix.png")),
                       "test confusion matrix"))
         plots.append((m.plot_reliability(detail.arrays["calibration"], os.path.join(tmp, "reliability.png")),
                       f"reliability diagram, test ECE {test_metrics.get('ece', float('nan')):.4f}"))
-        if s is not None:
+        if s is not None and "image" in s:
             plots.append((m.plot_samples(s["image"], s["label"], s["prediction"], s["confidence"], names,
                                          os.path.join(tmp, "test_samples.png")), "test samples: predicted / true"))
     elif task.name == "reconstruction" and s is not None:
@@ -295,17 +374,22 @@ def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], 
     elif task.name == "segmentation" and s is not None:
         plots.append((m.plot_mask_overlays(s["image"], s["mask"], s["prediction"], os.path.join(tmp, "mask_overlays.png")),
                       f"test images with predicted (red) and true (outline) masks, IoU {test_metrics.get('iou', float('nan')):.3f}"))
+    elif task.name in ("seq2seq", "captioning") and s is not None and "attention" in s:
+        plots.append((m.plot_attention(s, vocab.get("text", []), task.target_vocab, os.path.join(tmp, "attention.png"),
+                                       sources=s.get("source")), "test attention maps (decoded hypothesis)"))
+    elif task.name == "ctc" and "char_confusion" in detail.arrays:
+        labels = [t if t.strip() else "_" for t in task.target_vocab] + ["(none)"]
+        plots.append((m.plot_confusion(detail.arrays["char_confusion"], labels, os.path.join(tmp, "char_confusion.png"),
+                                       title="test character confusion ((none) = inserted / deleted)"),
+                      f"test character confusion along the edit alignment, CER {test_metrics.get('cer', float('nan')):.4f}"))
     return plots
 
 
 def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_detail, n_params: int,
             train_seconds: float, samples: int, wall: float) -> dict[str, Any]:
     """Rank 0: final metrics, plots, report, manifest and config artefacts, and the logged model."""
-    import pandas as pd
-
     from sparkzoo.pipelines import track
-    from sparkzoo.pipelines.modelpack import build_spec
-    from sparkzoo.pipelines.train.metrics import plot_curves
+    from sparkzoo.pipelines.train.metrics import plot_curves, plot_grad_norms
     from sparkzoo.pipelines.train.report import write_report
 
     manifest = ctx["manifest"]
@@ -322,7 +406,10 @@ def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_d
             plots.append((plot_curves(history, os.path.join(tmp, "curves.png"), metric=task.metric),
                           f"loss and {task.metric} per epoch"))
         if test_detail is not None:
-            plots += _task_plots(task, test_detail, test_metrics, names, tmp)
+            plots += _task_plots(task, test_detail, test_metrics, names, tmp, manifest)
+        norms = plot_grad_norms(history, os.path.join(tmp, "grad_norms.png")) if history else None
+        if norms:
+            plots.append((norms, "mean gradient norm per module and epoch"))
         plots = [(p, "plots/" + os.path.basename(p), c) for p, c in plots]
         for local, _, _ in plots:
             track.log_artifact(exp, run_id, local, "plots")
@@ -340,11 +427,8 @@ def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_d
     track.log_dict(exp, run_id, history, "history.json")
     track.log_dict(exp, run_id, config, "config.yaml")
     track.log_dict(exp, run_id, {k: v for k, v in manifest.items() if k != "splits"}, "dataset/manifest.json")
-    spec = build_spec(family=exp.model.name, params=exp.model.params, task=task.name, shape=manifest["shape"],
-                      stats=manifest["stats"], label_names=manifest["label_names"], dataset=manifest["dataset"],
-                      dataset_version=manifest["version"])
-    shape = manifest["shape"]
-    example = pd.DataFrame({"image": [bytes(shape["height"] * shape["width"] * shape["channels"])] * 2})
+    spec = build_model_spec(exp, manifest, task.name)
+    example = example_frame(task, manifest)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     model_uri = track.log_model(exp, run_id, spec, state, example)
     return {"history": history, "test": test_metrics, "parameters": n_params, "train_seconds": train_seconds,

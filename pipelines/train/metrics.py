@@ -194,3 +194,61 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: str, title: 
 def ensure_dir(path: str) -> str:
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def plot_attention(samples: dict, source_vocab: Sequence[str], target_vocab: Sequence[str], path: str,
+                   sources: list[list[int]] | None = None, panels: int = 4,
+                   title: str = "attention: decoder step (rows) over input positions (columns)") -> str:
+    """Heat maps of the decoder's attention for the first test rows: the alignment a seq2seq model
+    learned (letters to phonemes) or, with no source vocabulary, image regions per caption word."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attn = samples["attention"]
+    hyps = samples["hypothesis"]
+    k = min(panels, len(hyps))
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.4), squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        rows = hyps[i] + [3]   # the attention of the EOS step too
+        out_labels = [target_vocab[t] if t < len(target_vocab) else "?" for t in hyps[i]] + ["</s>"]
+        src = sources[i] if sources else []
+        cols = len(src) if src else attn.shape[2]
+        ax.imshow(attn[i, : len(rows), :cols], cmap="viridis", aspect="auto", vmin=0)
+        ax.set_yticks(range(len(out_labels)), out_labels, fontsize=7)
+        if src:
+            ax.set_xticks(range(len(src)), [source_vocab[t] if t < len(source_vocab) else "?" for t in src], fontsize=7)
+        else:
+            ax.set_xlabel("image region", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_grad_norms(history: list[dict[str, float]], path: str) -> str | None:
+    """Mean gradient norm per top-level module and epoch, log scale: vanishing gradients show as a
+    first layer whose norm sits orders of magnitude under the head's."""
+    keys = sorted({k for h in history for k in h if k.startswith("grad_norm_")})
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    epochs = [h["epoch"] for h in history]
+    for k in keys:
+        ax.plot(epochs, [max(h.get(k, float("nan")), 1e-12) for h in history], marker="o", label=k[len("grad_norm_"):])
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean gradient L2 norm")
+    ax.legend(fontsize=7)
+    ax.set_title("gradient norm per module")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,86 @@
+"""Recurrent text classifiers (many-to-one): vanilla RNN, LSTM, GRU, and their bidirectional forms.
+
+A hidden layer fed back to itself carries memory along the sequence; trained through time, a vanilla
+RNN's gradients shrink step by step (the talk's vanishing gradients), which the gated LSTM and GRU
+cells were built to avoid. Bidirectional nets read the sentence both ways, so every position sees
+both contexts. Padded positions never enter the recurrence (packed sequences), so a sentence gets the
+same prediction whatever it was batched with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from .registry import InputSpec, register
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+@dataclass(frozen=True)
+class RecurrentConfig:
+    cell: str = "lstm"
+    bidirectional: bool = False
+    embed: int = 128
+    hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.4
+    pooling: str = "max"          # max | mean | last: how the sequence of states becomes one vector
+
+
+class RecurrentClassifier(nn.Module):
+    def __init__(self, spec: InputSpec, cfg: RecurrentConfig) -> None:
+        super().__init__()
+        if cfg.cell not in CELLS:
+            raise ValueError(f"unknown cell '{cfg.cell}'; choose one of: {', '.join(CELLS)}")
+        if cfg.pooling not in ("max", "mean", "last"):
+            raise ValueError(f"unknown pooling '{cfg.pooling}'; choose one of: max, mean, last")
+        self.cfg = cfg
+        self.embedding = nn.Embedding(spec.vocab_size, cfg.embed, padding_idx=0)
+        extra = {"nonlinearity": "tanh"} if cfg.cell == "rnn" else {}
+        self.rnn = CELLS[cfg.cell](cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                                   bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+                                   **extra)
+        width = cfg.hidden * (2 if cfg.bidirectional else 1)
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(width, spec.num_classes))
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens, lengths = inputs["tokens"], inputs["lengths"].clamp(min=1)
+        x = self.embedding(tokens)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        states, last = self.rnn(packed)
+        if self.cfg.pooling == "last":
+            h = last[0] if isinstance(last, tuple) else last          # (layers * dirs, n, hidden)
+            dirs = 2 if self.cfg.bidirectional else 1
+            pooled = torch.cat([h[-d] for d in range(dirs, 0, -1)], dim=1)
+        else:
+            out, _ = pad_packed_sequence(states, batch_first=True, total_length=tokens.shape[1])
+            real = (torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+            if self.cfg.pooling == "max":
+                pooled = out.masked_fill(~real, float("-inf")).max(dim=1).values
+            else:
+                pooled = (out * real).sum(dim=1) / lengths[:, None].to(out.dtype)
+        return self.head(pooled)
+
+
+def _create_recurrent(spec: InputSpec, **params) -> RecurrentClassifier:
+    return RecurrentClassifier(spec, RecurrentConfig(**params))
+
+
+def _builder(cell: str, bidirectional: bool):
+    def build(spec: InputSpec, *, embed: int | None = None, hidden: int | None = None, layers: int | None = None,
+              dropout: float | None = None, pooling: str | None = None) -> RecurrentClassifier:
+        params = {"embed": embed, "hidden": hidden, "layers": layers, "dropout": dropout, "pooling": pooling}
+        return _create_recurrent(spec, cell=cell, bidirectional=bidirectional,
+                                 **{k: v for k, v in params.items() if v is not None})
+
+    build.__doc__ = f"{'Bidirectional ' if bidirectional else ''}{cell.upper()} text classifier."
+    return build
+
+
+for _name, _cell, _bi in (("rnn", "rnn", False), ("lstm", "lstm", False), ("gru", "gru", False),
+                          ("birnn", "rnn", True), ("bilstm", "lstm", True), ("bigru", "gru", True)):
+    register(_name, task="text_classification")(_builder(_cell, _bi))

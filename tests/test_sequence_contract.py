@@ -1,0 +1,98 @@
+"""Every registered sequence family fits its task's contract on small padded batches, as the loader
+and the scorer build them: loss is finite and backpropagates, every metric key is present, decoding
+tasks decode, and scoring gets one output row per input row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparkzoo import models
+from sparkzoo.models.sequence_tasks import PAD, aligned_pairs, strip_ids
+
+SEQUENCE_TASKS = ("text_classification", "seq2seq", "captioning", "ctc")
+SEQUENCE_FAMILIES = [n for n in models.list_models() if models.model_task(n) in SEQUENCE_TASKS]
+VOCAB = ["<pad>", "<unk>", "<bos>", "<eos>"] + [f"w{i}" for i in range(16)]
+CTC_VOCAB = list("abcdefgh")
+
+
+def _ragged(rng: np.random.Generator, lengths: list[int], low: int, high: int, bos_eos: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Padded int64 rows as the loader delivers them (``<column>`` plus ``<column>__len``)."""
+    rows = [list(rng.integers(low, high, n)) for n in lengths]
+    if bos_eos:
+        rows = [[2] + r + [3] for r in rows]
+    width = max(len(r) for r in rows)
+    out = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out, np.array([len(r) for r in rows], dtype=np.int64)
+
+
+def _batch(task_name: str) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    lengths = [5, 2, 7, 3]
+    batch: dict[str, np.ndarray] = {"label": np.array([0, 1, 0, 1], dtype=np.int64)}
+    batch["token_ids"], batch["token_ids__len"] = _ragged(rng, lengths, 4, len(VOCAB))
+    batch["target_ids"], batch["target_ids__len"] = _ragged(rng, [3, 1, 4, 2], 4, len(VOCAB), bos_eos=True)
+    batch["caption_ids"], batch["caption_ids__len"] = batch["target_ids"], batch["target_ids__len"]
+    batch["image"] = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    if task_name == "ctc":
+        frames = np.array([40, 23, 31, 16])
+        batch["features"] = rng.normal(size=(4, 40, 8)).astype(np.float32)
+        batch["features"][np.arange(40)[None, :] >= frames[:, None]] = 0.0
+        batch["features__len"] = frames
+        batch["target_ids"], batch["target_ids__len"] = _ragged(rng, [3, 1, 4, 2], 0, len(CTC_VOCAB))
+    return batch
+
+
+@pytest.mark.parametrize("name", SEQUENCE_FAMILIES)
+def test_sequence_family_fits_its_task(name):
+    torch.manual_seed(0)
+    task_name = models.model_task(name)
+    target = CTC_VOCAB if task_name == "ctc" else VOCAB
+    spec = models.InputSpec(channels=3, height=16, width=16, num_classes=2, vocab_size=len(VOCAB),
+                            target_vocab_size=len(target), n_mels=8, max_length=10)
+    net = models.get_model(name, spec)
+    task = models.make_task(task_name, 2, target_vocab=tuple(target), max_decode=8, beam=2, top_k=2)
+    batch = _batch(task_name)
+    x, y = task.tensors(batch, torch.device("cpu"))
+    out = task.as_float(net(x))
+    loss = task.loss(out, y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    net.eval()
+    with torch.inference_mode():
+        evaluated = task.as_float(task.predict(net, x))
+    sums = task.metric_sums(evaluated, y)
+    assert set(sums) == set(task.empty_sums())
+    arrays = {k: v + task.detail_arrays(evaluated, y).get(k, 0) for k, v in task.empty_arrays().items()}
+    assert task.metric in task.finish(sums, arrays)
+    with torch.inference_mode():
+        inputs = task.model_inputs(batch, "cpu")
+        cols = task.outputs(task.as_float(task.predict(net, inputs)), inputs)
+    assert cols and all(len(v) == 4 for v in cols.values())
+    if "prediction_text" in cols:
+        assert all(isinstance(t, str) for t in cols["prediction_text"])
+    assert models.count_parameters(net) > 0
+
+
+@pytest.mark.parametrize("name", [n for n in SEQUENCE_FAMILIES if models.model_task(n) == "text_classification"])
+def test_text_classifier_ignores_padding(name):
+    """A sentence gets the same logits alone or padded beside a longer one (packed or masked padding)."""
+    torch.manual_seed(0)
+    net = models.get_model(name, models.InputSpec(num_classes=2, vocab_size=len(VOCAB))).eval()
+    tokens = torch.tensor([[5, 6, 7, PAD, PAD], [8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        both = net({"tokens": tokens, "lengths": torch.tensor([3, 5])})
+        alone = net({"tokens": tokens[:1, :3], "lengths": torch.tensor([3])})
+    assert torch.allclose(both[:1], alone, atol=1e-5)
+
+
+def test_strip_ids_and_alignment():
+    assert strip_ids(np.array([2, 5, 6, 3, 7, 0])) == [5, 6]
+    assert strip_ids(np.array([5, 6, 7]), length=2) == [5, 6]
+    # ref "abc" vs hyp "axc d": one substitution (b->x) and one insertion (d)
+    pairs = aligned_pairs([0, 9, 2, 3], [0, 1, 2])
+    assert pairs == [(0, 0), (1, 9), (2, 2), (None, 3)]
