@@ -8,6 +8,8 @@ task of the configured family:
   on the 0..1 pixel scale, and a linear probe (the same logistic regression) on the PCA code. When the
   experiment's autoencoder is registered (``models:/<model_name>@champion``), the same probe runs on
   its code, computed by the scorer, and is logged to that model's training run as well.
+- text classification: TF-IDF over the prepared token ids (Spark ML CountVectorizer + IDF, words seen
+  at least twice in train) and the same logistic regression.
 - segmentation: a colour threshold: the background colour is the median of each image's border, a pixel
   is foreground when it is farther from it than a threshold chosen on the train split.
 
@@ -55,6 +57,9 @@ def run(exp: Experiment, spark=None) -> BaselineResult:
     if task == "classification":
         kind = "logistic_regression"
         metrics, params = logistic_regression(spark, exp, ds)
+    elif task == "text_classification":
+        kind = "tfidf_logistic_regression"
+        metrics, params = tfidf_logistic_regression(spark, exp, ds)
     elif task == "reconstruction":
         kind = "pca"
         metrics, params = pca(spark, exp, ds)
@@ -125,6 +130,27 @@ def logistic_regression(spark, exp: Experiment, ds) -> tuple[dict[str, float], d
         train.unpersist()
     return {"test_accuracy": acc}, {"max_iter": exp.baseline.max_iter, "reg_param": exp.baseline.reg_param,
                                     "features": "raw pixels (0..1)"}
+
+
+def tfidf_logistic_regression(spark, exp: Experiment, ds) -> tuple[dict[str, float], dict[str, Any]]:
+    """Bag of words with TF-IDF weights, fit on train only (vocabulary and IDF), then the linear probe."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.feature import IDF, CountVectorizer
+    from pyspark.sql import functions as F
+
+    def words(split: str):
+        return _split(spark, ds, split).select("label", F.transform("token_ids", lambda t: t.cast("string")).alias("words"))
+
+    train = words("train").cache()
+    try:
+        features = Pipeline(stages=[CountVectorizer(inputCol="words", outputCol="tf", minDF=2.0),
+                                    IDF(inputCol="tf", outputCol="features")]).fit(train)
+        acc = _probe(exp, features.transform(train), features.transform(words("test")))
+        vocab = len(features.stages[0].vocabulary)
+    finally:
+        train.unpersist()
+    return {"test_accuracy": acc}, {"max_iter": exp.baseline.max_iter, "reg_param": exp.baseline.reg_param,
+                                    "features": f"TF-IDF over {vocab} prepared word ids (minDF 2)"}
 
 
 # ---- reconstruction ----------------------------------------------------------------------------------

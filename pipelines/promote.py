@@ -50,7 +50,7 @@ def evaluate(spark, exp: Experiment, version: int, split: str) -> dict[str, floa
     ds = open_prepared(exp)
     df = spark.read.parquet(ds.split_dir(split))
     shipped = score.ship_model(spark, exp, exp.model_name, version)
-    if shipped.spec["task"] != "classification":
+    if not shipped.is_classifier:
         raise RegistryError(f"sparkzoo promote compares classifiers (accuracy, log loss); {exp.model_name} is a "
                             f"{shipped.spec['task']} model: compare its runs' test metrics in MLflow and move the "
                             f"champion alias with --rollback-to <version>")

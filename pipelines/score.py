@@ -70,6 +70,24 @@ class ShippedModel:
         shape = self.spec["shape"]
         return shape["height"] * shape["width"] * shape["channels"]
 
+    @property
+    def is_classifier(self) -> bool:
+        return self.spec["task"] in CLASSIFIER_TASKS
+
+
+CLASSIFIER_TASKS = ("classification", "text_classification")
+
+
+def model_input_columns(spec: dict[str, Any], columns: list[str]) -> list[str]:
+    """The input columns a model scores from: pixels, log-mel frames, token ids, or (for a text model
+    whose table has no ``token_ids``) raw ``text`` that the model tokenises itself."""
+    from sparkzoo.models.tasks import TASKS
+
+    wanted = list(TASKS[spec["task"]].input_columns)
+    if wanted == ["token_ids"] and "token_ids" not in columns and "text" in columns:
+        return ["text"]
+    return wanted
+
 
 def worker_options(exp: Experiment, optimize: str | None = None) -> dict[str, Any]:
     """Plain values the shipped function closes over (never the Experiment itself)."""
@@ -141,7 +159,7 @@ def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[s
     for frame in batches:
         if frame.empty:
             continue
-        result = outputs_frame(predictor.predict_arrays(predictor.decode(frame["image"])))
+        result = outputs_frame(predictor.predict_batch(predictor.batch(frame)))
         result.insert(0, "id", frame["id"].to_numpy())
         for col in keep:
             result[col] = frame[col].to_numpy()
@@ -170,14 +188,14 @@ def ship_model(spark, exp: Experiment, name: str, version: int) -> ShippedModel:
 
 
 def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
-    """Rows (id, image, *keep) that fit the model -> id, the task's output columns, *keep."""
+    """Rows (id, model inputs, *keep) that fit the model -> id, the task's output columns, *keep."""
     from sparkzoo.models.tasks import TASKS
 
     schema = f"id string, {TASKS[shipped.spec['task']].output_schema}" + "".join(
         f", {c} {dict(df.dtypes)[c]}" for c in keep)
     model_file = shipped.file
     options = {**options, "model_key": shipped.key}
-    return df.select("id", "image", *keep).mapInPandas(
+    return df.select("id", *model_input_columns(shipped.spec, df.columns), *keep).mapInPandas(
         lambda it: score_batches(it, model_file, keep, options), schema)
 
 
@@ -217,16 +235,25 @@ def check_input(df, where: str, spec: dict[str, Any]):
     """
     from pyspark.sql import functions as F
 
-    shape = spec["shape"]
-    need = f"{shape['height']}x{shape['width']}x{shape['channels']} raw uint8 pixels"
-    missing = [c for c in ("id", "image") if c not in df.columns]
-    if missing:
-        raise ScoringError(f"scoring input {where} lacks column(s) {', '.join(missing)}; it needs the prepared image "
-                           f"schema (id, image, ...): score a prepared split or a table written by sparkzoo prepare")
     types = dict(df.dtypes)
-    if types["image"] != "binary":
-        raise ScoringError(f"scoring input {where}: column 'image' is {types['image']}, the model expects binary "
-                           f"({need} per row, as sparkzoo prepare writes them); convert the column to bytes")
+    if "id" not in types:
+        raise ScoringError(f"scoring input {where} lacks column id; it needs the prepared schema (id, ...): score a "
+                           f"prepared split or a table written by sparkzoo prepare")
+    cols = model_input_columns(spec, df.columns)
+    missing = [c for c in cols if c not in types]
+    if missing:
+        want = " or ".join(["token_ids", "text"]) if cols == ["token_ids"] else ", ".join(missing)
+        raise ScoringError(f"scoring input {where} lacks column(s) {want}; a {spec['task']} model needs the prepared "
+                           f"schema (id, {', '.join(cols)}, ...): score a prepared split or a table written by "
+                           f"sparkzoo prepare")
+    expected = {"image": ("binary",), "features": ("binary",), "text": ("string",),
+                "token_ids": ("array<int>", "array<bigint>", "array<smallint>")}
+    for col in cols:
+        if types[col] not in expected[col]:
+            hint = {"image": f"{_pixels_text(spec)} per row", "features": "float32 log-mel frames per row",
+                    "text": "one string per row", "token_ids": "integer token ids per row"}[col]
+            raise ScoringError(f"scoring input {where}: column '{col}' is {types[col]}, the model expects "
+                               f"{expected[col][0]} ({hint}, as sparkzoo prepare writes them); convert the column")
     if types["id"] not in ("string", *_INT_TYPES):
         raise ScoringError(f"scoring input {where}: column 'id' is {types['id']}; use a string or integer key")
     for col in ("height", "width", "channels", "label"):
@@ -236,14 +263,34 @@ def check_input(df, where: str, spec: dict[str, Any]):
     return df.withColumn("id", F.col("id").cast("string")) if types["id"] != "string" else df
 
 
+def _pixels_text(spec: dict[str, Any]) -> str:
+    shape = spec["shape"]
+    return f"{shape['height']}x{shape['width']}x{shape['channels']} raw uint8 pixels"
+
+
 def reject_reason(df, spec: dict[str, Any]):
     """A Spark column: null when the row fits the model, else why not (evaluated natively, no Python)."""
     from pyspark.sql import functions as F
 
+    cols = model_input_columns(spec, df.columns)
+    reason = F.when(F.col("id").isNull(), F.lit("null_id"))
+    if cols == ["token_ids"]:
+        return (reason.when(F.col("token_ids").isNull(), F.lit("null_token_ids"))
+                .when(F.size("token_ids") == 0, F.lit("empty_sequence: no tokens"))
+                .when(F.exists("token_ids", lambda t: t.isNull()), F.lit("null_token: a token id is null")))
+    if cols == ["text"]:
+        return (reason.when(F.col("text").isNull(), F.lit("null_text"))
+                .when(F.length(F.trim("text")) == 0, F.lit("empty_text")))
+    if cols == ["features"]:
+        per = 4 * int(spec["shape"]["n_mels"])
+        return (reason.when(F.col("features").isNull(), F.lit("null_features"))
+                .when(F.length("features") == 0, F.lit("empty_features: no frames"))
+                .when(F.length("features") % per != 0,
+                      F.concat(F.lit("wrong_size: "), F.length("features").cast("string"),
+                               F.lit(f" bytes are not whole frames of {per // 4} float32 values"))))
     shape = spec["shape"]
     per = shape["height"] * shape["width"] * shape["channels"]
-    reason = (F.when(F.col("id").isNull(), F.lit("null_id"))
-              .when(F.col("image").isNull(), F.lit("null_image"))
+    reason = (reason.when(F.col("image").isNull(), F.lit("null_image"))
               .when(F.length("image") != per, F.concat(F.lit("wrong_size: "), F.length("image").cast("string"),
                                                         F.lit(f" bytes, model expects {per}"))))
     dims = [c for c in ("height", "width", "channels") if c in df.columns]
@@ -326,7 +373,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     shipped = ship_model(spark, exp, name, version)
     df = check_input(df, where, shipped.spec)
     if exp.score.optimize != "none":
-        if shipped.spec["task"] != "classification":
+        if shipped.spec["task"] != "classification":   # the optimised paths are checked on image classifiers
             raise ScoringError(f"score.optimize={exp.score.optimize} is checked against eager accuracy, so it is for "
                                f"classifiers; {name} is a {shipped.spec['task']} model: use score.optimize=none")
         check_optimization(spark, exp, shipped, df, where)
@@ -334,8 +381,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
     tagged = df.withColumn("_reject", reject_reason(df, shipped.spec))
-    classifier = shipped.spec["task"] == "classification"
-    keep = [c for c in ("label",) if c in df.columns and classifier]
+    keep = [c for c in ("label",) if c in df.columns and shipped.is_classifier]
     good = tagged.filter(F.col("_reject").isNull())
     out = paths.predictions_dir(exp)
     skipped = 0

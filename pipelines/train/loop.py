@@ -53,7 +53,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                       **exp.model.params).to(device)
     task = make_spec_task(model_spec)
     if rank == 0 and exp.model.init_from:
-        _init_from(exp, model, ctx["init_from"], exp.model.init_exclude)   # other ranks get these weights from the broadcast below
+        _init_from(exp, model, ctx["init_from"], exp.model.init_exclude, (manifest.get("vocab") or {}).get("text") or [])   # other ranks get these weights from the broadcast below
     _freeze(model, exp.model.freeze)
 
     def files(split: str) -> list[dict[str, Any]]:
@@ -297,18 +297,26 @@ def build_model_spec(exp, manifest: dict[str, Any], task: str) -> dict[str, Any]
     return spec
 
 
-def _init_from(exp, model, source: dict[str, Any], exclude: list[str]) -> None:
+def _init_from(exp, model, source: dict[str, Any], exclude: list[str], own_vocab: list[str]) -> None:
     """Transfer learning: copy every tensor whose name and shape match the source version (the trunk);
-    the rest (a head for other classes or another input size, or what ``exclude`` names) stays fresh."""
+    the rest (a head for other classes or another input size, or what ``exclude`` names) stays fresh.
+    Word embeddings are matched by token, so a text model pre-trained on another corpus (another
+    vocabulary) passes on the rows of every word both vocabularies share."""
+    import json
+
     import torch
 
     from sparkzoo.pipelines import track
-    from sparkzoo.pipelines.modelpack import WEIGHTS_FILE
+    from sparkzoo.pipelines.modelpack import SPEC_FILE, WEIGHTS_FILE
 
     with tempfile.TemporaryDirectory() as tmp:
         files = track.download_model_files(exp, source["name"], source["version"], tmp)
         state = torch.load(os.path.join(files, WEIGHTS_FILE), map_location="cpu", weights_only=True)
+        with open(os.path.join(files, SPEC_FILE)) as fh:
+            source_vocab = ((json.load(fh).get("vocab") or {}).get("text")) or []
     own = model.state_dict()
+    if source_vocab and own_vocab:
+        state = _remap_embeddings(state, own, source_vocab, own_vocab)
     taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
              and not any(k.startswith(pre) for pre in exclude)}
     if not taken:
@@ -318,6 +326,24 @@ def _init_from(exp, model, source: dict[str, Any], exclude: list[str]) -> None:
     fresh = sorted(set(own) - set(taken))
     print(f"[sparkzoo] init_from {source['uri']} (v{source['version']}): {len(taken)} tensors copied, "
           f"{len(fresh)} kept fresh ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})", flush=True)
+
+
+def _remap_embeddings(state: dict[str, Any], own: dict[str, Any], source_vocab: list[str],
+                      own_vocab: list[str]) -> dict[str, Any]:
+    """Embedding tables (rows = source vocabulary) re-indexed to this model's vocabulary: shared tokens
+    keep their learned row, new tokens keep this model's fresh row."""
+    index = {t: i for i, t in enumerate(source_vocab)}
+    rows = [(i, index[t]) for i, t in enumerate(own_vocab) if t in index]
+    out = dict(state)
+    for k, v in state.items():
+        if "embedding" in k and k in own and v.dim() == 2 and v.shape[0] == len(source_vocab) \
+                and own[k].shape == (len(own_vocab), v.shape[1]):
+            table = own[k].clone()
+            mine, theirs = zip(*rows) if rows else ((), ())
+            table[list(mine)] = v[list(theirs)]
+            out[k] = table
+            print(f"[sparkzoo] init_from: {k} mapped by token, {len(rows)} of {len(own_vocab)} words shared", flush=True)
+    return out
 
 
 def _freeze(model, prefixes: list[str]) -> None:
