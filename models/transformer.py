@@ -119,10 +119,9 @@ class TransformerSeq2Seq(nn.Module):
 
     def decode(self, target_in: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """(n, T) target prefix -> logits (n, T, V) and the last layer's cross-attention (n, T, S)."""
-        causal = nn.Transformer.generate_square_subsequent_mask(target_in.size(1), device=target_in.device,
-                                                                dtype=memory.dtype)
-        x = self.decoder(self.embed(target_in), memory, tgt_mask=causal, tgt_is_causal=True,
-                         memory_key_padding_mask=~mask)
+        x = self.embed(target_in)
+        causal = nn.Transformer.generate_square_subsequent_mask(x.size(1), device=x.device, dtype=x.dtype)
+        x = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=~mask)
         last: ProbedDecoderLayer = self.decoder.layers[-1]
         return {"logits": self.out(x), "attention": last.last_attention}
 

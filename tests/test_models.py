@@ -10,7 +10,10 @@ from sparkzoo import models
 from sparkzoo.models.registry import UnknownModelError
 
 
-@pytest.mark.parametrize("name", models.list_models())
+IMAGE_TASKS = ("classification", "reconstruction", "segmentation")   # sequence families: test_sequence_models.py
+
+
+@pytest.mark.parametrize("name", [n for n in models.list_models() if models.model_task(n) in IMAGE_TASKS])
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 8, 8), (1, 20, 20)])
 def test_family_forward_and_task_contract(name, shape):
     """Each family's output fits its task: loss is finite and backpropagates, every metric key is
