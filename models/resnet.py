@@ -39,20 +39,26 @@ class BasicBlock(nn.Module):
         return self.act(self.body(x) + self.shortcut(x))
 
 
+def resnet_trunk(channels: int, widths: tuple[int, ...], blocks: int) -> nn.Sequential:
+    """Stem plus stages of basic blocks, without a head: the classifier pools it, captioning keeps the
+    grid of region vectors. Outputs ``widths[-1]`` channels at 1 / 2**(len(widths) - 1) of the input size."""
+    first = widths[0]
+    layers: list[nn.Module] = [nn.Conv2d(channels, first, 3, padding=1, bias=False), nn.BatchNorm2d(first),
+                               nn.ReLU(inplace=True)]
+    cin = first
+    for i, width in enumerate(widths):
+        for b in range(blocks):
+            layers.append(BasicBlock(cin, width, stride=2 if i > 0 and b == 0 else 1))
+            cin = width
+    return nn.Sequential(*layers)
+
+
 class ResNet(nn.Module):
     def __init__(self, spec: InputSpec, cfg: ResNetConfig) -> None:
         super().__init__()
-        first = cfg.widths[0]
-        layers: list[nn.Module] = [nn.Conv2d(spec.channels, first, 3, padding=1, bias=False), nn.BatchNorm2d(first),
-                                   nn.ReLU(inplace=True)]
-        cin = first
-        for i, width in enumerate(cfg.widths):
-            for b in range(cfg.blocks):
-                layers.append(BasicBlock(cin, width, stride=2 if i > 0 and b == 0 else 1))
-                cin = width
-        self.features = nn.Sequential(*layers)
+        self.features = resnet_trunk(spec.channels, cfg.widths, cfg.blocks)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(cfg.dropout),
-                                  nn.Linear(cin, spec.num_classes))
+                                  nn.Linear(cfg.widths[-1], spec.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -89,8 +89,11 @@ def test_registered_text_model_loads_with_plain_mlflow(text_exp, text_trained):
     import mlflow
     import pandas as pd
 
+    from sparkzoo.pipelines import track
+
     exp = text_exp()
-    mlflow.set_tracking_uri(exp.mlflow.tracking_uri)
+    mlflow.set_tracking_uri(track.tracking_uri(exp))
+    mlflow.set_registry_uri(track.registry_uri(exp))
     model = mlflow.pyfunc.load_model(f"models:/{exp.model_name}/{text_trained.model_version}")
     out = model.predict(pd.DataFrame({"text": ["a moving , beautifully acted film .", "dull , lifeless and far too long ."]}))
     assert list(out.columns[:3]) == ["prediction", "confidence", "probability"] and len(out) == 2
