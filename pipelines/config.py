@@ -250,6 +250,7 @@ class ModelConfig(_Strict):
     freeze: list[str] = Field(default_factory=list)   # parameter-name prefixes that stop learning
     beam: int = Field(1, ge=1, le=64)                   # sequence decoding: 1 = greedy, k = beam search of width k
     max_decode_length: Optional[int] = Field(None, ge=1)   # tokens a decoder may write (null = longest target + 8)
+    eval_beams: list[int] = Field(default_factory=list)    # also report test metrics at these beam widths
 
 
 class TrainConfig(_Strict):

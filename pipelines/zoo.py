@@ -28,7 +28,8 @@ OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 
 
 class Bar(BaseModel):
-    """``metric op value``, or ``metric op`` the baseline's ``baseline_metric``, or another entry's metric."""
+    """``metric op value``, or ``metric op`` the baseline's ``baseline_metric``, another entry's metric, or
+    another metric of the same run (``same_run_metric``: beam search no worse than greedy)."""
 
     model_config = ConfigDict(extra="forbid")
     metric: str
@@ -36,10 +37,11 @@ class Bar(BaseModel):
     value: Optional[float] = None
     baseline_metric: Optional[str] = None
     entry: Optional[str] = None
+    same_run_metric: Optional[str] = None
 
     def describe(self) -> str:
         other = (f"{self.value:g}" if self.value is not None else f"baseline {self.baseline_metric}"
-                 if self.baseline_metric else f"{self.entry}")
+                 if self.baseline_metric else self.same_run_metric if self.same_run_metric else f"{self.entry}")
         return f"{self.metric} {self.op} {other}"
 
 
@@ -51,6 +53,7 @@ class Entry(BaseModel):
     set: list[str] = Field(default_factory=list)
     baseline: bool = False
     headline: str                      # the metric shown in the table's result column
+    show: list[str] = Field(default_factory=list)   # more of the run's test metrics, in brackets after it
     bars: list[Bar] = Field(default_factory=list)
 
 
@@ -166,6 +169,8 @@ def _check(bar: Bar, res: EntryResult, results: dict[str, EntryResult]) -> bool:
         other = bar.value
     elif bar.baseline_metric:
         other = res.baseline.get(bar.baseline_metric)
+    elif bar.same_run_metric:
+        other = res.metrics.get(bar.same_run_metric)
     else:
         other = results[bar.entry].metrics.get(bar.metric) if bar.entry in results else None
     return mine is not None and other is not None and OPS[bar.op](mine, other)
@@ -183,7 +188,7 @@ def table(spec: ZooSpec, results: list[EntryResult]) -> str:
         e = by_id[r.id]
         bars = "; ".join(f"{d} {'✅' if ok else '❌'}" for d, ok in r.checks) or "none (reference)"
         extra = [f"{k.removeprefix('test_')} {_fmt(v)}" for k, v in r.metrics.items()
-                 if k != e.headline and k in ("test_probe_accuracy", "test_mean_image_iou", "test_ece")]
+                 if k != e.headline and k in ("test_probe_accuracy", "test_mean_image_iou", "test_ece", *e.show)]
         result = f"**{_fmt(r.metrics.get(e.headline))}**" + (f" ({', '.join(extra)})" if extra else "")
         base = ""
         if r.baseline:

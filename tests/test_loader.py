@@ -94,3 +94,50 @@ def test_rebatch_keeps_every_row_once_without_drop():
     seen = np.concatenate([b["x"] for b in out])
     assert sorted(seen.tolist()) == list(range(70))
     assert [len(b["x"]) for b in out[:-1]] == [16] * (len(out) - 1)
+
+
+def _sequence_parquet(tmp_path, n: int = 300, n_mels: int = 4):
+    """A real Parquet file in the text/audio contract: list<int> token ids and float32 frame bytes."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 30, n)
+    tokens = [[1000 + i] + list(rng.integers(4, 100, k - 1).astype(np.int32)) for i, k in enumerate(lengths)]   # unique
+    frames = [rng.normal(size=(k * 2, n_mels)).astype(np.float32) for k in lengths]
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "token_ids": pa.array(tokens, pa.list_(pa.int32())),
+                      "features": pa.array([f.tobytes() for f in frames], pa.binary()),
+                      "label": pa.array(rng.integers(0, 2, n), pa.int64())})
+    path = str(tmp_path / "seq.parquet")
+    pq.write_table(table, path, row_group_size=64)
+    files = [{"path": path, "row_groups": [pq.ParquetFile(path).metadata.row_group(i).num_rows
+                                           for i in range(pq.ParquetFile(path).num_row_groups)]}]
+    return files, tokens, frames
+
+
+def test_sequences_decode_padded_with_true_lengths_and_bucket_by_length(tmp_path):
+    files, tokens, frames = _sequence_parquet(tmp_path)
+    by_len = {}
+    for t, f in zip(tokens, frames):
+        by_len.setdefault(tuple(t), f)
+
+    def read(sort_key):
+        r = ShardReader(files, 0, 1, shape={"n_mels": 4}, batch_size=16, columns=("token_ids", "features", "label"),
+                        seed=5, shuffle_buffer=128, sort_key=sort_key)
+        return list(r.epoch(0, steps=steps_per_epoch(files, 1, 16)))
+
+    plain, bucketed = read(None), read("token_ids__len")
+    for batches in (plain, bucketed):
+        seen = 0
+        for b in batches:
+            for row, n, feats, nf in zip(b["token_ids"], b["token_ids__len"], b["features"], b["features__len"]):
+                real = tuple(int(v) for v in row[:n])
+                assert np.all(row[n:] == 0) and real in by_len          # ids intact, padding is 0
+                assert nf == 2 * n and np.array_equal(feats[:nf], by_len[real]) and not feats[nf:].any()
+                seen += 1
+        assert seen == 16 * len(batches)
+
+    def padding(batches):
+        return sum(int(b["token_ids__len"].max()) * len(b["token_ids__len"]) - int(b["token_ids__len"].sum())
+                   for b in batches)
+
+    assert padding(bucketed) < 0.5 * padding(plain)     # similar lengths share a batch
+    first = [tuple(b["token_ids__len"][:3]) for b in bucketed[:4]]
+    assert first != sorted(first)                        # but the batches come in random order

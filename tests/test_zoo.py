@@ -11,18 +11,20 @@ from sparkzoo.pipelines import zoo
 from sparkzoo.pipelines.errors import ConfigError
 
 
-def test_vision_spec_loads_and_every_experiment_config_is_valid():
+@pytest.mark.parametrize("family", ["vision", "sequence"])
+def test_zoo_spec_loads_and_every_experiment_config_is_valid(family):
     from sparkzoo.pipelines import config
+    from sparkzoo.models import list_models
 
-    spec = zoo.load_spec("vision")
+    spec = zoo.load_spec(family)
     ids = [e.id for e in spec.entries]
     assert len(ids) == len(set(ids))
     for e in spec.entries:
         exp = config.load(zoo.ROOT / e.conf, e.set)
         for bar in e.bars:
             assert bar.entry is None or ids.index(bar.entry) < ids.index(e.id)   # compared with a finished entry
-        assert exp.model.name
-    with pytest.raises(ConfigError, match="choose one of: vision"):
+        assert exp.model.name in list_models()
+    with pytest.raises(ConfigError, match="choose one of: sequence, vision"):
         zoo.load_spec("nope")
 
 
@@ -47,6 +49,19 @@ def test_bars_compare_with_values_baselines_and_other_entries():
     zoo.evaluate(spec, results)
     assert [ok for _, ok in results["big"].checks] == [True, False, False]
     assert not results["big"].passed and results["small"].passed
+
+
+def test_a_bar_can_compare_two_metrics_of_the_same_run():
+    spec = zoo.ZooSpec.model_validate({"family": "t", "entries": [
+        {"id": "g2p", "family": "G", "conf": "c.yaml", "headline": "test_error_rate", "show": ["test_error_rate_beam4"],
+         "bars": [{"metric": "test_error_rate_beam4", "op": "<=", "same_run_metric": "test_error_rate"}]}]})
+    results = {"g2p": zoo.EntryResult("g2p", "d", {"test_error_rate": 0.12, "test_error_rate_beam4": 0.11})}
+    zoo.evaluate(spec, results)
+    assert results["g2p"].checks == [("test_error_rate_beam4 <= test_error_rate", True)]
+    assert "error_rate_beam4 0.1100" in zoo.table(spec, list(results.values()))
+    results["g2p"].metrics["test_error_rate_beam4"] = 0.13
+    zoo.evaluate(spec, results)
+    assert not results["g2p"].passed
 
 
 def test_table_section_is_replaced_and_earlier_entries_are_kept(tmp_path):

@@ -124,7 +124,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             extra = comm.allreduce_sum(extra, name="confusion").astype(np.int64)
         return total, extra
 
-    def evaluate(split: str):
+    def evaluate(split: str, task=task):
         """Task metrics summed over ranks, plus an ``EvalDetail``: the task's arrays and rank 0's samples."""
         from sparkzoo.pipelines.train.metrics import EvalDetail
 
@@ -217,6 +217,13 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             break
 
     test_metrics, test_conf = evaluate("test") if manifest["splits"]["test"]["rows"] else ({}, None)
+    if test_metrics and hasattr(task, "beam"):
+        import dataclasses
+
+        for width in exp.model.eval_beams:   # the same weights decoded greedily and with wider beams
+            if width != task.beam:
+                other, _ = evaluate("test", dataclasses.replace(task, beam=width))
+                test_metrics[f"{task.metric}_beam{width}"] = other.get(task.metric, float("nan"))
     result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
               "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
