@@ -202,8 +202,8 @@ def optimize_module(module, optimize: str, device):
     - channels_last: NHWC weights and inputs, the layout oneDNN and cuDNN convolutions run fastest in.
     - compile: ``torch.compile`` (Inductor, C++/OpenMP kernels from the machine's compiler on CPU) over the
       channels-last module; compiled once per Python worker, on its first batch.
-    - int8: dynamic int8 quantisation of the Linear layers (weights int8, activations quantised per batch);
-      CPU only.
+    - int8: dynamic int8 quantisation of the Linear, LSTM and GRU layers (weights int8, activations
+      quantised per batch); CPU only.
     """
     import torch
 
@@ -215,7 +215,7 @@ def optimize_module(module, optimize: str, device):
                              "compile on a GPU")
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(module, {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
     module = module.to(memory_format=torch.channels_last)
     if optimize == "compile":
         return torch.compile(module, dynamic=False)

@@ -310,23 +310,26 @@ def check_optimization(spark, exp: Experiment, shipped: ShippedModel, df, where:
 
     The rows come from the scoring input when it is labelled, else from the prepared test split.
     """
+    from pyspark.sql import functions as F
+
     from .modelpack import Predictor
 
     if "label" in df.columns:
         sample_df = df
     else:
         sample_df = spark.read.parquet(open_prepared(exp).split_dir("test"))
-    frame = (sample_df.filter("image is not null and label is not null").select("image", "label")
-             .limit(exp.score.optimize_check_rows).toPandas())  # small: optimize_check_rows rows for the check
-    eager = Predictor.from_dir(shipped.local_dir)
-    frame = frame[frame["image"].map(len) == shipped.pixels_per_row]
+    sample_df = check_input(sample_df, where, shipped.spec)
+    cols = model_input_columns(shipped.spec, sample_df.columns)
+    frame = (sample_df.filter(reject_reason(sample_df, shipped.spec).isNull() & F.col("label").isNotNull())
+             .select(*cols, "label").limit(exp.score.optimize_check_rows).toPandas())  # small: optimize_check_rows rows for the check
     if frame.empty:
         raise ScoringError(f"score.optimize={exp.score.optimize} needs labelled rows to check accuracy; {where} has "
                            f"none and no prepared test split was found; set score.optimize=none")
-    pixels, labels = eager.decode(frame["image"]), frame["label"].to_numpy()
+    eager = Predictor.from_dir(shipped.local_dir)
     fast = Predictor.from_dir(shipped.local_dir, optimize=exp.score.optimize)
-    acc_eager = float((eager.predict_arrays(pixels)["prediction"] == labels).mean())
-    acc_fast = float((fast.predict_arrays(pixels)["prediction"] == labels).mean())
+    batch, labels = eager.batch(frame), frame["label"].to_numpy()
+    acc_eager = float((eager.predict_batch(batch)["prediction"] == labels).mean())
+    acc_fast = float((fast.predict_batch(batch)["prediction"] == labels).mean())
     if abs(acc_fast - acc_eager) > exp.score.optimize_tolerance:
         raise ScoringError(f"score.optimize={exp.score.optimize} changes accuracy on {len(labels)} labelled rows from "
                            f"{acc_eager:.4f} (eager) to {acc_fast:.4f}, more than score.optimize_tolerance="
@@ -373,7 +376,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     shipped = ship_model(spark, exp, name, version)
     df = check_input(df, where, shipped.spec)
     if exp.score.optimize != "none":
-        if shipped.spec["task"] != "classification":   # the optimised paths are checked on image classifiers
+        if not shipped.is_classifier:
             raise ScoringError(f"score.optimize={exp.score.optimize} is checked against eager accuracy, so it is for "
                                f"classifiers; {name} is a {shipped.spec['task']} model: use score.optimize=none")
         check_optimization(spark, exp, shipped, df, where)
