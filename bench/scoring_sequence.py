@@ -1,0 +1,236 @@
+"""Batch scoring throughput for a sequence model: the BiLSTM sentence-polarity classifier on replicated
+Pang & Lee sentences, one SparkSession (the sequence half of issue 7's scoring bench; bench/scoring.py is
+the CNN half and shares its helpers).
+
+Sides (rows/s, medians of interleaved repeats):
+  ours          sparkzoo score.run on prepared token ids: Parquet -> mapInPandas (model once per worker,
+                Arrow batches of score.batch_size, packed sequences, inference_mode) -> partitioned Parquet
+  ours+int8     the same job with score.optimize=int8 (dynamic int8 LSTM + Linear), accuracy-checked
+  spark_udf     mlflow.pyfunc.spark_udf on the same registered version, as its docs show: the model's
+                signature takes raw ``text`` (the pyfunc tokenises with the model's own vocabulary)
+  row-at-a-time one forward per sentence in rdd.mapPartitions (Horovod TorchModel.transform's shape)
+  eager limit   one process, torch threads = cores, the same sentences as padded id tensors already in
+                memory, sorted by length (the least padding), best batch size of a sweep; also int8
+
+    .venv/bin/python bench/scoring_sequence.py [--rows 1000000] [--repeats 3] [--row-udf-rows 20000]
+
+Prepares Pang & Lee and trains a 2-epoch BiLSTM under workspace/bench when they are missing. The input
+rows are copies of the 400-sentence test split (ids suffixed #copy): figures come from replicated data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import time
+
+import numpy as np
+
+from _common import ROOT, experiment, machine, prepared
+from scoring import timed
+
+BENCH_WS = ROOT / "workspace" / "bench"
+MODEL = "bench_scoring_bilstm"
+CONF = "conf/pang_lee_polarity.yaml"
+
+
+def bench_exp(*extra: str):
+    return experiment(f"workspace={BENCH_WS}", "name=bench_scoring_text", f"mlflow.model_name={MODEL}",
+                      "mlflow.experiment=bench_scoring", "train.epochs=2", "train.progress=false",
+                      "train.early_stopping_patience=null",
+                      "spark.conf.spark.ui.showConsoleProgress=false", "spark.conf.spark.sql.shuffle.partitions=2",
+                      *extra, conf=CONF)
+
+
+def registered_version(exp, spark) -> int:
+    from sparkzoo.pipelines import track, train
+
+    version = track.alias_version(exp, "champion")
+    if version is None:
+        print("   training the bench model (2 epochs)...", flush=True)
+        version = train.run(exp, spark).model_version
+    return version
+
+
+def replicated_input(spark, ds, rows: int) -> str:
+    """The test split (id, text, token_ids, label) crossJoined with a range, new ids, written once."""
+    from pyspark.sql import functions as F
+
+    path = str(BENCH_WS / f"scoring_text_input_{rows}")
+    if os.path.exists(os.path.join(path, "_SUCCESS")):
+        return path
+    test = spark.read.parquet(ds.split_dir("test")).select("id", "text", "token_ids", "label")
+    n = test.count()
+    copies = -(-rows // n)
+    rep = (spark.range(copies, numPartitions=8).withColumnRenamed("id", "copy").crossJoin(F.broadcast(test))
+           .withColumn("id", F.concat_ws("#", "id", F.col("copy").cast("string"))).drop("copy"))
+    if copies * n != rows:
+        rep = rep.limit(rows)
+    rep.write.mode("overwrite").parquet(path)
+    return path
+
+
+def run_ours(spark, path: str, rows: int, optimize: str = "none") -> float:
+    from sparkzoo.pipelines import score
+
+    e = bench_exp(f"score.input_path={path}", f"score.output={BENCH_WS / 'pred_text_ours'}",
+                  "score.run_date=2026-01-01", f"score.optimize={optimize}")
+    result = {}
+    secs = timed(lambda: result.update(r=score.run(e, spark)))
+    assert result["r"].scored_rows == rows, result["r"]
+    return rows / secs
+
+
+def run_spark_udf(exp, spark, path: str, version: int, rows: int) -> float:
+    import mlflow
+
+    from sparkzoo.pipelines import track
+
+    track.client(exp)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")   # Spark's default
+    udf = mlflow.pyfunc.spark_udf(spark, f"models:/{MODEL}/{version}",
+                                  result_type="prediction long, confidence float, probability array<float>")
+    df = spark.read.parquet(path)
+    job = df.select("id", udf("text").alias("p"), "label").select("id", "p.*", "label")
+    return rows / timed(lambda: job.write.mode("overwrite").parquet(str(BENCH_WS / "pred_text_spark_udf")))
+
+
+def run_row_udf(exp, spark, path: str, version: int, rows: int) -> float:
+    import mlflow
+
+    from sparkzoo.pipelines import track
+
+    track.client(exp)
+    model_dir = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version}"), "artifacts")
+
+    def predict(it):
+        import torch
+        from pyspark.sql import Row
+
+        from sparkzoo.pipelines.modelpack import Predictor
+
+        torch.set_num_threads(1)
+        p = Predictor.from_dir(model_dir)
+        for row in it:
+            ids = torch.tensor([list(row["token_ids"])])
+            with torch.inference_mode():
+                prob = torch.softmax(p.module({"tokens": ids, "lengths": torch.tensor([ids.shape[1]])}), 1)[0]
+            yield Row(id=row["id"], prediction=int(prob.argmax()), confidence=float(prob.max()),
+                      probability=prob.tolist(), label=row["label"])
+
+    df = spark.read.parquet(path).limit(rows)
+    schema = "id string, prediction long, confidence double, probability array<double>, label bigint"
+    return rows / timed(lambda: spark.createDataFrame(df.rdd.mapPartitions(predict), schema)
+                        .write.mode("overwrite").parquet(str(BENCH_WS / "pred_text_row_udf")))
+
+
+def eager_rate(predictor, batch: dict[str, np.ndarray], reps: int, size: int) -> float:
+    """Rows/s of the bare forward + softmax over in-memory id tensors sorted by length."""
+    import torch
+
+    order = np.argsort(batch["token_ids__len"], kind="stable")
+    ids, lens = torch.from_numpy(batch["token_ids"][order]), torch.from_numpy(batch["token_ids__len"][order])
+    chunks = []
+    for i in range(0, len(lens), size):
+        width = int(lens[i:i + size].max())
+        chunks.append({"tokens": ids[i:i + size, :width].contiguous(), "lengths": lens[i:i + size]})
+    with torch.inference_mode():
+        for c in chunks[:2]:
+            torch.softmax(predictor.module(c), 1)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for c in chunks:
+                torch.softmax(predictor.module(c), 1)
+    return reps * len(lens) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--row-udf-rows", type=int, default=20_000)
+    ap.add_argument("--eager-copies", type=int, default=25, help="copies of the test split held in memory")
+    ap.add_argument("--batch-sizes", default="64,256,1024,4096")
+    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt")
+    args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+
+    import mlflow
+    import pyarrow.parquet as pq
+    import torch
+
+    from sparkzoo.pipelines import track
+    from sparkzoo.pipelines.modelpack import Predictor
+    from sparkzoo.pipelines.session import get_spark
+
+    cores = os.cpu_count() or 1
+    exp = bench_exp()
+    ds = prepared(exp)
+    spark = get_spark(exp)
+    version = registered_version(exp, spark)
+    path = replicated_input(spark, ds, args.rows)
+    print(f"== sequence scoring bench: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}, {args.rows:,} rows at {path}, "
+          f"model {MODEL} v{version} (bilstm), Spark {spark.sparkContext.master}", flush=True)
+
+    track.client(exp)
+    local = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version}"), "artifacts")
+    frame = pq.read_table(ds.split_dir("test"), columns=["token_ids", "label"]).to_pandas()
+    eager = Predictor.from_dir(local)
+    test_batch, labels = eager.batch(frame), frame["label"].to_numpy()
+    acc_eager = float((eager.predict_batch(test_batch)["prediction"] == labels).mean())
+    big = {k: np.concatenate([v] * args.eager_copies) for k, v in test_batch.items()}
+    torch.set_num_threads(cores)
+    sweep = {b: eager_rate(eager, big, 1, b) for b in map(int, args.batch_sizes.split(","))}
+    best = max(sweep, key=sweep.get)
+    print("   eager batch-size sweep (rows/s): " + ", ".join(f"{b}: {r:,.0f}" for b, r in sweep.items())
+          + f" -> best {best}", flush=True)
+    int8 = None
+    if "opt" not in skip:
+        q = Predictor.from_dir(local, optimize="int8")
+        acc_q = float((q.predict_batch(test_batch)["prediction"] == labels).mean())
+        ok = abs(acc_q - acc_eager) <= exp.score.optimize_tolerance
+        print(f"   int8: accuracy {acc_q:.4f} vs eager {acc_eager:.4f} ({'kept' if ok else 'refused'})", flush=True)
+        int8 = q if ok else None
+
+    sides: dict[str, list[float]] = {"ours": [], "eager limit": []}
+    if int8:
+        sides["ours+int8"], sides["eager+int8"] = [], []
+    if "spark_udf" not in skip:
+        sides["mlflow spark_udf (raw text)"] = []
+    if "row_udf" not in skip:
+        sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"] = []
+    for rep in range(args.repeats):
+        torch.set_num_threads(cores)
+        sides["eager limit"].append(eager_rate(eager, big, 2, best))
+        if int8:
+            sides["eager+int8"].append(eager_rate(int8, big, 2, best))
+        torch.set_num_threads(1)
+        sides["ours"].append(run_ours(spark, path, args.rows))
+        if int8:
+            sides["ours+int8"].append(run_ours(spark, path, args.rows, optimize="int8"))
+        if "spark_udf" not in skip:
+            sides["mlflow spark_udf (raw text)"].append(run_spark_udf(exp, spark, path, version, args.rows))
+        if "row_udf" not in skip:
+            sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"].append(
+                run_row_udf(exp, spark, path, version, args.row_udf_rows))
+        print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in sides.items()), flush=True)
+
+    med = {k: statistics.median(v) for k, v in sides.items()}
+    print(f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, eager batch {best}, "
+          f"{cores} threads eager, {cores} Spark workers x 1 thread")
+    for k, v in med.items():
+        print(f"   {k:40s} {v:>10,.0f}   raw {[round(r) for r in sides[k]]}")
+    for k in med:
+        if k != "ours":
+            print(f"   ratio ours / {k}: {med['ours'] / med[k]:.2f}x")
+    if int8:
+        print(f"   ratio ours+int8 / eager limit: {med['ours+int8'] / med['eager limit']:.2f}x; "
+              f"eager+int8 / eager limit: {med['eager+int8'] / med['eager limit']:.2f}x")
+    for out in ("pred_text_ours", "pred_text_spark_udf", "pred_text_row_udf"):
+        shutil.rmtree(BENCH_WS / out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
