@@ -44,19 +44,20 @@ def registered_version(exp, spark) -> int:
 
     version = track.alias_version(exp, "champion")
     if version is None:
-        print("   training the bench model (1 epoch)...", flush=True)
+        print(f"   training the bench model ({exp.train.epochs} epoch(s))...", flush=True)
         version = train.run(exp, spark).model_version
     return version
 
 
-def replicated_input(spark, ds, rows: int) -> str:
+def replicated_input(spark, ds, rows: int, columns: tuple[str, ...] = ("id", "image", "label"),
+                     name: str = "scoring_input") -> str:
     """The test split crossJoined with a range, new ids, written once as Parquet (8 files, no shuffle)."""
     from pyspark.sql import functions as F
 
-    path = str(BENCH_WS / f"scoring_input_{rows}")
+    path = str(BENCH_WS / f"{name}_{rows}")
     if os.path.exists(os.path.join(path, "_SUCCESS")):
         return path
-    test = spark.read.parquet(ds.split_dir("test")).select("id", "image", "label")
+    test = spark.read.parquet(ds.split_dir("test")).select(*columns)
     n = test.count()
     copies = -(-rows // n)
     rep = (spark.range(copies, numPartitions=8).withColumnRenamed("id", "copy").crossJoin(F.broadcast(test))
@@ -73,31 +74,33 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run_ours(exp, spark, path: str, rows: int, optimize: str = "none", batch: int | None = None) -> float:
+def run_ours(exp, spark, path: str, rows: int, optimize: str = "none", batch: int | None = None,
+             make_exp=None, out: str = "pred_ours") -> float:
     from sparkzoo.pipelines import score
 
-    sets = [f"score.input_path={path}", f"score.output={BENCH_WS / 'pred_ours'}", "score.run_date=2026-01-01",
+    sets = [f"score.input_path={path}", f"score.output={BENCH_WS / out}", "score.run_date=2026-01-01",
             f"score.optimize={optimize}"] + ([f"score.batch_size={batch}"] if batch else [])
-    e = bench_exp(*sets)
+    e = (make_exp or bench_exp)(*sets)
     result = {}
     secs = timed(lambda: result.update(r=score.run(e, spark)))
     assert result["r"].scored_rows == rows, result["r"]
     return rows / secs
 
 
-def run_spark_udf(exp, spark, path: str, version: int, rows: int) -> float:
+def run_spark_udf(exp, spark, path: str, version: int, rows: int, model: str = MODEL, column: str = "image",
+                  out: str = "pred_spark_udf") -> float:
+    """``mlflow.pyfunc.spark_udf`` as its docs show, on the model's signature column."""
     import mlflow
 
     from sparkzoo.pipelines import track
 
     track.client(exp)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")   # Spark's default
-    udf = mlflow.pyfunc.spark_udf(spark, f"models:/{MODEL}/{version}",
+    udf = mlflow.pyfunc.spark_udf(spark, f"models:/{model}/{version}",
                                   result_type="prediction long, confidence float, probability array<float>")
     df = spark.read.parquet(path)
-    out = str(BENCH_WS / "pred_spark_udf")
-    job = df.select("id", udf("image").alias("p"), "label").select("id", "p.*", "label")
-    return rows / timed(lambda: job.write.mode("overwrite").parquet(out))
+    job = df.select("id", udf(column).alias("p"), "label").select("id", "p.*", "label")
+    return rows / timed(lambda: job.write.mode("overwrite").parquet(str(BENCH_WS / out)))
 
 
 def run_row_udf(exp, spark, path: str, version: int, rows: int) -> float:

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from _common import ROOT, experiment, machine, prepared
-from scoring import timed
+from scoring import registered_version, replicated_input, run_ours, run_spark_udf, timed
 
 BENCH_WS = ROOT / "workspace" / "bench"
 MODEL = "bench_scoring_bilstm"
@@ -42,59 +42,6 @@ def bench_exp(*extra: str):
                       "train.early_stopping_patience=null",
                       "spark.conf.spark.ui.showConsoleProgress=false", "spark.conf.spark.sql.shuffle.partitions=2",
                       *extra, conf=CONF)
-
-
-def registered_version(exp, spark) -> int:
-    from sparkzoo.pipelines import track, train
-
-    version = track.alias_version(exp, "champion")
-    if version is None:
-        print("   training the bench model (2 epochs)...", flush=True)
-        version = train.run(exp, spark).model_version
-    return version
-
-
-def replicated_input(spark, ds, rows: int) -> str:
-    """The test split (id, text, token_ids, label) crossJoined with a range, new ids, written once."""
-    from pyspark.sql import functions as F
-
-    path = str(BENCH_WS / f"scoring_text_input_{rows}")
-    if os.path.exists(os.path.join(path, "_SUCCESS")):
-        return path
-    test = spark.read.parquet(ds.split_dir("test")).select("id", "text", "token_ids", "label")
-    n = test.count()
-    copies = -(-rows // n)
-    rep = (spark.range(copies, numPartitions=8).withColumnRenamed("id", "copy").crossJoin(F.broadcast(test))
-           .withColumn("id", F.concat_ws("#", "id", F.col("copy").cast("string"))).drop("copy"))
-    if copies * n != rows:
-        rep = rep.limit(rows)
-    rep.write.mode("overwrite").parquet(path)
-    return path
-
-
-def run_ours(spark, path: str, rows: int, optimize: str = "none") -> float:
-    from sparkzoo.pipelines import score
-
-    e = bench_exp(f"score.input_path={path}", f"score.output={BENCH_WS / 'pred_text_ours'}",
-                  "score.run_date=2026-01-01", f"score.optimize={optimize}")
-    result = {}
-    secs = timed(lambda: result.update(r=score.run(e, spark)))
-    assert result["r"].scored_rows == rows, result["r"]
-    return rows / secs
-
-
-def run_spark_udf(exp, spark, path: str, version: int, rows: int) -> float:
-    import mlflow
-
-    from sparkzoo.pipelines import track
-
-    track.client(exp)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")   # Spark's default
-    udf = mlflow.pyfunc.spark_udf(spark, f"models:/{MODEL}/{version}",
-                                  result_type="prediction long, confidence float, probability array<float>")
-    df = spark.read.parquet(path)
-    job = df.select("id", udf("text").alias("p"), "label").select("id", "p.*", "label")
-    return rows / timed(lambda: job.write.mode("overwrite").parquet(str(BENCH_WS / "pred_text_spark_udf")))
 
 
 def run_row_udf(exp, spark, path: str, version: int, rows: int) -> float:
@@ -170,7 +117,7 @@ def main() -> None:
     ds = prepared(exp)
     spark = get_spark(exp)
     version = registered_version(exp, spark)
-    path = replicated_input(spark, ds, args.rows)
+    path = replicated_input(spark, ds, args.rows, ("id", "text", "token_ids", "label"), "scoring_text_input")
     print(f"== sequence scoring bench: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}, {args.rows:,} rows at {path}, "
           f"model {MODEL} v{version} (bilstm), Spark {spark.sparkContext.master}", flush=True)
 
@@ -207,11 +154,13 @@ def main() -> None:
         if int8:
             sides["eager+int8"].append(eager_rate(int8, big, 2, best))
         torch.set_num_threads(1)
-        sides["ours"].append(run_ours(spark, path, args.rows))
+        sides["ours"].append(run_ours(exp, spark, path, args.rows, make_exp=bench_exp, out="pred_text_ours"))
         if int8:
-            sides["ours+int8"].append(run_ours(spark, path, args.rows, optimize="int8"))
+            sides["ours+int8"].append(run_ours(exp, spark, path, args.rows, optimize="int8", make_exp=bench_exp,
+                                               out="pred_text_ours"))
         if "spark_udf" not in skip:
-            sides["mlflow spark_udf (raw text)"].append(run_spark_udf(exp, spark, path, version, args.rows))
+            sides["mlflow spark_udf (raw text)"].append(run_spark_udf(exp, spark, path, version, args.rows, MODEL,
+                                                                      "text", "pred_text_spark_udf"))
         if "row_udf" not in skip:
             sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"].append(
                 run_row_udf(exp, spark, path, version, args.row_udf_rows))
