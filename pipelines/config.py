@@ -135,6 +135,16 @@ class AudioFolderSource(_FileTree):
     label_level: Optional[int] = None   # folder under `path` that names the class
     label_regex: Optional[str] = None   # or: group 1 of this regex on the path under `path` (lower-cased)
     transcript_regex: Optional[str] = None  # group 1 on the path under `path` is the transcript (CTC)
+    transcript_sidecar: Optional["TranscriptSidecar"] = None   # or: a line of a text file beside the clip
+
+
+class TranscriptSidecar(_Strict):
+    """The transcript is one line of a text file beside the clip, e.g. Tux Paint's spoken captions:
+    ``badger_desc_fr.ogg`` -> ``badger.txt``, line ``fr.utf8=Un blaireau.``"""
+
+    strip: str = Field("", description="regex removed from the clip's file stem to get the text file's stem")
+    suffix: str = ".txt"
+    key: str = Field(min_length=1)          # the line's prefix; the rest of the line is the transcript
 
 
 class AudioIndexSource(_PathSource):

@@ -277,6 +277,34 @@ def test_audio_transcripts_to_ctc_ids(make_exp, spark, tmp_path):
         assert "".join(vocab[i] for i in r["target_ids"]) == r["transcript"]
 
 
+def test_spoken_captions_take_their_transcript_from_the_text_beside_the_clip(make_exp, spark, tmp_path):
+    """Tux Paint spoken captions: clip ``x_desc_fr.ogg``, transcript = the ``fr.utf8=`` line of ``x.txt``;
+    a clip whose text file lacks the line is quarantined, not guessed."""
+    src = STAMPS / "animals"
+    tree = tmp_path / "stamps"
+    clips = sorted(src.rglob("*_desc_fr.ogg"))[:10]
+    assert len(clips) == 10
+    for clip in clips:
+        dest = tree / clip.relative_to(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, dest)
+        txt = clip.with_name(clip.name.replace("_desc_fr.ogg", ".txt"))
+        shutil.copy(txt, dest.with_name(txt.name))
+    lost = next(tree.rglob("*.txt"))
+    lost.write_text("\n".join(l for l in lost.read_text("utf-8").splitlines() if not l.startswith("fr.utf8=")))
+    exp = make_exp(f"data.source.path={tree}", "data.max_records=null", f"workspace={tmp_path / 'ws'}",
+                   "prepare.max_bad_fraction=0.2", "model.name=mlp", conf=ROOT / "conf" / "tuxpaint_spoken_captions_fr.yaml")
+    result = prepare.run(exp, spark)
+    assert result.input_records == 10 and result.quarantined == 1 and sum(result.rows.values()) == 9
+    assert _quarantine(result) == {lost.name.replace(".txt", "_desc_fr.ogg"): "missing_label"}
+    vocab = result.manifest["vocab"]["target"]
+    for r in (r for s in SPLITS if result.rows[s] for r in _table(paths.join(result.path, s))):
+        txt = Path(r["source"]).with_name(Path(r["source"]).name.replace("_desc_fr.ogg", ".txt"))
+        line = next(l for l in txt.read_text("utf-8-sig").splitlines() if l.startswith("fr.utf8="))
+        assert r["transcript"] == line[len("fr.utf8="):].strip().lower()
+        assert "".join(vocab[i] for i in r["target_ids"]) == r["transcript"]
+
+
 def test_cli_exit_codes_around_threshold(letters_tree, tmp_path):
     root, bad = letters_tree
     args = ["prepare", "--conf", str(ROOT / "conf" / "klettres_letters.yaml"), "--set", f"workspace={tmp_path}",

@@ -132,6 +132,26 @@ def _label(rel: str, src: dict[str, Any]) -> tuple[str | None, str | None]:
     return label, transcript
 
 
+def sidecar_transcript(path: str, sidecar: dict[str, Any]) -> str | None:
+    """The transcript line of the text file beside a clip (read in the task), or None when the file or
+    its line is missing. Undecodable bytes are a bad record, not a crash."""
+    folder, name = os.path.split(path)
+    stem = re.sub(sidecar["strip"], "", os.path.splitext(name)[0]) if sidecar["strip"] else os.path.splitext(name)[0]
+    try:
+        with open(os.path.join(folder, stem + sidecar["suffix"]), "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadRecord("non_utf8", f"transcript file {stem}{sidecar['suffix']} is not UTF-8 ({exc})") from None
+    for line in text.splitlines():
+        if line.startswith(sidecar["key"]):
+            return line[len(sidecar["key"]):].strip() or None
+    return None
+
+
 def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     """mapInPandas body over binaryFile rows (path, content [, label_name, transcript])."""
     from .sources.files import check_source, local, relative, selected
@@ -154,10 +174,13 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
                 transcript = getattr(row, "transcript", None) or None
             try:
                 check_source(path, ctx["root"], getattr(row, "read_error", None))
+                if src.get("transcript_sidecar"):
+                    transcript = sidecar_transcript(path, src["transcript_sidecar"])
                 if ctx["needs_label"] and not label:
                     raise BadRecord("missing_label", f"no label for {rel} (label_level / label_regex / label column)")
                 if ctx["needs_transcript"] and not transcript:
-                    raise BadRecord("missing_label", f"no transcript for {rel} (transcript_regex / transcript column)")
+                    raise BadRecord("missing_label", f"no transcript for {rel} (transcript_regex / transcript_sidecar / "
+                                                     f"transcript column)")
                 feats, dur = transform_audio(bytes(row.content) if row.content is not None else None,
                                              os.path.splitext(path)[1].lstrip("."), settings)
             except BadRecord as bad:
@@ -200,7 +223,7 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
            "test_fraction": exp.data.test_fraction}
     if src.kind == "audio_folder":
         ctx["needs_label"] = src.label_level is not None or bool(src.label_regex)
-        ctx["needs_transcript"] = bool(src.transcript_regex)
+        ctx["needs_transcript"] = bool(src.transcript_regex or src.transcript_sidecar)
         ctx["root"] = src.path
         chosen = files.matching(listing, src.path, src.extensions, src.include, src.exclude)
         if exp.data.max_records:
@@ -254,7 +277,7 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
     }
     cols = ["id", "source", "features", "n_frames", "n_mels", "sample_rate", "duration"]
     df = good
-    has_transcript = bool(getattr(src, "transcript_regex", None) or getattr(src, "transcript_column", None))
+    has_transcript = any(getattr(src, k, None) for k in ("transcript_regex", "transcript_column", "transcript_sidecar"))
     if has_transcript:
         df, vocab, lengths = text.add_token_ids(df, exp, "transcript", "target_ids", "char", specials=[],
                                                 vocab_from=lambda d: d)
