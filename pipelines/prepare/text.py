@@ -144,12 +144,22 @@ def parse_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator
             good = np.array([r is None for r in out["reason"]])
             yield pd.DataFrame({
                 "id": out["id"], "source": out["source"],
-                "split": assign(out["id"], "all", ctx["val_fraction"], ctx["test_fraction"]),
+                "split": assign(_split_keys(out["id"], out["text"], pairs, ctx["dataset"]), "all",
+                                ctx["val_fraction"], ctx["test_fraction"]),
                 "label_name": out["label_name"],
                 "stage": [None if g else "parse" for g in good], "reason": out["reason"], "detail": out["detail"],
                 "stat_sum": np.zeros(n), "stat_sumsq": np.zeros(n), "stat_count": np.zeros(n, np.int64),
                 "text": out["text"], "target": out["target"],
             })
+
+
+def _split_keys(ids: list[str], texts: list[str | None], pairs: bool, dataset: str) -> list[str]:
+    """What the split hash reads: for pairs, the normalised source text, so every target of one source
+    ("granting" and "granting(2)", or one caption in two files) lands in the same split and test never
+    scores a word whose other pronunciation was trained on; otherwise (and for bad records) the row id."""
+    if not pairs:
+        return ids
+    return [rid if text is None else f"{dataset}/source:{text}" for rid, text in zip(ids, texts)]
 
 
 def _fields(rec: dict[str, Any] | None, text_col: str, other_col: str | None, n: int) -> tuple[str, str | None]:
