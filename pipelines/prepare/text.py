@@ -46,6 +46,13 @@ def _records(data: str, src: dict[str, Any], max_field: int | None = None
                 continue
             yield n, obj if isinstance(obj, dict) else None, None if isinstance(obj, dict) else f"line {n + 1} is not an object"
         return
+    if fmt == "keyed_lines":   # one pair per file: the first line, and the value of `<target_key>=`
+        lines = [line.strip() for line in data.splitlines() if line.strip()]
+        if lines:
+            key = src["target_key"] + "="
+            target = next((line[len(key):] for line in lines[1:] if line.startswith(key)), None)
+            yield 0, {src["source_column"]: lines[0], src["target_column"]: target}, None
+        return
     if fmt == "whitespace":
         prefix = src.get("comment_prefix")
         for n, line in enumerate(data.splitlines()):
