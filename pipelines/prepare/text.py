@@ -46,6 +46,13 @@ def _records(data: str, src: dict[str, Any], max_field: int | None = None
                 continue
             yield n, obj if isinstance(obj, dict) else None, None if isinstance(obj, dict) else f"line {n + 1} is not an object"
         return
+    if fmt == "keyed_lines":   # one pair per file: the first line, and the value of `<target_key>=`
+        lines = [line.strip() for line in data.splitlines() if line.strip()]
+        if lines:
+            key = src["target_key"] + "="
+            target = next((line[len(key):] for line in lines[1:] if line.startswith(key)), None)
+            yield 0, {src["source_column"]: lines[0], src["target_column"]: target}, None
+        return
     if fmt == "whitespace":
         prefix = src.get("comment_prefix")
         for n, line in enumerate(data.splitlines()):
@@ -144,12 +151,22 @@ def parse_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator
             good = np.array([r is None for r in out["reason"]])
             yield pd.DataFrame({
                 "id": out["id"], "source": out["source"],
-                "split": assign(out["id"], "all", ctx["val_fraction"], ctx["test_fraction"]),
+                "split": assign(_split_keys(out["id"], out["text"], pairs, ctx["dataset"]), "all",
+                                ctx["val_fraction"], ctx["test_fraction"]),
                 "label_name": out["label_name"],
                 "stage": [None if g else "parse" for g in good], "reason": out["reason"], "detail": out["detail"],
                 "stat_sum": np.zeros(n), "stat_sumsq": np.zeros(n), "stat_count": np.zeros(n, np.int64),
                 "text": out["text"], "target": out["target"],
             })
+
+
+def _split_keys(ids: list[str], texts: list[str | None], pairs: bool, dataset: str) -> list[str]:
+    """What the split hash reads: for pairs, the normalised source text, so every target of one source
+    ("granting" and "granting(2)", or one caption in two files) lands in the same split and test never
+    scores a word whose other pronunciation was trained on; otherwise (and for bad records) the row id."""
+    if not pairs:
+        return ids
+    return [rid if text is None else f"{dataset}/source:{text}" for rid, text in zip(ids, texts)]
 
 
 def _fields(rec: dict[str, Any] | None, text_col: str, other_col: str | None, n: int) -> tuple[str, str | None]:
