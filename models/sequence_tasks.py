@@ -213,6 +213,12 @@ class CaptioningTask(_DecodingTask):
     def source(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
         return {"image": images_to_tensor(batch["image"], self.mean, self.std).to(device, non_blocking=True)}
 
+    def samples(self, out: dict[str, torch.Tensor], batch: Batch, n: int) -> dict[str, Any]:
+        """The decoded samples plus their pixels, so the report can lay each word's attention over the image."""
+        got = super().samples(out, batch, n)
+        got["image"] = np.array(batch["image"][:n])
+        return got
+
     def finish(self, sums: dict[str, float], arrays: dict[str, np.ndarray] | None = None) -> dict[str, float]:
         out = super().finish(sums, arrays)
         if sums["seqs"] and "bleu" not in out:

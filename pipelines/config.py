@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -166,17 +167,77 @@ class AudioIndexSource(_PathSource):
     label_names: list[str] = Field(default_factory=list)
 
 
+RELATIONS = ("left of", "right of", "above", "below")
+MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+class CompositionSource(_PathSource):
+    """Captioned compositions of Fashion-MNIST items ("a sneaker left of a bag"), generated in Spark
+    tasks from the IDX files at ``path`` (pipelines/prepare/sources/compose.py).
+
+    A relation and its mirror cannot both be on: "a bag right of a sneaker" is the same picture as "a
+    sneaker left of a bag", so the caption would stop being a function of the image and BLEU against
+    the one reference would punish a correct caption. The subject is always the item the relation
+    reads from (the left one for ``left of``, the top one for ``above``).
+    """
+
+    kind: Literal["compositions"]
+    # caption word per Fashion-MNIST class, in the IDX label order (one token each)
+    nouns: list[str] = Field(default_factory=lambda: ["top", "trouser", "pullover", "dress", "coat", "sandal",
+                                                      "shirt", "sneaker", "bag", "boot"])
+    relations: list[Literal["left of", "right of", "above", "below"]] = Field(
+        default_factory=lambda: ["left of", "above"])
+    canvas: int = Field(64, ge=56, le=256)      # square grey canvas; items are 28x28, so two fit side by side
+    train_rows: int = Field(20000, ge=1)        # compositions per split (data.max_records caps each)
+    val_rows: int = Field(2000, ge=0)
+    test_rows: int = Field(2000, ge=1)
+    # Shares of all (subject, relation, object) triples that only val / only test ever show: the test
+    # bar is on combinations the model never saw in training.
+    held_out_val: float = Field(0.15, ge=0.0, lt=1.0)
+    held_out_test: float = Field(0.15, gt=0.0, lt=1.0)
+    rows_per_task: int = Field(2000, gt=0)      # compositions one Spark task makes
+    label_names: list[str] = Field(default_factory=list)   # unused: compositions carry captions, not classes
+
+    @field_validator("nouns")
+    @classmethod
+    def _one_token_each(cls, value: list[str]) -> list[str]:
+        if len(value) != 10:
+            raise ValueError(f"needs one noun per Fashion-MNIST class (10), got {len(value)}")
+        bad = [n for n in value if not re.fullmatch(r"[a-z]+", n)]
+        if bad:
+            raise ValueError(f"nouns must be single lower-case words (one caption token each): {bad}")
+        return value
+
+    @field_validator("relations")
+    @classmethod
+    def _unambiguous(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("needs at least one relation, each once")
+        both = [r for r in value if MIRROR[r] in value]
+        if both:
+            raise ValueError(f"{both[0]!r} and {MIRROR[both[0]]!r} describe the same picture two ways; keep one "
+                             f"of each pair (e.g. [left of, above]) so every image has exactly one caption")
+        return value
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> "CompositionSource":
+        if self.held_out_val + self.held_out_test >= 0.9:
+            raise ValueError("held_out_val + held_out_test must leave at least 10% of the triples to train on")
+        return self
+
+
 AnySource = Annotated[
     Union[IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
-          AudioFolderSource, AudioIndexSource],
+          AudioFolderSource, AudioIndexSource, CompositionSource],
     Field(discriminator="kind"),
 ]
 SOURCE_KINDS: dict[str, type[BaseModel]] = {
     m.model_fields["kind"].annotation.__args__[0]: m
     for m in (IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
-              AudioFolderSource, AudioIndexSource)}
+              AudioFolderSource, AudioIndexSource, CompositionSource)}
 MODALITY = {"idx": "image", "image_folder": "image", "image_index": "image", "image_grid": "image",
-            "text_table": "text", "text_pairs": "text", "audio_folder": "audio", "audio_index": "audio"}
+            "text_table": "text", "text_pairs": "text", "audio_folder": "audio", "audio_index": "audio",
+            "compositions": "image"}
 
 
 class ImageSettings(_Strict):

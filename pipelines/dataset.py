@@ -51,8 +51,9 @@ def dataset_version(exp: Experiment, listing: list[dict[str, Any]] | None = None
     listing = source_listing(exp) if listing is None else listing
     # Only what shapes this dataset counts: the other modalities' settings do not make a new version.
     unused = {"image", "text", "audio"} - {exp.data.modality}
-    if exp.data.source.kind == "idx":
-        unused |= {"image", "test_fraction"}   # IDX keeps its native size and official test split
+    if exp.data.source.kind in ("idx", "compositions"):
+        unused |= {"image", "test_fraction"}   # IDX keeps its native size and official test split; compositions
+        # set their own canvas and rows per split
     relevant = {
         "format": FORMAT_VERSION,
         "listing": listing,

@@ -153,7 +153,9 @@ class Predictor:
         """A numpy batch -> the task's output columns as numpy arrays, under ``torch.inference_mode``."""
         torch = self._torch
         with torch.inference_mode():
-            if "image" not in self.input_columns:
+            if "image" not in self.input_columns or hasattr(self.task, "model_inputs"):
+                # sequence tasks (captioning too: an image in, a dict of tensors for the model) build their
+                # own inputs; only plain image tasks take the bare pixel tensor below
                 x = self.task.model_inputs(batch, self.device)
                 out = self.task.as_float(self.task.predict(self.module, x))
                 if self.device.type != "cpu":

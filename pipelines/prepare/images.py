@@ -331,7 +331,7 @@ def _ctx(exp, root: str) -> dict[str, Any]:
             "image": exp.data.image.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
             "test_fraction": exp.data.test_fraction, "needs_label": task_label,
             "mask": d.get("mask", "file" if d.get("mask_column") else "none"),
-            "caption": bool(d.get("caption_sidecar") or d.get("caption_column")),
+            "caption": bool(d.get("caption_sidecar") or d.get("caption_column")) or src.kind == "compositions",
             "variants": exp.data.image.variants if exp.data.image.background == "texture" else 1}
 
 
@@ -339,11 +339,13 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
     """Image rows (good and flagged bad) for any image source, decoded in Spark tasks."""
     from pyspark.sql import functions as F
 
-    from .sources import files, grid, idx
+    from .sources import compose, files, grid, idx
 
     src = exp.data.source
     if src.kind == "idx":
         return idx.read(spark, exp)
+    if src.kind == "compositions":
+        return compose.read(spark, exp)
     if src.kind == "image_grid":
         return grid.read(spark, exp)
     if src.kind == "image_folder":
@@ -444,7 +446,15 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
     cols = list(DATA_COLUMNS)
     df = good
     extra: dict[str, Any] = {}
-    if src.kind != "idx":
+    if src.kind == "compositions":
+        from .sources import compose
+
+        df = df.withColumn("label", F.lit(-1).cast("long"))
+        shape = {"channels": 1, "height": src.canvas, "width": src.canvas}
+        cols += ["subject", "relation", "object"]
+        extra["compositions"] = {"nouns": list(src.nouns), "relations": list(src.relations), "canvas": src.canvas,
+                                 "triples": compose.summary(df)}
+    elif src.kind != "idx":
         df = df.withColumn("label", label_ids(label_names) if label_names else F.lit(-1).cast("long"))
         shape = {"channels": exp.data.image.channels, "height": exp.data.image.height, "width": exp.data.image.width}
     else:

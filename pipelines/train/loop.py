@@ -407,6 +407,9 @@ def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], 
     elif task.name == "segmentation" and s is not None:
         plots.append((m.plot_mask_overlays(s["image"], s["mask"], s["prediction"], os.path.join(tmp, "mask_overlays.png")),
                       f"test images with predicted (red) and true (outline) masks, IoU {test_metrics.get('iou', float('nan')):.3f}"))
+    elif task.name == "captioning" and s is not None and "attention" in s and "image" in s:
+        plots.append((m.plot_caption_attention(s["image"], s, task.target_vocab, os.path.join(tmp, "attention.png")),
+                      "test attention maps: each decoded word's attention laid over the image regions"))
     elif task.name in ("seq2seq", "captioning") and s is not None and "attention" in s:
         plots.append((m.plot_attention(s, vocab.get("text", []), task.target_vocab, os.path.join(tmp, "attention.png"),
                                        sources=s.get("source")), "test attention maps (decoded hypothesis)"))

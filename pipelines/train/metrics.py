@@ -228,6 +228,55 @@ def plot_attention(samples: dict, source_vocab: Sequence[str], target_vocab: Seq
     return path
 
 
+def plot_caption_attention(images: np.ndarray, samples: dict, target_vocab: Sequence[str], path: str,
+                           panels: int = 4) -> str:
+    """Each decoded word's attention over the image regions, laid over the image: one row per test image
+    (the image with its decoded and reference captions, then one panel per word and the end token).
+
+    A heat map of step x region index hides *where* the regions are; on the picture one sees whether the
+    decoder looks at the sneaker while it writes "sneaker" and at the bag while it writes "bag".
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attn, hyps = samples["attention"], samples["hypothesis"]
+    refs = samples.get("target") or [[] for _ in hyps]
+    k = min(panels, len(hyps), len(images))
+    words = lambda ids: [target_vocab[t] if 0 <= t < len(target_vocab) else "?" for t in ids]  # noqa: E731
+    cols = 1 + max((len(hyps[i]) + 1 for i in range(k)), default=1)
+    fig, axes = plt.subplots(k, cols, figsize=(1.55 * cols, 1.85 * k), squeeze=False)
+    for i in range(k):
+        img = images[i].astype(np.float32)
+        grey = img[..., 0] if img.shape[-1] == 1 else img.mean(axis=-1)
+        h, w = grey.shape
+        regions = attn.shape[2]
+        grid = int(round(regions ** 0.5))
+        labels = (words(hyps[i]) + ["<eos>"])[: attn.shape[1]]   # no end step when decoding hit max length
+        for ax in axes[i]:
+            ax.axis("off")
+        axes[i][0].imshow(images[i][..., 0] if images[i].shape[-1] == 1 else images[i],
+                          cmap="gray" if images[i].shape[-1] == 1 else None)
+        ok = hyps[i] == refs[i]
+        axes[i][0].set_title(f"{' '.join(words(hyps[i]))}\n/ {' '.join(words(refs[i]))}", fontsize=6,
+                             color="black" if ok else "red", loc="left")
+        for j, word in enumerate(labels[: cols - 1]):
+            if grid * grid != regions:   # not a square grid of regions: nothing to lay over the image
+                break
+            weights = attn[i, j].reshape(grid, grid)
+            heat = np.kron(weights, np.ones((-(-h // grid), -(-w // grid))))[:h, :w]
+            ax = axes[i][j + 1]
+            ax.imshow(grey, cmap="gray")
+            ax.imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=max(float(weights.max()), 1e-6))
+            ax.set_title(word, fontsize=8)
+    fig.suptitle("where the decoder looks while it writes each word (test images; decoded / reference)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_grad_norms(history: list[dict[str, float]], path: str) -> str | None:
     """Mean gradient norm per top-level module and epoch, log scale: vanishing gradients show as a
     first layer whose norm sits orders of magnitude under the head's."""
