@@ -84,3 +84,75 @@ def _builder(cell: str, bidirectional: bool):
 for _name, _cell, _bi in (("rnn", "rnn", False), ("lstm", "lstm", False), ("gru", "gru", False),
                           ("birnn", "rnn", True), ("bilstm", "lstm", True), ("bigru", "gru", True)):
     register(_name, task="text_classification")(_builder(_cell, _bi))
+
+
+@dataclass(frozen=True)
+class LanguageModelConfig:
+    embed: int = 128
+    hidden: int = 128
+    layers: int = 1
+    dropout: float = 0.3
+    output_vocab: int = 4000      # most frequent words the softmax predicts (rarer ones are <unk>); 0 = all
+    chunk: int = 8192             # positions per softmax block: bounds evaluation memory on long texts
+
+
+class BidirectionalLanguageModel(nn.Module):
+    """ELMo-style bidirectional LSTM language model: the forward states predict the next word, the
+    backward states the previous one, through one softmax shared by both directions.
+
+    It exists to pre-train on unlabelled text (the talk's RBM/DBN lesson in modern form): ``embedding``
+    and ``rnn`` have the names and shapes of the BiLSTM classifier's (same ``embed``/``hidden``/``layers``),
+    so ``model.init_from`` copies them into a classifier, embeddings mapped by token. The softmax covers
+    only the ``output_vocab`` most frequent words (the vocabulary is ordered by count): the input side
+    keeps the whole vocabulary, whose rows are what a classifier reuses, while the output side stays
+    cheap enough for CPUs.
+
+    ``forward`` returns per-row sums, not logits: ``nll`` (summed negative log-likelihood of every
+    predicted word, both directions), ``predicted`` (how many) and ``correct`` (argmax hits), so a batch
+    of long texts never holds (rows x positions x vocabulary) logits at once outside autograd.
+    """
+
+    def __init__(self, spec: InputSpec, cfg: LanguageModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = nn.Embedding(spec.vocab_size, cfg.embed, padding_idx=0)
+        self.rnn = nn.LSTM(cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True, bidirectional=True,
+                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.output_size = min(cfg.output_vocab or spec.vocab_size, spec.vocab_size)
+        self.decoder = nn.Linear(cfg.hidden, self.output_size)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tokens, lengths = inputs["tokens"], inputs["lengths"].clamp(min=1)
+        n, width = tokens.shape
+        x = self.drop(self.embedding(tokens))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=width)
+        out = self.drop(out)
+        h = self.cfg.hidden
+        # position t < length - 1: forward state t predicts token t + 1, backward state t + 1 predicts token t
+        valid = (torch.arange(width - 1, device=tokens.device)[None, :] + 1) < lengths[:, None]
+        states = torch.cat([out[:, :-1, :h][valid], out[:, 1:, h:][valid]])
+        targets = torch.cat([tokens[:, 1:][valid], tokens[:, :-1][valid]])
+        targets = targets.masked_fill(targets >= self.output_size, 1)          # outside the softmax: <unk>
+        rows = torch.arange(n, device=tokens.device)[:, None].expand(n, width - 1)[valid].repeat(2)
+        nll = out.new_zeros(n)
+        correct = out.new_zeros(n)
+        for start in range(0, len(targets), self.cfg.chunk):
+            part = slice(start, start + self.cfg.chunk)
+            logits = self.decoder(states[part])
+            nll = nll.index_add(0, rows[part], nn.functional.cross_entropy(logits, targets[part], reduction="none"))
+            hits = (logits.detach().argmax(-1) == targets[part]).to(out.dtype)
+            correct = correct.index_add(0, rows[part], hits)
+        predicted = (2 * (lengths - 1)).to(out.dtype)
+        return {"nll": nll, "predicted": predicted, "correct": correct}
+
+
+@register("bilstm_lm", task="language_model")
+def bilstm_lm(spec: InputSpec, *, embed: int | None = None, hidden: int | None = None, layers: int | None = None,
+              dropout: float | None = None, output_vocab: int | None = None,
+              chunk: int | None = None) -> BidirectionalLanguageModel:
+    """Bidirectional LSTM language model (pre-training for the ``bilstm`` classifier)."""
+    params = {"embed": embed, "hidden": hidden, "layers": layers, "dropout": dropout, "output_vocab": output_vocab,
+              "chunk": chunk}
+    return BidirectionalLanguageModel(spec, LanguageModelConfig(**{k: v for k, v in params.items() if v is not None}))

@@ -73,6 +73,56 @@ class TextClassificationTask(ClassificationTask):
 
 
 @dataclass(frozen=True)
+class LanguageModelTask(Task):
+    """Unsupervised pre-training on raw text: predict each word from its context (no labels read).
+
+    The model returns per-row sums (``nll``, ``predicted``, ``correct``; see ``BidirectionalLanguageModel``);
+    the headline metric is perplexity, exp of the mean negative log-likelihood per predicted word, and
+    scoring writes it per row (how surprising a text is to the model: NaN for a one-word text, where
+    nothing is predicted).
+    """
+
+    name: ClassVar[str] = "language_model"
+    metric: ClassVar[str] = "perplexity"
+    higher_is_better: ClassVar[bool] = False
+    columns: ClassVar[tuple[str, ...]] = ("token_ids",)
+    sort_key: ClassVar[str | None] = "token_ids__len"
+    input_columns: ClassVar[tuple[str, ...]] = ("token_ids",)
+    output_schema: ClassVar[str] = "perplexity float, predicted_tokens int"
+
+    def model_inputs(self, batch: Batch, device: torch.device | str) -> dict[str, torch.Tensor]:
+        tokens, lengths = trimmed(batch, "token_ids", device)
+        return {"tokens": tokens, "lengths": lengths}
+
+    def tensors(self, batch: Batch, device: torch.device) -> tuple[dict[str, torch.Tensor], None]:
+        return self.model_inputs(batch, device), None     # the text is its own target
+
+    def loss(self, out: dict[str, torch.Tensor], target: None) -> torch.Tensor:
+        return out["nll"].sum() / out["predicted"].sum().clamp(min=1.0)
+
+    def empty_sums(self) -> dict[str, float]:
+        return {"loss": 0.0, "tokens": 0.0, "correct": 0.0}
+
+    def metric_sums(self, out: dict[str, torch.Tensor], target: None) -> dict[str, float]:
+        return {"loss": float(out["nll"].sum()), "tokens": float(out["predicted"].sum()),
+                "correct": float(out["correct"].sum())}
+
+    def finish(self, sums: dict[str, float], arrays: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+        tokens = max(sums["tokens"], 1.0)
+        loss = sums["loss"] / tokens
+        return {"loss": loss, "perplexity": float(np.exp(min(loss, 50.0))), "token_accuracy": sums["correct"] / tokens}
+
+    def samples(self, out: dict[str, torch.Tensor], batch: Batch, n: int) -> dict[str, np.ndarray]:
+        return {"tokens": np.array(batch["token_ids"][:n])}
+
+    def outputs(self, out: dict[str, torch.Tensor], inputs: Any) -> dict[str, np.ndarray]:
+        nll, predicted = out["nll"].cpu().numpy(), out["predicted"].cpu().numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ppl = np.where(predicted > 0, np.exp(np.minimum(nll / predicted, 50.0)), np.nan)
+        return {"perplexity": ppl.astype(np.float32), "predicted_tokens": predicted.astype(np.int32)}
+
+
+@dataclass(frozen=True)
 class _DecodingTask(Task):
     """Shared by tasks whose model writes a token sequence: teacher-forced cross-entropy for training,
     real decoding (``generate``) for evaluation and scoring."""
@@ -342,4 +392,5 @@ def aligned_pairs(hyp: list[int], ref: list[int]) -> list[tuple[int | None, int 
     return pairs[::-1]
 
 
-SEQUENCE_TASKS: dict[str, type[Task]] = {t.name: t for t in (TextClassificationTask, Seq2SeqTask, CaptioningTask, CTCTask)}
+SEQUENCE_TASKS: dict[str, type[Task]] = {t.name: t for t in (TextClassificationTask, LanguageModelTask, Seq2SeqTask,
+                                                            CaptioningTask, CTCTask)}

@@ -354,6 +354,9 @@ class TrainConfig(_Strict):
     prefetch_batches: int = Field(8, ge=1)
     max_steps_per_epoch: Optional[int] = Field(None, gt=0)
     early_stopping_patience: Optional[int] = Field(None, gt=0)
+    # Test and register the epoch with the best validation metric (reloaded from its checkpoint), not the
+    # last one: with early stopping the last is `patience` epochs past the best, and small sets overfit.
+    restore_best: bool = False
     checkpoint_dir: str = "checkpoints"
     progress: bool = True
     bucket_by_length: bool = True  # sequence tasks: batches of similar lengths (less padding), in random order

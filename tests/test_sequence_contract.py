@@ -11,7 +11,7 @@ import torch
 from sparkzoo import models
 from sparkzoo.models.sequence_tasks import PAD, aligned_pairs, strip_ids
 
-SEQUENCE_TASKS = ("text_classification", "seq2seq", "captioning", "ctc")
+SEQUENCE_TASKS = ("text_classification", "language_model", "seq2seq", "captioning", "ctc")
 SEQUENCE_FAMILIES = [n for n in models.list_models() if models.model_task(n) in SEQUENCE_TASKS]
 VOCAB = ["<pad>", "<unk>", "<bos>", "<eos>"] + [f"w{i}" for i in range(16)]
 CTC_VOCAB = list("abcdefgh")
@@ -96,3 +96,30 @@ def test_strip_ids_and_alignment():
     # ref "abc" vs hyp "axc d": one substitution (b->x) and one insertion (d)
     pairs = aligned_pairs([0, 9, 2, 3], [0, 1, 2])
     assert pairs == [(0, 0), (1, 9), (2, 2), (None, 3)]
+
+
+def test_language_model_ignores_padding_and_cannot_peek():
+    """Per-row likelihoods do not depend on batch padding, and neither direction sees the word it
+    predicts: on uniformly random words a model that could peek drives its loss towards 0, while an honest
+    one cannot go much below log(number of words)."""
+    torch.manual_seed(0)
+    spec = models.InputSpec(vocab_size=len(VOCAB))
+    net = models.get_model("bilstm_lm", spec, embed=16, hidden=16, dropout=0.0).eval()
+    tokens = torch.tensor([[5, 6, 7, PAD, PAD], [8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        both = net({"tokens": tokens, "lengths": torch.tensor([3, 5])})
+        alone = net({"tokens": tokens[:1, :3], "lengths": torch.tensor([3])})
+    assert torch.allclose(both["nll"][:1], alone["nll"], atol=1e-5)
+    assert both["predicted"].tolist() == [4.0, 8.0]
+
+    task = models.make_task("language_model", 0)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        batch = torch.randint(4, len(VOCAB), (16, 12), generator=gen)
+        loss = task.loss(net({"tokens": batch, "lengths": torch.full((16,), 12)}), None)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) > 0.8 * np.log(len(VOCAB) - 4), float(loss.detach())

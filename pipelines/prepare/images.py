@@ -93,6 +93,8 @@ def label_ids(label_names: list[str]):
 
     from pyspark.sql import functions as F
 
+    if not label_names:   # an unlabelled set (label_column: null): an empty map literal has no key type
+        return F.lit(-1).cast("long")
     lookup = F.create_map(*chain.from_iterable((F.lit(n), F.lit(i)) for i, n in enumerate(label_names)))
     return F.coalesce(lookup[F.col("label_name")], F.lit(-1)).cast("long")
 

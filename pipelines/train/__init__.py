@@ -96,6 +96,8 @@ TASK_DATA: dict[str, tuple[str, tuple[str, ...], str]] = {
     "captioning": ("image", ("image", "caption_ids"), "images with captions (data.source.caption_sidecar or "
                                                       "caption_column, see conf/tuxpaint_captions.yaml)"),
     "text_classification": ("text", ("token_ids", "label"), "a labelled text table (see conf/pang_lee_polarity.yaml)"),
+    "language_model": ("text", ("token_ids",), "a text table; labels are not read (data.source.label_column: null, "
+                                               "see conf/pang_lee_reviews_lm.yaml)"),
     "seq2seq": ("text", ("token_ids", "target_ids"), "text pairs (source kind text_pairs, see conf/cmudict_g2p.yaml)"),
     "ctc": ("audio", ("features", "target_ids"), "audio with transcripts (see conf/klettres_spelling.yaml)"),
 }

@@ -31,6 +31,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     from sparkzoo.models import count_parameters, get_model, model_task
     from sparkzoo.pipelines.modelpack import input_spec, make_spec_task
     from sparkzoo.pipelines.config import from_dict
+    from sparkzoo.pipelines import paths
     from sparkzoo.pipelines.train import checkpoint
     from sparkzoo.pipelines.train.comm import make_comm
     from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
@@ -216,6 +217,13 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
             break
 
+    best_epoch = _best_epoch(history, task) if tc.restore_best else None
+    if best_epoch is not None and best_epoch != history[-1]["epoch"]:
+        # every rank loads rank 0's copy: the checkpoint folder need not be shared between hosts
+        best_state = checkpoint.load(paths.join(ckpt_dir, f"epoch-{best_epoch - 1:04d}.pt"))["model"] if rank == 0 else None
+        comm.unwrap(model).load_state_dict(comm.broadcast_object(best_state, name="best_state"))
+        if rank == 0:
+            print(f"[sparkzoo] restore_best: testing and registering epoch {best_epoch} (best val_{task.metric})", flush=True)
     test_metrics, test_conf = evaluate("test") if manifest["splits"]["test"]["rows"] else ({}, None)
     if test_metrics and hasattr(task, "beam"):
         import dataclasses
@@ -229,8 +237,16 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
         result.update(_finish(exp, ctx, comm.unwrap(model), task, history, test_metrics, test_conf,
-                              count_parameters(model), train_seconds, samples_seen, time.time() - started))
+                              count_parameters(model), train_seconds, samples_seen, time.time() - started,
+                              best_epoch))
     return result
+
+
+def _best_epoch(history: list[dict[str, Any]], task) -> int | None:
+    """The epoch (1-based) with the best validation metric; the first of equals; None without val data."""
+    key = f"val_{task.metric}"
+    scored = [(r[key] if task.higher_is_better else -r[key], -r["epoch"]) for r in history if key in r]
+    return -max(scored)[1] if scored else None
 
 
 def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
@@ -422,7 +438,7 @@ def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], 
 
 
 def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_detail, n_params: int,
-            train_seconds: float, samples: int, wall: float) -> dict[str, Any]:
+            train_seconds: float, samples: int, wall: float, best_epoch: int | None = None) -> dict[str, Any]:
     """Rank 0: final metrics, plots, report, manifest and config artefacts, and the logged model."""
     from sparkzoo.pipelines import track
     from sparkzoo.pipelines.train.metrics import plot_curves, plot_grad_norms
@@ -433,6 +449,8 @@ def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_d
     final = {f"test_{k}": v for k, v in test_metrics.items()}
     final.update({"parameters": n_params, "train_seconds": train_seconds,
                   "train_samples_per_second": samples / train_seconds if train_seconds else 0.0})
+    if best_epoch is not None:
+        final["best_epoch"] = best_epoch
     track.log_metrics(exp, run_id, final, step=len(history))
     config = track.mask_secrets(exp.model_dump(mode="json", exclude={"source_file"}))   # also goes into report.html
     names = manifest["label_names"]
