@@ -4,7 +4,7 @@ Models know torch and numpy only: no Spark, no MLflow, no Horovod, no file I/O.
 """
 
 from . import registry
-from . import autoencoder, captioning, cnn, fcn, mlp, resnet, rnn, seq2seq, transformer  # noqa: F401  (registration side effects)
+from . import autoencoder, captioning, cnn, ctc, fcn, mlp, resnet, rnn, seq2seq, transformer  # noqa: F401  (registration side effects)
 from .registry import InputSpec, count_parameters, get_model, list_models, model_task
 from .tasks import TASKS, make_task
 

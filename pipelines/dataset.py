@@ -40,8 +40,11 @@ def source_listing(exp: Experiment) -> list[dict[str, Any]]:
         infos = [info]
     else:
         infos = [i for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True)) if i.type == pafs.FileType.File]
+    if exp.data.source.kind == "audio_splice" and exp.data.source.words:
+        words_fs, words = paths.filesystem(exp.data.source.words)
+        infos.append(words_fs.get_file_info(words))   # the word list shapes the utterances too
     return [{"path": i.path, "size": i.size, "mtime": int(i.mtime_ns or 0) // 1_000_000_000}
-            for i in sorted(infos, key=lambda i: i.path)]
+            for i in sorted(infos, key=lambda i: i.path) if i.type != pafs.FileType.NotFound]
 
 
 def dataset_version(exp: Experiment, listing: list[dict[str, Any]] | None = None) -> str:

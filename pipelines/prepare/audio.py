@@ -259,22 +259,35 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
     return rows if empty is None else rows.unionByName(empty)
 
 
-def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[str, Any]]:
+def features_manifest(exp, good, totals) -> dict[str, Any]:
+    """The manifest entries every log-mel dataset shares: train-split feature mean/std (from the
+    aggregated sums), the transform's settings, and frame-count statistics (a Spark aggregation)."""
     from pyspark.sql import functions as F
 
     from . import manifest as manifest_mod
     from . import text
 
-    src = exp.data.source
     train = totals.get("train", {"sum": 0.0, "sumsq": 0.0, "count": 0})
     stats = manifest_mod.pixel_stats(train["sum"] or 0.0, train["sumsq"] or 0.0, float(train["count"] or 0))
     a = exp.data.audio
-    extra: dict[str, Any] = {
+    return {
         "stats": stats,
         "shape": {"n_mels": a.n_mels, "sample_rate": a.sample_rate, "hop_ms": a.hop_ms, "win_ms": a.win_ms},
         "features": {"kind": "log_mel", "dtype": "float32", "layout": "frames x n_mels", "log_floor": 1e-6},
         "lengths": {"n_frames": text.length_stats(good.filter(F.col("split") == "train"), "n_frames")},
     }
+
+
+def ctc_manifest(vocab: list[str]) -> dict[str, Any]:
+    """Where CTC's blank goes: after the (blank-free) character vocabulary."""
+    return {"blank_index": len(vocab), "note": "the vocabulary holds no blank; CTC uses id len(vocab)"}
+
+
+def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[str, Any]]:
+    from . import text
+
+    src = exp.data.source
+    extra = features_manifest(exp, good, totals)
     cols = ["id", "source", "features", "n_frames", "n_mels", "sample_rate", "duration"]
     df = good
     has_transcript = any(getattr(src, k, None) for k in ("transcript_regex", "transcript_column", "transcript_sidecar"))
@@ -282,7 +295,7 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
         df, vocab, lengths = text.add_token_ids(df, exp, "transcript", "target_ids", "char", specials=[],
                                                 vocab_from=lambda d: d)
         extra["vocab"] = {"target": vocab}
-        extra["ctc"] = {"blank_index": len(vocab), "note": "the vocabulary holds no blank; CTC uses id len(vocab)"}
+        extra["ctc"] = ctc_manifest(vocab)
         extra["lengths"]["target"] = lengths
         extra["task"] = "ctc"
         cols += ["transcript", "target_ids", "target_length"]
