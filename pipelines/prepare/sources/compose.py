@@ -202,6 +202,6 @@ def summary(df) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     got: dict[str, dict[str, int]] = {}
-    for r in df.groupBy("split", "subject", "relation", "object").agg(F.count("*").alias("n")).collect():  # small
+    for r in df.groupBy("split", "subject", "relation", "object").agg(F.count("*").alias("n")).collect():  # small: splits x triples rows
         got.setdefault(r["split"], {})[f"{r['subject']}|{r['relation']}|{r['object']}"] = int(r["n"])
     return {split: dict(sorted(v.items())) for split, v in sorted(got.items())}
