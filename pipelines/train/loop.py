@@ -211,7 +211,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             _log_checkpoint(exp, ctx, state)
             m = task.metric
             print(f"[sparkzoo] epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
-                  f"train_{m}={record[f'train_{m}']:.4f} val_{m}={record.get(f'val_{m}', float('nan')):.4f} "
+                  f"train_{m}={record.get(f'train_{m}', float('nan')):.4f} val_{m}={record.get(f'val_{m}', float('nan')):.4f} "
                   f"{record['samples_per_second']:.0f} samples/s; checkpoint {path}", flush=True)
         if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
             break
