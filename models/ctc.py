@@ -45,6 +45,14 @@ class CTCConfig:
     # normalisation: removes gain and channel colour, which helps on an unseen speaker/microphone);
     # "layer": LayerNorm over the mels of each frame; "none": the loader's per-set normalisation only.
     input_norm: Literal["utterance", "layer", "none"] = "utterance"
+    # SpecAugment (Park et al. 2019), in training only: zero this many random bands of up to
+    # freq_mask_width mels and spans of up to time_mask_frames frames per utterance. With one recording
+    # per letter per real speaker, the net otherwise learns those exact spectra; masking makes it use
+    # the whole shape of a letter, which is what carries over to an unseen speaker.
+    freq_masks: int = 0
+    freq_mask_width: int = 6
+    time_masks: int = 0
+    time_mask_frames: int = 8
 
 
 def conv_out_lengths(lengths: torch.Tensor, subsample: int) -> torch.Tensor:
@@ -95,10 +103,26 @@ class CTCBiRNN(nn.Module):
             x = self.layer_norm(x)
         return x * valid[:, :, None].to(x.dtype)
 
+    def _spec_augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Random mel bands and frame spans set to 0 (the normalised mean), per utterance."""
+        n, frames, mels = x.shape
+        keep = torch.ones_like(x)
+        for count, width, axis, size in ((self.cfg.freq_masks, self.cfg.freq_mask_width, 2, mels),
+                                         (self.cfg.time_masks, self.cfg.time_mask_frames, 1, frames)):
+            for _ in range(count):
+                w = torch.randint(0, width + 1, (n, 1), device=x.device)
+                start = (torch.rand(n, 1, device=x.device) * (size - w + 1).clamp_min(1)).long()
+                pos = torch.arange(size, device=x.device)[None, :]
+                band = ((pos >= start) & (pos < start + w)).to(x.dtype)           # (n, size)
+                keep = keep * (1 - (band[:, None, :] if axis == 2 else band[:, :, None]))
+        return x * keep
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, lengths = inputs["features"].float(), inputs["lengths"].long()
         lengths = lengths.clamp(min=1, max=x.shape[1])
         x = self._normalise(x, _mask(lengths, x.shape[1]))
+        if self.training and (self.cfg.freq_masks or self.cfg.time_masks):
+            x = self._spec_augment(x)
         h = x.unsqueeze(1)                                   # (n, 1, F, M)
         cur = lengths
         for conv in self.convs:
@@ -206,7 +230,9 @@ def _create_ctc(spec: InputSpec, **params) -> CTCBiRNN:
 @register("ctc_bilstm", task="ctc")
 def ctc_bilstm(spec: InputSpec, *, cell: str | None = None, hidden: int | None = None, layers: int | None = None,
                dropout: float | None = None, subsample: int | None = None, conv_channels: int | None = None,
-               input_norm: str | None = None) -> CTCBiRNN:
+               input_norm: str | None = None, freq_masks: int | None = None, freq_mask_width: int | None = None,
+               time_masks: int | None = None, time_mask_frames: int | None = None) -> CTCBiRNN:
     params = {"cell": cell, "hidden": hidden, "layers": layers, "dropout": dropout, "subsample": subsample,
-              "conv_channels": conv_channels, "input_norm": input_norm}
+              "conv_channels": conv_channels, "input_norm": input_norm, "freq_masks": freq_masks,
+              "freq_mask_width": freq_mask_width, "time_masks": time_masks, "time_mask_frames": time_mask_frames}
     return _create_ctc(spec, **{k: v for k, v in params.items() if v is not None})

@@ -248,6 +248,7 @@ class AudioSpliceSource(_PathSource):
     # needs the Debian package espeak-ng (scripts/setup.sh installs it).
     synthetic_voices: list[str] = Field(default_factory=list)
     synthetic_share: float = Field(0.5, ge=0.0, le=1.0)    # of the training speakers' utterances
+    synthetic_pitch: tuple[float, float] = (30.0, 70.0)    # espeak-ng -p (0-99) per utterance, steps of 10
     held_out_speakers: list[str] = Field(default_factory=list)
     held_out_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # of all utterances, spoken by held-out speakers
     symbols: str = Field("abcdefghijklmnopqrstuvwxyz", min_length=2)   # the CTC vocabulary, in id order
@@ -284,7 +285,7 @@ class AudioSpliceSource(_PathSource):
             raise ValueError(f"min_symbols {self.min_symbols} > max_symbols {self.max_symbols}")
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError(f"symbols {self.symbols!r} repeat a symbol")
-        for name in ("gap_ms", "edge_ms", "snr_db"):
+        for name in ("gap_ms", "edge_ms", "snr_db", "synthetic_pitch"):
             lo, hi = getattr(self, name)
             if lo > hi or lo < 0:
                 raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, not [{lo}, {hi}]")

@@ -103,13 +103,14 @@ def _clip(path: str, settings_key: tuple) -> tuple[np.ndarray | None, str | None
     return trim(y, int(settings["sample_rate"]), float(settings["trim_db"])), None
 
 
-@functools.lru_cache(maxsize=1024)
-def _voice(voice: str, symbol: str, settings_key: tuple) -> tuple[np.ndarray | None, str | None]:
-    """espeak-ng saying one symbol, decoded like a real clip; (None, reason) when it fails."""
+@functools.lru_cache(maxsize=8192)
+def _voice(voice: str, symbol: str, pitch: int, settings_key: tuple) -> tuple[np.ndarray | None, str | None]:
+    """espeak-ng saying one symbol at a pitch (0-99, espeak's -p), decoded like a real clip; (None,
+    reason) when it fails."""
     settings = dict(settings_key)
     try:
-        wav = subprocess.run([ESPEAK, "-v", voice, "--stdout", symbol], capture_output=True, timeout=30,
-                             check=True).stdout
+        wav = subprocess.run([ESPEAK, "-v", voice, "-p", str(pitch), "--stdout", symbol], capture_output=True,
+                             timeout=30, check=True).stdout
         y, _ = decode(wav, "wav", settings)
     except BadRecord as bad:
         return None, f"{bad.reason}: {bad.detail}"
@@ -156,10 +157,10 @@ def _settings_key(ctx: dict[str, Any]) -> tuple:
     return tuple(sorted({**ctx["audio"], "trim_db": ctx["source"]["trim_db"]}.items()))
 
 
-def _symbol_audio(speaker: str, symbol: str, ctx: dict[str, Any]) -> np.ndarray | None:
+def _symbol_audio(speaker: str, symbol: str, ctx: dict[str, Any], pitch: int = 50) -> np.ndarray | None:
     key = _settings_key(ctx)
     if speaker.startswith(SYNTH_PREFIX):
-        y, _ = _voice(speaker[len(SYNTH_PREFIX):], symbol, key)
+        y, _ = _voice(speaker[len(SYNTH_PREFIX):], symbol, pitch, key)
     else:
         path = ctx["clips"][speaker].get(symbol)
         y = _clip(path, key)[0] if path else None
@@ -243,13 +244,17 @@ def utterance(index: int, ctx: dict[str, Any]) -> tuple[np.ndarray, str, str]:
     held_out = speaker.removeprefix(SYNTH_PREFIX) in src["held_out_speakers"]
     text = _pick_text(rng, speaker, held_out, ctx)
     rate = int(ctx["audio"]["sample_rate"])
+    lo, hi = src["synthetic_pitch"]   # one pitch per synthetic utterance, in steps of 10 (few renders to cache)
+    pitch = int(min(99, max(0, 10 * round(rng.uniform(lo, hi) / 10))))
 
     def silence(bounds) -> np.ndarray:
         return np.zeros(int(rate * rng.uniform(*bounds) / 1000.0), dtype=np.float32)
 
     pieces = [silence(src["edge_ms"])]
     for i, symbol in enumerate(text):
-        clip = _symbol_audio(speaker, symbol, ctx)
+        clip = _symbol_audio(speaker, symbol, ctx, pitch)
+        if clip is None:   # a voice may fail at one pitch only: its utterance is quarantined, not faked
+            raise BadRecord("unreadable", f"{speaker} at pitch {pitch} gives no audio for {symbol!r}", "generate")
         clip = _speed(clip, rng.uniform(1 - src["speed"], 1 + src["speed"])) if src["speed"] else clip
         clip = clip / (np.max(np.abs(clip)) + 1e-9) * 0.5 * 10 ** (rng.uniform(-src["gain_db"], src["gain_db"]) / 20)
         pieces += [clip.astype(np.float32), silence(src["gap_ms"] if i < len(text) - 1 else src["edge_ms"])]
