@@ -102,6 +102,30 @@ class ImageGridSource(_PathSource):
     label_names: list[str] = Field(default_factory=list)
 
 
+class PixelCsvSource(_PathSource):
+    """A (gzip) CSV of grey pixel rows, label last: the UCI optical-digits format. ``sklearn:<file>`` names a
+    file scikit-learn ships in ``sklearn/datasets/data`` (``sklearn:digits.csv.gz``: 1,797 8x8 digits)."""
+
+    kind: Literal["pixel_csv"]
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    max_value: float = Field(255.0, gt=0)   # the value that means full ink (16 in optical digits)
+    pad: int = Field(0, ge=0)               # zero pixels added on every side before the resize (a margin)
+    label_names: list[str] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _bundled(cls, value: str) -> str:
+        if not value.startswith("sklearn:"):
+            return value
+        import importlib.util
+
+        spec = importlib.util.find_spec("sklearn")
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"{value} needs scikit-learn installed (it is in requirements.txt)")
+        return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", value.removeprefix("sklearn:"))
+
+
 class TextTableSource(_FileTree):
     """CSV / TSV / JSON-lines files with a text column and a label column (also inside .tar.gz/.zip)."""
 
@@ -297,17 +321,17 @@ class AudioSpliceSource(_PathSource):
 
 
 AnySource = Annotated[
-    Union[IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
-          AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource],
+    Union[IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, PixelCsvSource, TextTableSource,
+          TextPairsSource, AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource],
     Field(discriminator="kind"),
 ]
 SOURCE_KINDS: dict[str, type[BaseModel]] = {
     m.model_fields["kind"].annotation.__args__[0]: m
-    for m in (IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, TextTableSource, TextPairsSource,
-              AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource)}
+    for m in (IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, PixelCsvSource, TextTableSource,
+              TextPairsSource, AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource)}
 MODALITY = {"idx": "image", "image_folder": "image", "image_index": "image", "image_grid": "image",
-            "text_table": "text", "text_pairs": "text", "audio_folder": "audio", "audio_index": "audio",
-            "compositions": "image", "audio_splice": "audio"}
+            "pixel_csv": "image", "text_table": "text", "text_pairs": "text", "audio_folder": "audio",
+            "audio_index": "audio", "compositions": "image", "audio_splice": "audio"}
 
 
 class ImageSettings(_Strict):

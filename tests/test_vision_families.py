@@ -74,16 +74,18 @@ def test_fcn_segments_pasted_stamps_and_scoring_writes_masks(spark, make_exp):
         assert share == pytest.approx(m.mean(), abs=1e-6)
 
 
-def test_resnet_trunk_transfers_to_digits_with_a_tenth_of_the_labels(spark, make_exp, prepared):
+def test_resnet_trunk_transfers_to_digits_with_a_tenth_of_the_labels(spark, make_exp):
     from sparkzoo.pipelines import prepare, track, train
 
-    src_exp = make_exp("train.epochs=1", conf=CONF / "fashion_mnist_resnet.yaml")
+    src_exp = make_exp("data.max_records=null", conf=CONF / "sklearn_digits_resnet.yaml")   # 1,797 8x8 digits
+    source = prepare.run(src_exp, spark)
+    assert sum(source.rows.values()) == 1797 and source.manifest["shape"] == {"channels": 1, "height": 20, "width": 20}
     src = train.run(src_exp, spark)
     assert src.test["accuracy"] > 0.4, src.test                   # 10 classes: chance is 0.1
 
     full = prepare.run(make_exp("data.max_records=null", "data.train_fraction=1.0", conf=CONF / "opencv_digits_scratch.yaml"), spark)
     exp = make_exp("data.max_records=null", "train.epochs=1", "train.max_steps_per_epoch=2", "model.freeze=[features]",
-                   f"model.init_from=models:/{src.model_name}/{src.model_version}", conf=CONF / "opencv_digits_transfer.yaml")
+                   f"model.init_from=models:/{src.model_name}@champion", conf=CONF / "opencv_digits_transfer.yaml")
     tenth = prepare.run(exp, spark)
     assert tenth.rows["test"] == full.rows["test"] and tenth.rows["val"] == full.rows["val"]
     assert 0.07 < tenth.rows["train"] / full.rows["train"] < 0.13
@@ -92,12 +94,29 @@ def test_resnet_trunk_transfers_to_digits_with_a_tenth_of_the_labels(spark, make
     tuned = train.run(exp, spark)
     params = track.client(exp).get_run(tuned.run_id).data.params
     assert params["model.init_from_name"] == src.model_name
-    assert params["model.init_from_version"] == str(src.model_version)
+    assert params["model.init_from_version"] == str(src.model_version)   # the alias, pinned to the version it named
     before, after = _weights(src_exp, src.model_name, src.model_version), _weights(exp, tuned.model_name, tuned.model_version)
     trunk = [k for k in after if k.startswith("features.") and "running" not in k and "num_batches" not in k]
-    assert trunk and all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in trunk)   # copied, then frozen
+    assert len(trunk) == 27 and all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in trunk)   # every conv + BN weight: copied, then frozen
     assert after["head.3.weight"].shape[0] == 10 and not np.array_equal(
-        before["head.3.weight"].numpy(), after["head.3.weight"].numpy())
+        before["head.3.weight"].numpy(), after["head.3.weight"].numpy())   # init_exclude: [head] starts it fresh
+
+
+def test_pixel_csv_source_reads_rows_and_quarantines_malformed_lines(spark, make_exp, tmp_path):
+    from sparkzoo.pipelines import prepare
+
+    rng = np.random.default_rng(0)
+    lines = [",".join(str(v) for v in [*rng.integers(0, 17, 16), i % 3]) for i in range(60)]
+    lines[7] = "1,2,3"                                   # too few values
+    lines[11] = ",".join(["20"] * 16 + ["1"])            # a pixel above max_value
+    (tmp_path / "px.csv").write_text("\n".join(lines) + "\n")
+    exp = make_exp(f"data.source.path={tmp_path / 'px.csv'}", "data.dataset=px_test", "data.source.height=4",
+                   "data.source.width=4", "data.source.pad=1", "data.source.label_names=[a,b,c]",
+                   "prepare.max_bad_fraction=0.1", conf=CONF / "sklearn_digits_resnet.yaml")
+    ds = prepare.run(exp, spark)
+    assert sum(ds.rows.values()) == 58 and ds.manifest["quarantined"] == 2
+    assert ds.manifest["shape"] == {"channels": 1, "height": 20, "width": 20}
+    assert ds.manifest["label_names"] == ["a", "b", "c"]
 
 
 def test_a_family_on_data_it_cannot_use_fails_before_any_rank_starts(make_exp, prepared):

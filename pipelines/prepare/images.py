@@ -341,7 +341,7 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
     """Image rows (good and flagged bad) for any image source, decoded in Spark tasks."""
     from pyspark.sql import functions as F
 
-    from .sources import compose, files, grid, idx
+    from .sources import compose, files, grid, idx, pixel_csv
 
     src = exp.data.source
     if src.kind == "idx":
@@ -350,6 +350,8 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         return compose.read(spark, exp)
     if src.kind == "image_grid":
         return grid.read(spark, exp)
+    if src.kind == "pixel_csv":
+        return pixel_csv.read(spark, exp)
     if src.kind == "image_folder":
         chosen = files.matching(listing, src.path, src.extensions, src.include, src.exclude,
                                 src.mask_suffix if src.mask == "file" else None)
