@@ -29,6 +29,8 @@ class RecurrentConfig:
     layers: int = 1
     dropout: float = 0.4
     pooling: str = "max"          # max | mean | last: how the sequence of states becomes one vector
+    embed_dropout: float = 0.0    # dropout on the word vectors: few labelled sentences, many words to memorise
+    embed_init: float = 0.0       # > 0: word vectors start uniform in +-embed_init (the LM's scale); 0 = N(0, 1)
 
 
 class RecurrentClassifier(nn.Module):
@@ -40,6 +42,9 @@ class RecurrentClassifier(nn.Module):
             raise ValueError(f"unknown pooling '{cfg.pooling}'; choose one of: max, mean, last")
         self.cfg = cfg
         self.embedding = nn.Embedding(spec.vocab_size, cfg.embed, padding_idx=0)
+        if cfg.embed_init > 0:
+            _uniform_embeddings(self.embedding, cfg.embed_init)
+        self.embed_drop = nn.Dropout(cfg.embed_dropout)
         extra = {"nonlinearity": "tanh"} if cfg.cell == "rnn" else {}
         self.rnn = CELLS[cfg.cell](cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                                    bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.layers > 1 else 0.0,
@@ -49,7 +54,7 @@ class RecurrentClassifier(nn.Module):
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens, lengths = inputs["tokens"], inputs["lengths"].clamp(min=1)
-        x = self.embedding(tokens)
+        x = self.embed_drop(self.embedding(tokens))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         states, last = self.rnn(packed)
         if self.cfg.pooling == "last":
@@ -66,14 +71,24 @@ class RecurrentClassifier(nn.Module):
         return self.head(pooled)
 
 
+def _uniform_embeddings(table: nn.Embedding, scale: float) -> None:
+    """Word vectors uniform in +-scale (padding row zero). torch's N(0, 1) start is so large that a few
+    hundred Adam steps of pre-training barely move it: the learned part must dominate what is copied."""
+    with torch.no_grad():
+        nn.init.uniform_(table.weight, -scale, scale)
+        table.weight[0].zero_()
+
+
 def _create_recurrent(spec: InputSpec, **params) -> RecurrentClassifier:
     return RecurrentClassifier(spec, RecurrentConfig(**params))
 
 
 def _builder(cell: str, bidirectional: bool):
     def build(spec: InputSpec, *, embed: int | None = None, hidden: int | None = None, layers: int | None = None,
-              dropout: float | None = None, pooling: str | None = None) -> RecurrentClassifier:
-        params = {"embed": embed, "hidden": hidden, "layers": layers, "dropout": dropout, "pooling": pooling}
+              dropout: float | None = None, pooling: str | None = None,
+              embed_dropout: float | None = None, embed_init: float | None = None) -> RecurrentClassifier:
+        params = {"embed": embed, "hidden": hidden, "layers": layers, "dropout": dropout, "pooling": pooling,
+                  "embed_dropout": embed_dropout, "embed_init": embed_init}
         return _create_recurrent(spec, cell=cell, bidirectional=bidirectional,
                                  **{k: v for k, v in params.items() if v is not None})
 
@@ -94,6 +109,7 @@ class LanguageModelConfig:
     dropout: float = 0.3
     output_vocab: int = 4000      # most frequent words the softmax predicts (rarer ones are <unk>); 0 = all
     chunk: int = 8192             # positions per softmax block: bounds evaluation memory on long texts
+    embed_init: float = 0.1       # word vectors start uniform in +-embed_init (see _uniform_embeddings)
 
 
 class BidirectionalLanguageModel(nn.Module):
@@ -116,6 +132,7 @@ class BidirectionalLanguageModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embedding = nn.Embedding(spec.vocab_size, cfg.embed, padding_idx=0)
+        _uniform_embeddings(self.embedding, cfg.embed_init)
         self.rnn = nn.LSTM(cfg.embed, cfg.hidden, num_layers=cfg.layers, batch_first=True, bidirectional=True,
                            dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
@@ -150,9 +167,9 @@ class BidirectionalLanguageModel(nn.Module):
 
 @register("bilstm_lm", task="language_model")
 def bilstm_lm(spec: InputSpec, *, embed: int | None = None, hidden: int | None = None, layers: int | None = None,
-              dropout: float | None = None, output_vocab: int | None = None,
-              chunk: int | None = None) -> BidirectionalLanguageModel:
+              dropout: float | None = None, output_vocab: int | None = None, chunk: int | None = None,
+              embed_init: float | None = None) -> BidirectionalLanguageModel:
     """Bidirectional LSTM language model (pre-training for the ``bilstm`` classifier)."""
     params = {"embed": embed, "hidden": hidden, "layers": layers, "dropout": dropout, "output_vocab": output_vocab,
-              "chunk": chunk}
+              "chunk": chunk, "embed_init": embed_init}
     return BidirectionalLanguageModel(spec, LanguageModelConfig(**{k: v for k, v in params.items() if v is not None}))

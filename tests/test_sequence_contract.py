@@ -113,13 +113,18 @@ def test_language_model_ignores_padding_and_cannot_peek():
     assert both["predicted"].tolist() == [4.0, 8.0]
 
     task = models.make_task("language_model", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # tiny matrices: extra threads only spin on a shared machine
     net.train()
     opt = torch.optim.Adam(net.parameters(), lr=0.01)
     gen = torch.Generator().manual_seed(1)
-    for _ in range(150):
-        batch = torch.randint(4, len(VOCAB), (16, 12), generator=gen)
-        loss = task.loss(net({"tokens": batch, "lengths": torch.full((16,), 12)}), None)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    try:
+        for _ in range(150):
+            batch = torch.randint(4, len(VOCAB), (16, 12), generator=gen)
+            loss = task.loss(net({"tokens": batch, "lengths": torch.full((16,), 12)}), None)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     assert float(loss.detach()) > 0.8 * np.log(len(VOCAB) - 4), float(loss.detach())
