@@ -29,7 +29,7 @@ def cap_exp(make_exp):
                         f"data.source.val_rows={ROWS['val']}", f"data.source.test_rows={ROWS['test']}",
                         "data.source.rows_per_task=1000", "train.epochs=3", "train.batch_size=32", "train.lr=0.002",
                         "train.threads_per_rank=1",
-                        "mlflow.model_name=fashion_captions", *extra, conf=CONF)
+                        "mlflow.model_name=fashion_captions", "score.output=predictions_captions", *extra, conf=CONF)
     return make
 
 

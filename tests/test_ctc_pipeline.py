@@ -25,7 +25,7 @@ def ctc_exp(make_exp):
                         "data.source.speakers=[en]", "data.source.held_out_speakers=[]",
                         "data.source.synthetic_voices=[en-us, en-us+f2]", "data.max_records=null",
                         "model.params={hidden: 64, layers: 1, subsample: 4}", "train.epochs=12", "train.batch_size=8",
-                        "train.lr=0.0015", "mlflow.model_name=spelling_ctc", *extra, conf=CONF)
+                        "train.lr=0.0015", "mlflow.model_name=spelling_ctc", "score.output=predictions_ctc", *extra, conf=CONF)
     return make
 
 

