@@ -46,7 +46,7 @@ ENTRIES: dict[str, tuple[str, list[str]]] = {
 def first_layer(history: list[dict[str, float]]) -> str:
     """The lowest module with a gradient: the word embeddings (the Transformer's sit inside ``encoder``;
     frozen embeddings have none, then the recurrent layer)."""
-    return next(k for k in ("grad_norm_embedding", "grad_norm_encoder", "grad_norm_rnn") if k in history[0])
+    return next(k for k in ("train_grad_norm_embedding", "train_grad_norm_encoder", "train_grad_norm_rnn") if k in history[0])
 
 
 def measure(entry: str, extra: list[str], spark) -> dict:
@@ -64,8 +64,8 @@ def measure(entry: str, extra: list[str], spark) -> dict:
             "val_accuracy": best["val_accuracy"], "epochs_run": len(r.history),
             "train_accuracy_at_best": best["train_accuracy"], "parameters": r.parameters,
             "train_seconds": r.train_seconds, "wall_seconds": time.time() - started, "first_layer": first,
-            "grad_ratio": [h[first] / h["grad_norm_head"] for h in r.history],
-            "grad_first": [h[first] for h in r.history], "grad_head": [h["grad_norm_head"] for h in r.history]}
+            "grad_ratio": [h[first] / h["train_grad_norm_head"] for h in r.history],
+            "grad_first": [h[first] for h in r.history], "grad_head": [h["train_grad_norm_head"] for h in r.history]}
 
 
 def main(argv: list[str] | None = None) -> int:

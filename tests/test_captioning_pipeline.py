@@ -137,7 +137,7 @@ def test_short_training_clearly_beats_an_untrained_captioner(cap_trained, cap_ex
     r = cap_trained
     assert r.test["bleu"] > 0.2 and r.test["token_accuracy"] > 0.6, r.test
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
-    assert r.history[-1]["grad_norm_encoder"] > 0 and r.history[-1]["grad_norm_decoder"] > 0
+    assert r.history[-1]["train_grad_norm_encoder"] > 0 and r.history[-1]["train_grad_norm_decoder"] > 0
     exp = cap_exp()
     assert r.model_name == "fashion_captions" and track.alias_version(exp, "candidate") == r.model_version
     client = track.client(exp)

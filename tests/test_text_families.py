@@ -53,7 +53,7 @@ def test_bilstm_beats_chance_and_logs_gradient_norms(text_trained):
     assert r.test["accuracy"] > 0.62, r.test     # chance is 0.5 on this balanced set
     assert "ece" in r.test
     last = r.history[-1]
-    assert last["grad_norm_embedding"] > 0 and last["grad_norm_rnn"] > 0 and last["grad_norm_head"] > 0
+    assert last["train_grad_norm_embedding"] > 0 and last["train_grad_norm_rnn"] > 0 and last["train_grad_norm_head"] > 0
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
 
 

@@ -125,7 +125,7 @@ def test_run_artifacts_have_plots_config_manifest_and_report(ui_run, tmp_path):
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"plots", "report.html", "config.yaml", "history.json", "dataset"} <= top
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
-    assert plots == {f"plots/{n}.png" for n in ("curves", "confusion_matrix", "reliability", "test_samples")}
+    assert plots == {f"plots/{n}.png" for n in ("curves", "confusion_matrix", "reliability", "test_samples", "grad_norms")}
     assert {a.path for a in client.list_artifacts(run_id, "dataset")} == {"dataset/manifest.json"}
     local = Path(client.download_artifacts(run_id, "", str(tmp_path)))
     for png in plots:
@@ -135,7 +135,7 @@ def test_run_artifacts_have_plots_config_manifest_and_report(ui_run, tmp_path):
     ece = ui_run["run"].data.metrics["test_ece"]
     assert 0.0 <= ece <= 1.0 and "val_ece" in ui_run["run"].data.metrics
     report = (local / "report.html").read_text(encoding="utf-8")
-    assert report.count("data:image/png;base64,") == 4            # every plot embedded: it travels alone
+    assert report.count("data:image/png;base64,") == 5            # every plot embedded: it travels alone
     assert f"{ece:.4f}" in report and ui_run["run_id"] in report and ui_run["dataset_version"] in report
     for png in plots:
         assert f'href="{png}"' in report
@@ -171,16 +171,30 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _open(driver, url: str, *texts: str, timeout: float = 90) -> str:
-    """Load a page of the SPA and wait until the rendered body shows every text; returns that text."""
+SCROLL_ALL = ("document.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight + 4) "
+              "e.scrollTop = e.scrollHeight; });")
+
+
+def _open(driver, url: str, *texts: str, timeout: float = 90, scroll: bool = False) -> str:
+    """Load a page of the SPA and wait until the rendered body shows every text; returns that text.
+
+    ``scroll`` scrolls every scrollable panel down while waiting: the chart view renders only the charts
+    in sight, and a run with many metrics (gradient norms per module) pushes the test metrics below it.
+    """
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.get(url)
     body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
+
+    def shows(d) -> bool:
+        if scroll:
+            d.execute_script(SCROLL_ALL)
+        return all(t in body(d) for t in texts)
+
     try:
-        WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: all(t in body(d) for t in texts))
+        WebDriverWait(driver, timeout, poll_frequency=0.5).until(shows)
     except TimeoutException:
         pytest.fail(f"{url} never showed {texts}; it shows:\n{body(driver)[:2000]}")
     if "MLflow Assistant" in body(driver):   # the side panel hides half the page in a screenshot
@@ -204,7 +218,7 @@ def test_browser_experiment_page_shows_the_run_and_its_metrics(ui_run, browser):
     url, eid = ui_run["url"], ui_run["experiment_id"]
     run_name = ui_run["run"].info.run_name
     text = _open(browser, f"{url}/#/experiments/{eid}/runs?{ML}&compareRunsMode=CHART",
-                 run_name, "test_accuracy", "test_ece")
+                 run_name, "test_accuracy", "test_ece", scroll=True)
     assert "1 matching run" in text
     _screenshot(browser, "mlflow_experiment.png")
 
@@ -239,7 +253,7 @@ def test_browser_renders_the_run_report(ui_run, browser):
     try:
         WebDriverWait(browser, 60).until(lambda d: "Test metrics" in d.find_element(By.TAG_NAME, "body").text)
         images = browser.find_elements(By.TAG_NAME, "img")
-        assert len(images) == 4 and all(browser.execute_script("return arguments[0].naturalWidth", i) > 100
+        assert len(images) == 5 and all(browser.execute_script("return arguments[0].naturalWidth", i) > 100
                                         for i in images)
     finally:
         browser.switch_to.default_content()

@@ -35,6 +35,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     from sparkzoo.pipelines.train import checkpoint
     from sparkzoo.pipelines.train.comm import make_comm
     from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
+    from sparkzoo.pipelines.train.metrics import GRAD_NORM_PREFIX
 
     exp = from_dict(exp_dict)
     tc = exp.train
@@ -195,7 +196,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                   **{f"val_{k}": v for k, v in val_metrics.items()},
                   "epoch_seconds": epoch_seconds, "samples_per_second": steps * tc.batch_size * size / epoch_seconds,
                   "lr": scheduler.get_last_lr()[0],
-                  **{f"grad_norm_{k}": v / max(measured, 1) for k, v in sorted(norms.items())}}
+                  **{f"{GRAD_NORM_PREFIX}{k}": v / max(measured, 1) for k, v in sorted(norms.items())}}
         history.append(record)
         watch = val_metrics.get(task.metric)
         if watch is not None and task.higher_is_better is False:
