@@ -171,16 +171,8 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-SCROLL_ALL = ("document.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight + 4) "
-              "e.scrollTop = e.scrollHeight; });")
-
-
-def _open(driver, url: str, *texts: str, timeout: float = 90, scroll: bool = False) -> str:
-    """Load a page of the SPA and wait until the rendered body shows every text; returns that text.
-
-    ``scroll`` scrolls every scrollable panel down while waiting: the chart view renders only the charts
-    in sight, and a run with many metrics (gradient norms per module) pushes the test metrics below it.
-    """
+def _open(driver, url: str, *texts: str, timeout: float = 90) -> str:
+    """Load a page of the SPA and wait until the rendered body shows every text; returns that text."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -188,13 +180,8 @@ def _open(driver, url: str, *texts: str, timeout: float = 90, scroll: bool = Fal
     driver.get(url)
     body = lambda d: d.find_element(By.TAG_NAME, "body").text  # noqa: E731
 
-    def shows(d) -> bool:
-        if scroll:
-            d.execute_script(SCROLL_ALL)
-        return all(t in body(d) for t in texts)
-
     try:
-        WebDriverWait(driver, timeout, poll_frequency=0.5).until(shows)
+        WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: all(t in body(d) for t in texts))
     except TimeoutException:
         pytest.fail(f"{url} never showed {texts}; it shows:\n{body(driver)[:2000]}")
     if "MLflow Assistant" in body(driver):   # the side panel hides half the page in a screenshot
@@ -218,7 +205,7 @@ def test_browser_experiment_page_shows_the_run_and_its_metrics(ui_run, browser):
     url, eid = ui_run["url"], ui_run["experiment_id"]
     run_name = ui_run["run"].info.run_name
     text = _open(browser, f"{url}/#/experiments/{eid}/runs?{ML}&compareRunsMode=CHART",
-                 run_name, "test_accuracy", "test_ece", scroll=True)
+                 run_name, "test_accuracy", "test_ece")
     assert "1 matching run" in text
     _screenshot(browser, "mlflow_experiment.png")
 
