@@ -427,6 +427,43 @@ class ModelConfig(_Strict):
     eval_beams: list[int] = Field(default_factory=list)    # also report test metrics at these beam widths
 
 
+class TestSlices(_Strict):
+    """Test metrics per group of rows, beside the overall ones: a held-out speaker next to the seen ones,
+    a source next to another. Rows whose ``column`` value is in no group fall into ``others``."""
+    column: str = Field(min_length=1)
+    groups: dict[str, list[str]] = Field(min_length=1)   # slice name -> the column values it holds
+    others: Optional[str] = "others"                      # slice of every other value (null = not reported)
+
+    @field_validator("groups")
+    @classmethod
+    def _names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, values in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                raise ValueError(f"slice name {name!r} must be letters, digits and _ (it becomes a metric name)")
+            if not values:
+                raise ValueError(f"slice {name!r} lists no values")
+        return value
+
+    @model_validator(mode="after")
+    def _others(self) -> "TestSlices":
+        if self.others is not None and (self.others in self.groups or not re.fullmatch(r"[A-Za-z0-9_]+", self.others)):
+            raise ValueError(f"others {self.others!r} must be a new slice name of letters, digits and _")
+        return self
+
+    def names(self) -> list[str]:
+        return [*self.groups, *([self.others] if self.others else [])]
+
+    def labels(self, values: Any) -> Any:
+        """Each row's slice index into ``names()`` (-1: no slice), vectorised over a numpy column."""
+        import numpy as np
+
+        values = np.asarray(values).astype(str)
+        out = np.full(len(values), len(self.groups) if self.others else -1, dtype=np.int64)
+        for i, members in enumerate(self.groups.values()):
+            out[np.isin(values, members)] = i
+        return out
+
+
 class TrainConfig(_Strict):
     backend: Literal["horovod_spark", "horovodrun", "torch_distributor"] = "horovod_spark"
     num_proc: int = Field(2, ge=1, le=1024)
@@ -455,6 +492,7 @@ class TrainConfig(_Strict):
     progress: bool = True
     bucket_by_length: bool = True  # sequence tasks: batches of similar lengths (less padding), in random order
     grad_clip: Optional[float] = Field(None, gt=0.0)   # clip the global gradient norm (recurrent nets)
+    test_slices: Optional[TestSlices] = None   # also test_<metric>_<slice> per group of test rows
 
 
 class MlflowConfig(_Strict):

@@ -66,3 +66,16 @@ def test_spark_conf_override_keeps_dotted_key():
     exp = config.load(CONF, ["spark.conf.spark.sql.shuffle.partitions=3", "score.run_date=2026-01-02"])
     assert exp.spark.conf["spark.sql.shuffle.partitions"] == "3"
     assert exp.score.run_date == "2026-01-02"
+
+
+def test_test_slices_label_rows_and_reject_bad_names():
+    exp = config.load(CONF, ["train.test_slices={column: speaker, groups: {held_out: [en_GB, fr]}, others: seen}"])
+    s = exp.train.test_slices
+    assert s.names() == ["held_out", "seen"]
+    assert s.labels(["en", "en_GB", "fr", "espeak:en-us"]).tolist() == [1, 0, 0, 1]
+    assert config.load(CONF, ["train.test_slices={column: c, groups: {a: [x]}, others: null}"]).train.test_slices.labels(
+        ["x", "y"]).tolist() == [0, -1]
+    with pytest.raises(ConfigError, match=r"train\.test_slices.*metric name"):
+        config.load(CONF, ["train.test_slices={column: speaker, groups: {held out: [en_GB]}}"])
+    with pytest.raises(ConfigError, match=r"train\.test_slices.*new slice name"):
+        config.load(CONF, ["train.test_slices={column: speaker, groups: {seen: [en]}, others: seen}"])

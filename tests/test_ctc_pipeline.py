@@ -15,6 +15,7 @@ import pytest
 from .conftest import ROOT
 
 CONF = ROOT / "conf" / "klettres_spelling.yaml"
+F2 = "espeak:en-us+f2"    # one synthetic voice, reported as its own test slice
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def ctc_exp(make_exp):
                         "data.source.speakers=[en]", "data.source.held_out_speakers=[]",
                         "data.source.synthetic_voices=[en-us, en-us+f2]", "data.max_records=null",
                         "model.params={hidden: 64, layers: 1, subsample: 4}", "train.epochs=12", "train.batch_size=8",
-                        "train.lr=0.0015", "mlflow.model_name=spelling_ctc", "score.output=predictions_ctc", *extra, conf=CONF)
+                        "train.lr=0.0015", "mlflow.model_name=spelling_ctc", "score.output=predictions_ctc",
+                        f"train.test_slices={{column: speaker, groups: {{f2: ['{F2}']}}, others: rest}}", *extra, conf=CONF)
     return make
 
 
@@ -43,6 +45,22 @@ def test_ctc_loss_falls_and_cer_beats_an_empty_transcript(ctc_trained):
     assert r.history[-1]["train_loss"] < 0.7 * r.history[0]["train_loss"], r.history
     assert r.test["cer"] < 0.75, r.test          # emitting nothing (all blanks) scores 1.0
     assert r.aliases[0] == "candidate"
+
+
+def test_test_slices_report_each_speaker_group_and_its_confusion_table(ctc_exp, ctc_trained):
+    from sparkzoo.pipelines import track
+
+    prepared, r = ctc_trained
+    assert r.test["rows_f2"] > 0 and r.test["rows_rest"] > 0
+    assert r.test["rows_f2"] + r.test["rows_rest"] == prepared.rows["test"]
+    # the overall CER is the edit-weighted mix of the two slices', so it lies between them
+    low, high = sorted((r.test["cer_f2"], r.test["cer_rest"]))
+    assert low - 1e-9 <= r.test["cer"] <= high + 1e-9, r.test
+    client = track.client(ctc_exp())
+    arts = {a.path for a in client.list_artifacts(r.run_id, "plots")}
+    assert {"plots/char_confusion.png", "plots/char_confusion_f2.png", "plots/char_confusion_rest.png"} <= arts, arts
+    metrics = client.get_run(r.run_id).data.metrics
+    assert metrics["test_cer_f2"] == pytest.approx(r.test["cer_f2"])
 
 
 def test_scoring_writes_decoded_text_for_every_row(spark, ctc_exp, ctc_trained):

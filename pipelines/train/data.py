@@ -114,7 +114,8 @@ def decode_table(table: pa.Table, shape: dict[str, int]) -> Batch:
 
     ``image``/``mask`` are fixed-size pixels (views of the Arrow buffer); ``features`` are log-mel frames;
     list<int> columns (``token_ids``, ``target_ids``, ``caption_ids``) are padded to the chunk's longest
-    row, with the true lengths beside them as ``<name>__len``; everything else is a numeric column.
+    row, with the true lengths beside them as ``<name>__len``; strings stay Python objects (a slice column
+    such as ``speaker``, read for evaluation only); everything else is a numeric column.
     Ragged arrays from different chunks are padded again when batches are assembled (``_concat``).
     """
     out: Batch = {}
@@ -130,6 +131,8 @@ def decode_table(table: pa.Table, shape: dict[str, int]) -> Batch:
             out.update(_padded_frames(table, name, int(shape["n_mels"])))
         elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
             out.update(_padded_lists(table, name))
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):   # a grouping column (test slices)
+            out[name] = table.column(name).to_numpy(zero_copy_only=False).astype(object)
         else:
             out[name] = table.column(name).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     return out

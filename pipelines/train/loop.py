@@ -62,9 +62,11 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         return [{"path": ctx["dataset_path"] + "/" + f["path"], "row_groups": f["row_groups"]}
                 for f in manifest["splits"][split]["files"]]
 
-    def reader(split: str) -> ShardReader:
+    slices = tc.test_slices
+
+    def reader(split: str, extra: tuple[str, ...] = ()) -> ShardReader:
         return ShardReader(files(split), rank, size, shape=shape, batch_size=tc.batch_size, seed=exp.seed,
-                           columns=task.columns, shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
+                           columns=task.columns + extra, shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
                            dataset_dir=ctx["dataset_path"] + "/" + split,
                            sort_key=task.sort_key if tc.bucket_by_length else None)
 
@@ -126,25 +128,60 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             extra = comm.allreduce_sum(extra, name="confusion").astype(np.int64)
         return total, extra
 
-    def evaluate(split: str, task=task):
-        """Task metrics summed over ranks, plus an ``EvalDetail``: the task's arrays and rank 0's samples."""
+    def evaluate(split: str, task=task, sliced: bool = False):
+        """Task metrics summed over ranks, plus an ``EvalDetail``: the task's arrays and rank 0's samples.
+
+        ``sliced`` (test with ``train.test_slices``): each batch's rows are split by slice before the
+        forward pass, so every slice gets its own sums and arrays; the overall figures are their sums.
+        """
+        from sparkzoo.pipelines.train.data import _take
         from sparkzoo.pipelines.train.metrics import EvalDetail
 
         net = comm.unwrap(model)   # no collectives inside the forward pass: shards may be uneven
         net.eval()
-        sums, arrays, samples = task.empty_sums(), task.empty_arrays(), None
+        names = slices.names() if sliced else []
+        parts = {name: (task.empty_sums(), task.empty_arrays()) for name in names or [""]}
+        samples = None
+        rows_seen = {name: 0 for name in parts}
+        extra = (slices.column,) if sliced else ()
         with torch.inference_mode():
-            for batch in reader(split).full_pass(batch_size=max(tc.batch_size, 512)):
-                x, y = task.tensors(batch, device)
-                with autocast():
-                    out = task.as_float(task.predict(net, x))
-                _add(sums, task.metric_sums(out, y))
-                _add(arrays, task.detail_arrays(out, y))
-                if samples is None and rank == 0:
-                    samples = task.samples(out, batch, EvalDetail.SAMPLES)
-        total, _ = allreduce_sums(sums)
-        arrays = {k: comm.allreduce_sum(v, name=f"detail.{k}").astype(v.dtype) for k, v in sorted(arrays.items())}
-        return task.finish(total, arrays), EvalDetail(arrays=arrays, samples=samples)
+            for batch in reader(split, extra).full_pass(batch_size=max(tc.batch_size, 512)):
+                if sliced:
+                    label = slices.labels(batch.pop(slices.column))
+                    groups = [(name, _take(batch, label == i)) for i, name in enumerate(names) if (label == i).any()]
+                else:
+                    groups = [("", batch)]
+                for name, rows in groups:
+                    x, y = task.tensors(rows, device)
+                    with autocast():
+                        out = task.as_float(task.predict(net, x))
+                    _add(parts[name][0], task.metric_sums(out, y))
+                    _add(parts[name][1], task.detail_arrays(out, y))
+                    rows_seen[name] += len(next(iter(rows.values())))
+                    if samples is None and rank == 0:
+                        samples = task.samples(out, rows, EvalDetail.SAMPLES)
+        reduced = {}
+        for name, (sums, arrays) in parts.items():   # same names in the same order on every rank
+            total, _ = allreduce_sums(sums)
+            arrays = {k: comm.allreduce_sum(v, name=f"detail.{name}.{k}").astype(v.dtype) for k, v in sorted(arrays.items())}
+            reduced[name] = (total, arrays)
+        if not sliced:
+            total, arrays = reduced[""]
+            return task.finish(total, arrays), EvalDetail(arrays=arrays, samples=samples)
+        total = task.empty_sums()
+        arrays = task.empty_arrays()
+        for part_sums, part_arrays in reduced.values():
+            _add(total, part_sums)
+            _add(arrays, part_arrays)
+        metrics = task.finish(total, arrays)
+        counts = comm.allreduce_sum(np.array([rows_seen[name] for name in names], dtype=np.float64), name="slice_rows")
+        per_slice = {}
+        for (name, (part_sums, part_arrays)), n in zip(reduced.items(), counts.tolist()):
+            if n > 0:   # a slice with no test rows reports nothing
+                metrics.update({f"{k}_{name}": v for k, v in task.finish(part_sums, part_arrays).items()})
+                metrics[f"rows_{name}"] = n
+                per_slice[name] = part_arrays
+        return metrics, EvalDetail(arrays=arrays, samples=samples, slices=per_slice)
 
     ckpt_dir = ctx["checkpoint_dir"]
     fault = tuple(ctx["fault"]) if ctx.get("fault") else None   # (rank, epoch, step) to kill, tests only
@@ -225,14 +262,16 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         comm.unwrap(model).load_state_dict(comm.broadcast_object(best_state, name="best_state"))
         if rank == 0:
             print(f"[sparkzoo] restore_best: testing and registering epoch {best_epoch} (best val_{task.metric})", flush=True)
-    test_metrics, test_conf = evaluate("test") if manifest["splits"]["test"]["rows"] else ({}, None)
+    test_metrics, test_conf = (evaluate("test", sliced=slices is not None) if manifest["splits"]["test"]["rows"]
+                               else ({}, None))
     if test_metrics and hasattr(task, "beam"):
         import dataclasses
 
         for width in exp.model.eval_beams:   # the same weights decoded greedily and with wider beams
             if width != task.beam:
-                other, _ = evaluate("test", dataclasses.replace(task, beam=width))
-                test_metrics[f"{task.metric}_beam{width}"] = other.get(task.metric, float("nan"))
+                other, _ = evaluate("test", dataclasses.replace(task, beam=width), sliced=slices is not None)
+                test_metrics.update({f"{k}_beam{width}": v for k, v in other.items()
+                                     if k == task.metric or (slices and k.startswith(f"{task.metric}_"))})
     result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
               "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
@@ -438,6 +477,24 @@ def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], 
     return plots
 
 
+def _slice_plots(task, detail, test_metrics: dict[str, float], names: list[str], tmp: str,
+                 manifest: dict[str, Any], slices) -> list[tuple[str, str]]:
+    """The task's pictures once more for each test slice (a held-out speaker's own letter confusion)."""
+    from sparkzoo.pipelines.train.metrics import EvalDetail
+
+    plots: list[tuple[str, str]] = []
+    for name, arrays in detail.slices.items():
+        own = os.path.join(tmp, f"slice-{name}")
+        os.makedirs(own, exist_ok=True)
+        metrics = {k.removesuffix(f"_{name}"): v for k, v in test_metrics.items() if k.endswith(f"_{name}")}
+        for path, caption in _task_plots(task, EvalDetail(arrays=arrays), metrics, names, own, manifest):
+            stem, ext = os.path.splitext(os.path.basename(path))
+            renamed = os.path.join(tmp, f"{stem}_{name}{ext}")
+            os.replace(path, renamed)
+            plots.append((renamed, f"slice {name} ({slices.column}): {caption}"))
+    return plots
+
+
 def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_detail, n_params: int,
             train_seconds: float, samples: int, wall: float, best_epoch: int | None = None) -> dict[str, Any]:
     """Rank 0: final metrics, plots, report, manifest and config artefacts, and the logged model."""
@@ -462,6 +519,7 @@ def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_d
                           f"loss and {task.metric} per epoch"))
         if test_detail is not None:
             plots += _task_plots(task, test_detail, test_metrics, names, tmp, manifest)
+            plots += _slice_plots(task, test_detail, test_metrics, names, tmp, manifest, exp.train.test_slices)
         norms = plot_grad_norms(history, os.path.join(tmp, "grad_norms.png")) if history else None
         if norms:
             plots.append((norms, "mean gradient norm per module and epoch"))

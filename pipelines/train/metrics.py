@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ class EvalDetail:
     SAMPLES: ClassVar[int] = 32
     arrays: dict[str, np.ndarray]
     samples: dict[str, Any] | None = None
+    slices: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)   # slice name -> its arrays
 
 
 def plot_reliability(sums: np.ndarray, path: str, title: str = "test reliability diagram") -> str:
