@@ -92,3 +92,15 @@ def test_textured_paste_is_seeded_and_its_mask_is_the_alpha():
     # the background differs from a solid colour: many distinct colours outside the mask
     outside = a[mask_a == 0].reshape(-1, 3)
     assert len(np.unique(outside, axis=0)) > 50
+
+
+@pytest.mark.parametrize("values", [64 * 64 * 3, 300 * 300])   # uint32 sums, and a row wide enough for uint64
+def test_pixel_statistics_are_exact_on_the_unit_scale(values):
+    from sparkzoo.pipelines.prepare.images import pixel_sums
+
+    flat = np.random.default_rng(values).integers(0, 256, (5, values), dtype=np.uint8)
+    flat[0] = 255                     # the largest sum of squares a row can hold
+    total, squares = pixel_sums(flat)
+    as_float = flat.astype(np.float64) / 255.0
+    np.testing.assert_allclose(total, as_float.sum(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(squares, (as_float ** 2).sum(axis=1), rtol=1e-12)

@@ -34,6 +34,20 @@ EXT_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP", "gif": 
 
 # ---- rows ----------------------------------------------------------------------------------------
 
+def pixel_sums(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row sum and sum of squares of uint8 pixels on the 0..1 scale, for the normalisation statistics.
+
+    Exact integer sums: converting every pixel to float64 first cost a fifth of the whole decode (1.5 s
+    per 800 64x64 RGB images, against 0.02 s this way). uint32 holds a row's sum of squares up to
+    66,051 values (255^2 each); larger rows use uint64.
+    """
+    wide = np.uint32 if flat.shape[1] * 255 * 255 < 2 ** 32 else np.uint64
+    as_int = flat.astype(wide)
+    total = flat.sum(axis=1, dtype=np.uint64).astype(np.float64) / 255.0
+    squares = np.einsum("ij,ij->i", as_int, as_int).astype(np.float64) / (255.0 * 255.0)
+    return total, squares
+
+
 def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np.ndarray,
                labels: np.ndarray, label_names: list[str], val_fraction: float, test_fraction: float = 0.0,
                masks: list[bytes | None] | None = None, captions: list[str | None] | None = None,
@@ -44,7 +58,7 @@ def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np
     """
     n, h, w, c = pixels.shape if pixels.ndim == 4 else (0, 0, 0, 0)
     flat = pixels.reshape(n, -1)
-    as_float = flat.astype(np.float64) / 255.0
+    pixel_sum, pixel_sumsq = pixel_sums(flat)
     known = (labels >= 0) & (labels < len(label_names)) if label_names else np.ones(n, dtype=bool)
     names = np.array(label_names + [""], dtype=object)
     frame = pd.DataFrame({
@@ -53,8 +67,8 @@ def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np
         "split": assign(split_ids or ids, source_split, val_fraction, test_fraction),
         "label_name": names[np.where(known, labels, len(label_names))] if label_names else [None] * n,
         "stage": None, "reason": None, "detail": None,
-        "stat_sum": as_float.sum(axis=1),
-        "stat_sumsq": (as_float ** 2).sum(axis=1),
+        "stat_sum": pixel_sum,
+        "stat_sumsq": pixel_sumsq,
         "stat_count": np.full(n, h * w * c, dtype=np.int64),
         "image": [row.tobytes() for row in flat],
         "height": np.full(n, h, dtype=np.int32),
