@@ -53,6 +53,10 @@ class CTCConfig:
     freq_mask_width: int = 6
     time_masks: int = 0
     time_mask_frames: int = 8
+    # Vocal tract length perturbation (Jaitly & Hinton 2013), in training only: each utterance's mel axis
+    # is stretched by a random factor in 1 +- freq_warp, as a longer or shorter vocal tract shifts the
+    # formants. Few real speakers: this makes new ones out of them, aimed at the unseen-speaker case.
+    freq_warp: float = 0.0
 
 
 def conv_out_lengths(lengths: torch.Tensor, subsample: int) -> torch.Tensor:
@@ -103,6 +107,17 @@ class CTCBiRNN(nn.Module):
             x = self.layer_norm(x)
         return x * valid[:, :, None].to(x.dtype)
 
+    def _warp(self, x: torch.Tensor) -> torch.Tensor:
+        """Each utterance's mels resampled at ``m * alpha`` (linear interpolation, edge held)."""
+        n, frames, mels = x.shape
+        alpha = 1.0 + (torch.rand(n, 1, device=x.device) * 2 - 1) * self.cfg.freq_warp
+        pos = (torch.arange(mels, device=x.device, dtype=x.dtype)[None, :] * alpha).clamp(0, mels - 1)   # (n, M)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=mels - 1)
+        w = (pos - lo.to(x.dtype))[:, None, :]
+        pick = lambda idx: torch.gather(x, 2, idx[:, None, :].expand(n, frames, mels))  # noqa: E731
+        return pick(lo) * (1 - w) + pick(hi) * w
+
     def _spec_augment(self, x: torch.Tensor) -> torch.Tensor:
         """Random mel bands and frame spans set to 0 (the normalised mean), per utterance."""
         n, frames, mels = x.shape
@@ -120,6 +135,8 @@ class CTCBiRNN(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x, lengths = inputs["features"].float(), inputs["lengths"].long()
         lengths = lengths.clamp(min=1, max=x.shape[1])
+        if self.training and self.cfg.freq_warp:
+            x = self._warp(x)
         x = self._normalise(x, _mask(lengths, x.shape[1]))
         if self.training and (self.cfg.freq_masks or self.cfg.time_masks):
             x = self._spec_augment(x)
@@ -231,8 +248,10 @@ def _create_ctc(spec: InputSpec, **params) -> CTCBiRNN:
 def ctc_bilstm(spec: InputSpec, *, cell: str | None = None, hidden: int | None = None, layers: int | None = None,
                dropout: float | None = None, subsample: int | None = None, conv_channels: int | None = None,
                input_norm: str | None = None, freq_masks: int | None = None, freq_mask_width: int | None = None,
-               time_masks: int | None = None, time_mask_frames: int | None = None) -> CTCBiRNN:
+               time_masks: int | None = None, time_mask_frames: int | None = None,
+               freq_warp: float | None = None) -> CTCBiRNN:
     params = {"cell": cell, "hidden": hidden, "layers": layers, "dropout": dropout, "subsample": subsample,
               "conv_channels": conv_channels, "input_norm": input_norm, "freq_masks": freq_masks,
-              "freq_mask_width": freq_mask_width, "time_masks": time_masks, "time_mask_frames": time_mask_frames}
+              "freq_mask_width": freq_mask_width, "time_masks": time_masks, "time_mask_frames": time_mask_frames,
+              "freq_warp": freq_warp}
     return _create_ctc(spec, **{k: v for k, v in params.items() if v is not None})

@@ -84,6 +84,21 @@ def test_spec_augment_masks_in_training_only():
         assert torch.equal(net(inputs)["log_probs"], net(inputs)["log_probs"])     # eval: deterministic, no masks
 
 
+def test_frequency_warp_moves_formants_in_training_only():
+    net = _net(freq_warp=0.2)
+    ramp = torch.arange(N_MELS, dtype=torch.float32)[None, None, :].expand(4, 10, N_MELS)   # value = mel index
+    warped = net._warp(ramp)
+    alpha = warped[:, 0, 1]                          # mel 1 reads position alpha
+    assert ((alpha >= 0.8 - 1e-6) & (alpha <= 1.2 + 1e-6)).all() and alpha.unique().numel() > 1
+    interior = slice(0, int(N_MELS / 1.2))           # below the edge every mel m reads m * alpha exactly
+    torch.testing.assert_close(warped[:, :, interior], ramp[:, :, interior] * alpha[:, None, None])
+    assert torch.equal(warped[:, 0], warped[:, 9])   # one factor per utterance, the same on every frame
+    inputs = {"features": torch.randn(2, 30, N_MELS), "lengths": torch.tensor([30, 20])}
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(inputs)["log_probs"], net(inputs)["log_probs"])     # eval: no warp
+
+
 def _one_hot_log_probs(frames: list[int], peak: float = 0.9) -> torch.Tensor:
     """(T, 1, V+1) log-probs whose argmax at frame t is frames[t]."""
     lp = torch.full((len(frames), 1, V + 1), math.log((1 - peak) / V))
