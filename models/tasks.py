@@ -262,6 +262,10 @@ from .sequence_tasks import SEQUENCE_TASKS  # noqa: E402  (they build on the cla
 
 TASKS.update(SEQUENCE_TASKS)
 
+# Tasks that answer with one class per row: their scoring writes label/probabilities, promotion and
+# score.optimize compare accuracy, and training needs two classes or more.
+CLASSIFIER_TASKS: tuple[str, ...] = ("classification", "text_classification")
+
 
 def make_task(task: str, num_classes: int, *, mean: float = 0.0, std: float = 1.0, **options: Any) -> Task:
     """The task object for a family's task name, normalising with the dataset's statistics.

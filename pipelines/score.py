@@ -72,10 +72,9 @@ class ShippedModel:
 
     @property
     def is_classifier(self) -> bool:
+        from sparkzoo.models.tasks import CLASSIFIER_TASKS
+
         return self.spec["task"] in CLASSIFIER_TASKS
-
-
-CLASSIFIER_TASKS = ("classification", "text_classification")
 
 
 def model_input_columns(spec: dict[str, Any], columns: list[str]) -> list[str]:

@@ -106,6 +106,7 @@ TASK_DATA: dict[str, tuple[str, tuple[str, ...], str]] = {
 def check_task(exp: Experiment, manifest: dict[str, Any]) -> None:
     """The family's task must fit the prepared data; say what to change before any rank starts."""
     from ...models import model_task
+    from ...models.tasks import CLASSIFIER_TASKS
 
     task = model_task(exp.model.name)
     columns = {c["name"] for c in manifest.get("schema", [])}
@@ -118,7 +119,7 @@ def check_task(exp: Experiment, manifest: dict[str, Any]) -> None:
     if missing:
         raise TrainingError(f"model {exp.model.name} ({task}) cannot train on {manifest['dataset']}: it has no "
                             f"{', '.join(missing)} column; prepare {what}")
-    if task in ("classification", "text_classification") and manifest.get("num_classes", 0) < 2:
+    if task in CLASSIFIER_TASKS and manifest.get("num_classes", 0) < 2:
         raise TrainingError(f"model {exp.model.name} classifies but {manifest['dataset']} has "
                             f"{manifest.get('num_classes', 0)} classes; set data.source.label_level or label_names, "
                             f"or pick a reconstruction family (autoencoder) for unlabelled images")

@@ -444,12 +444,13 @@ def _log_checkpoint(exp, ctx: dict[str, Any], state: dict[str, Any]) -> None:
 def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], tmp: str,
                 manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """The pictures each task's report shows: (local file, caption)."""
+    from sparkzoo.models.tasks import CLASSIFIER_TASKS
     from sparkzoo.pipelines.train import metrics as m
 
     plots: list[tuple[str, str]] = []
     s = detail.samples
     vocab = manifest.get("vocab") or {}
-    if task.name in ("classification", "text_classification"):
+    if task.name in CLASSIFIER_TASKS:
         plots.append((m.plot_confusion(detail.arrays["confusion"], names, os.path.join(tmp, "confusion_matrix.png")),
                       "test confusion matrix"))
         plots.append((m.plot_reliability(detail.arrays["calibration"], os.path.join(tmp, "reliability.png")),
