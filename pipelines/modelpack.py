@@ -81,6 +81,12 @@ def build_module(spec: dict[str, Any]):
 OPTIMIZATIONS = ("none", "channels_last", "compile", "int8")
 
 
+# Rows per forward pass for sequence models. Measured on the Pang & Lee BiLSTM (bench/RESULTS.md): a
+# 10,000-row Arrow batch in one pass ran 20x slower per row than chunks of 64 sorted by length (the
+# recurrent steps run to the longest row, and large activations fall out of cache).
+SEQUENCE_CHUNK = 64
+
+
 class Predictor:
     """A loaded model plus its pre-processing; vectorised over whole batches.
 
@@ -88,7 +94,8 @@ class Predictor:
     (checked against eager accuracy by the scorer before it is used on a job).
     """
 
-    def __init__(self, spec: dict[str, Any], module, *, device: str = "cpu", optimize: str = "none") -> None:
+    def __init__(self, spec: dict[str, Any], module, *, device: str = "cpu", optimize: str = "none",
+                 chunk: int = SEQUENCE_CHUNK) -> None:
         import torch
 
         if optimize not in OPTIMIZATIONS:
@@ -98,17 +105,19 @@ class Predictor:
         self.optimize = optimize
         self.module = optimize_module(module.eval().to(self.device), optimize, self.device)
         self.task = make_spec_task(spec)
+        self.chunk = max(1, int(chunk))
         self._torch = torch
 
     @classmethod
-    def from_dir(cls, directory: str, *, device: str = "cpu", optimize: str = "none") -> "Predictor":
+    def from_dir(cls, directory: str, *, device: str = "cpu", optimize: str = "none",
+                 chunk: int = SEQUENCE_CHUNK) -> "Predictor":
         import torch
 
         with open(os.path.join(directory, SPEC_FILE)) as fh:
             spec = json.load(fh)
         module = build_module(spec)
         module.load_state_dict(torch.load(os.path.join(directory, WEIGHTS_FILE), map_location="cpu", weights_only=True))
-        return cls(spec, module, device=device, optimize=optimize)
+        return cls(spec, module, device=device, optimize=optimize, chunk=chunk)
 
     @property
     def input_columns(self) -> tuple[str, ...]:
@@ -156,11 +165,7 @@ class Predictor:
             if "image" not in self.input_columns or hasattr(self.task, "model_inputs"):
                 # sequence tasks (captioning too: an image in, a dict of tensors for the model) build their
                 # own inputs; only plain image tasks take the bare pixel tensor below
-                x = self.task.model_inputs(batch, self.device)
-                out = self.task.as_float(self.task.predict(self.module, x))
-                if self.device.type != "cpu":
-                    out = {k: v.cpu() for k, v in out.items()}
-                return self.task.outputs(out, x)
+                return self._predict_chunks(batch)
             x = self.task.inputs(batch["image"], self.device if self.device.type != "cpu" else None)
             if self.optimize in ("channels_last", "compile"):
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -177,8 +182,40 @@ class Predictor:
                 out = {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
             return self.task.outputs(out, x[:n].cpu())
 
+    def _predict_sequence(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = self.task.model_inputs(batch, self.device)
+        out = self.task.as_float(self.task.predict(self.module, x))
+        if self.device.type != "cpu":
+            out = {k: v.cpu() for k, v in out.items()}
+        return self.task.outputs(out, x)
+
+    def _predict_chunks(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows sorted by length, ``chunk`` at a time (each cut to its own longest row by the task), and
+        the outputs put back in the caller's row order: same answers, far less padding per pass."""
+        n = len(next(iter(batch.values())))
+        if n <= self.chunk:
+            return self._predict_sequence(batch)
+        key = self.task.sort_key
+        order = np.argsort(batch[key], kind="stable") if key and key in batch else np.arange(n)
+        parts = [self._predict_sequence({k: v[order[i:i + self.chunk]] for k, v in batch.items()})
+                 for i in range(0, n, self.chunk)]
+        back = np.empty(n, dtype=np.int64)
+        back[order] = np.arange(n)
+        return {k: _stack([p[k] for p in parts])[back] for k in parts[0]}
+
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         return outputs_frame(self.predict_batch(self.batch(frame)))
+
+
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Chunks' outputs as one array; rows of different widths (per-chunk padding) become object rows."""
+    if all(a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays)
+    rows = [row for a in arrays for row in a]
+    out = np.empty(len(rows), dtype=object)
+    for i, row in enumerate(rows):   # item by item: numpy would try to broadcast equal-width rows
+        out[i] = row
+    return out
 
 
 def _rows(out: Any, n: int) -> Any:

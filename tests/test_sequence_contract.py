@@ -128,3 +128,38 @@ def test_language_model_ignores_padding_and_cannot_peek():
     finally:
         torch.set_num_threads(threads)
     assert float(loss.detach()) > 0.8 * np.log(len(VOCAB) - 4), float(loss.detach())
+
+
+@pytest.mark.parametrize("family,task_name", [("bilstm", "text_classification"), ("seq2seq_attention", "seq2seq"),
+                                              ("ctc_bilstm", "ctc")])
+def test_scoring_in_length_sorted_chunks_gives_the_one_pass_answers(family, task_name):
+    """The Predictor runs sequence models in chunks of rows sorted by length (far less padding per pass);
+    the rows must come back in the caller's order with the answers a single pass gives."""
+    from sparkzoo.pipelines.modelpack import Predictor
+
+    rng = np.random.default_rng(1)
+    n = 150
+    lengths = rng.integers(1, 12, n).tolist()
+    target = CTC_VOCAB if task_name == "ctc" else VOCAB
+    spec = {"task": task_name, "family": family, "params": {}, "num_classes": 2, "stats": {"mean": 0.0, "std": 1.0},
+            "vocab": {"text": VOCAB, "target": target}, "shape": {"n_mels": 8, "max_length": 12},
+            "decode": {"beam": 1, "max_decode": 8}}
+    if task_name == "ctc":
+        frames = rng.integers(4, 40, n)
+        feats = rng.normal(size=(n, 40, 8)).astype(np.float32)
+        feats[np.arange(40)[None, :] >= frames[:, None]] = 0.0
+        batch = {"features": feats, "features__len": frames}
+    else:
+        batch = dict(zip(("token_ids", "token_ids__len"), _ragged(rng, lengths, 4, len(VOCAB))))
+    torch.manual_seed(0)
+    module = models.get_model(family, models.InputSpec(num_classes=2, vocab_size=len(VOCAB), target_vocab_size=len(target),
+                                                       n_mels=8, max_length=12))
+    one_pass = Predictor(spec, module, chunk=n).predict_batch(batch)
+    chunked = Predictor(spec, module, chunk=16).predict_batch(batch)
+    assert set(chunked) == set(one_pass)
+    for key, value in one_pass.items():
+        assert len(chunked[key]) == n
+        if value.dtype == object:
+            assert [np.asarray(v).tolist() for v in chunked[key]] == [np.asarray(v).tolist() for v in value], key
+        else:
+            np.testing.assert_allclose(chunked[key], value, rtol=1e-4, atol=1e-5, err_msg=key)
