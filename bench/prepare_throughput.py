@@ -64,11 +64,12 @@ def spark_job(spark, exp, chosen: list[dict], repeats: int, modality: str) -> in
 
     src = exp.data.source
     with files.sized_tasks(spark, chosen * repeats, exp.prepare.tasks_per_core):
-        frames = [files.binary_files(spark, src.path, chosen, src.extensions, explicit=False).select("path", "content")
-                  for _ in range(repeats)]
-        df = frames[0]
-        for f in frames[1:]:
-            df = df.union(f)
+        # one scan (one listing of the tree, as the prepare job does) read ``repeats`` times, as the loop
+        # reads each file ``repeats`` times; separate scans would list the 10,000-file tree once each
+        scan = files.binary_files(spark, src.path, chosen, src.extensions, explicit=False).select("path", "content")
+        df = scan
+        for _ in range(repeats - 1):
+            df = df.union(scan)
         if modality == "image":
             ctx = images._ctx(exp, src.path)
             rows = df.mapInPandas(lambda it: images.decode_files(it, ctx), images.ROW_SCHEMA)
