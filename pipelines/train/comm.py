@@ -58,6 +58,9 @@ class HorovodComm:
     def unwrap(self, model):
         return model
 
+    def close(self) -> None:
+        """Horovod's launchers end the rank processes themselves."""
+
 
 class TorchDistComm:
     """torch.distributed over gloo, as set up by TorchDistributor (env:// rendezvous)."""
@@ -117,6 +120,16 @@ class TorchDistComm:
 
     def unwrap(self, model):
         return getattr(model, "module", model)
+
+    def close(self) -> None:
+        """Every rank waits for rank 0 to finish logging, then the group is torn down on all of them.
+
+        A rank that exited while rank 0 was still registering the model died in the gloo group's
+        teardown ("terminate called without an active exception", SIGABRT), and torchrun then killed
+        rank 0 before it had logged anything (bench/scaling.py, 2026-11-30).
+        """
+        self.dist.barrier()
+        self.dist.destroy_process_group()
 
 
 def make_comm(kind: str):
