@@ -2,9 +2,10 @@
 
 Both sides call the same per-file transform (``images.transform_image``: Pillow decode, alpha
 composite, resize/pad to 64x64 RGB; ``audio.transform_audio``: soundfile decode, mono, resample to
-16 kHz, log-mel 40). The Spark side is the prepare read path itself: ``binaryFile`` with the task
-sizing from the listing, ``mapInPandas`` decode, and an aggregation that forces every row. Sides are
-interleaved and medians reported, because these machines show CPU steal.
+16 kHz, log-mel 40). The Spark side is the prepare read path itself: ``binaryFile`` scanning paths only
+(each task reads its own files), task sizing from the listing, ``mapInPandas`` decode, and an
+aggregation that forces every row. Sides are interleaved and medians reported, because these
+machines show CPU steal.
 
     python bench/prepare_throughput.py                      # Tux Paint x8 and KLettres, 3 rounds
     python bench/prepare_throughput.py --million            # also: 1,000,000-row replicated image set
@@ -66,10 +67,12 @@ def spark_job(spark, exp, chosen: list[dict], repeats: int, modality: str) -> in
     with files.sized_tasks(spark, chosen * repeats, exp.prepare.tasks_per_core):
         # one scan (one listing of the tree, as the prepare job does) read ``repeats`` times, as the loop
         # reads each file ``repeats`` times; separate scans would list the 10,000-file tree once each
-        scan = files.binary_files(spark, src.path, chosen, src.extensions, explicit=False).select("path", "content")
+        scan = files.binary_files(spark, src.path, chosen, src.extensions, explicit=False).select("path")
         df = scan
         for _ in range(repeats - 1):
             df = df.union(scan)
+        # the job's task count (files.in_planned_tasks), also over the union of the repeated scans
+        df = files.in_planned_tasks(df, spark, exp.prepare.tasks_per_core)
         if modality == "image":
             ctx = images._ctx(exp, src.path)
             rows = df.mapInPandas(lambda it: images.decode_files(it, ctx), images.ROW_SCHEMA)

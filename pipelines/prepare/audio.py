@@ -154,7 +154,7 @@ def sidecar_transcript(path: str, sidecar: dict[str, Any]) -> str | None:
 
 def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     """mapInPandas body over binaryFile rows (path, content [, label_name, transcript])."""
-    from .sources.files import check_source, local, relative, selected
+    from .sources.files import check_source, local, relative, row_content, selected
 
     src, settings = ctx["source"], ctx["audio"]
     for frame in frames:
@@ -181,8 +181,7 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
                 if ctx["needs_transcript"] and not transcript:
                     raise BadRecord("missing_label", f"no transcript for {rel} (transcript_regex / transcript_sidecar / "
                                                      f"transcript column)")
-                feats, dur = transform_audio(bytes(row.content) if row.content is not None else None,
-                                             os.path.splitext(path)[1].lstrip("."), settings)
+                feats, dur = transform_audio(row_content(row, path), os.path.splitext(path)[1].lstrip("."), settings)
             except BadRecord as bad:
                 reason, detail = bad.reason, bad.detail
             f64 = feats.astype(np.float64) if feats is not None else None
@@ -230,7 +229,8 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
             chosen = chosen[: exp.data.max_records]
         stack.enter_context(files.sized_tasks(spark, chosen, exp.prepare.tasks_per_core))
         df = files.binary_files(spark, src.path, chosen, src.extensions, explicit=bool(exp.data.max_records))
-        df = df.select("path", "content")
+        # paths only: the task reads each file itself (files.row_content), no bytes through the JVM
+        df = files.in_planned_tasks(df.select("path"), spark, exp.prepare.tasks_per_core)
         empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
     else:
         empty = None

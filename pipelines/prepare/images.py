@@ -258,7 +258,7 @@ def _sidecar(path: str, suffix: str) -> bytes | None:
 
 def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     """mapInPandas body over ``binaryFile`` rows (path, content) plus optional label/mask/caption columns."""
-    from .sources.files import check_source, local, relative, selected
+    from .sources.files import check_source, local, relative, row_content, selected
 
     root, src = ctx["root"], ctx["source"]
     for frame in frames:
@@ -293,7 +293,7 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
                     raw = (_sidecar(path, src["caption_sidecar"]) if ctx["kind"] == "image_folder"
                            else (getattr(row, "caption", None) or "").encode("utf-8"))
                     caption = _caption(raw)
-                content = bytes(row.content) if row.content is not None else None
+                content = row_content(row, path)
                 made = [(key, *transform_image(content, ext, ctx["image"], key, ctx["seed"], ctx["mask"], mask_bytes))
                         for key in _variant_ids(rid, ctx.get("variants", 1))]
             except BadRecord as bad_rec:
@@ -376,7 +376,9 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         if src.mask == "file":   # mask files sit beside the images; they are read as sidecars, not rows
             df = df.filter(~F.col("path").rlike(f"{_re_escape(src.mask_suffix)}\\.[A-Za-z]+$"))
         ctx = _ctx(exp, src.path)
-        rows = df.select("path", "content").mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+        # paths only: the task reads each file itself (files.row_content), no bytes through the JVM
+        df = files.in_planned_tasks(df.select("path"), spark, exp.prepare.tasks_per_core)
+        rows = df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
         empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
         return rows if empty is None else rows.unionByName(empty)
     # image_index: a small table on the driver is fine (paths only); the files are read in the tasks

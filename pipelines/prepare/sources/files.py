@@ -126,13 +126,25 @@ def matching(listing: list[dict[str, Any]], root: str, extensions: list[str], in
     return out
 
 
+def planned_tasks(spark, tasks_per_core: int) -> int:
+    return max(1, spark.sparkContext.defaultParallelism * tasks_per_core)
+
+
+def in_planned_tasks(df, spark, tasks_per_core: int):
+    """The scan merged into at most the planned number of tasks. Spark packs files into splits of the
+    size ``sized_tasks`` sets and closes a split before it overflows, so a few small leftover splits
+    follow the full ones; each is one more task start and a straggler round on the cores (measured:
+    merging them took the Tux Paint prepare bench from 0.96x to 1.36x the plain loop)."""
+    return df.coalesce(planned_tasks(spark, tasks_per_core))
+
+
 @contextmanager
 def sized_tasks(spark, files: list[dict[str, Any]], tasks_per_core: int) -> Iterator[None]:
     """Set file-split sizes so the files form ~tasks_per_core tasks per core; restore them afterwards."""
     keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.openCostInBytes")
     before = {k: spark.conf.get(k, None) for k in keys}
     total = sum(int(f["size"]) for f in files) or 1
-    tasks = max(1, spark.sparkContext.defaultParallelism * tasks_per_core)
+    tasks = planned_tasks(spark, tasks_per_core)
     open_cost = max(1, total // max(len(files), 1) // 8)          # a file costs ~1/8 of an average file
     split = max(4096, math.ceil((total + open_cost * len(files)) / tasks))
     spark.conf.set(keys[0], str(split))
@@ -162,6 +174,26 @@ def binary_files(spark, root: str, files: list[dict[str, Any]], extensions: list
     globs = ",".join(sorted({e.lower().lstrip(".") for e in extensions} | {e.upper().lstrip(".") for e in extensions}))
     return (reader.option("recursiveFileLookup", "true").option("pathGlobFilter", "*.{" + globs + "}")
             .load(local(root) if not paths.is_uri(root) else root))
+
+
+def row_content(row: Any, path: str) -> bytes | None:
+    """A record's bytes: the scan's ``content`` when the JVM read them, else read here, in the task.
+
+    Folder sources scan paths only: carrying every file's bytes from the JVM to the Python worker cost
+    as much as decoding them (bench/RESULTS.md, prepare throughput). One file at a time, so a task holds
+    one file's bytes, not its whole Arrow batch's. A file that vanished since the listing, or that cannot
+    be read, is a quarantine record, not a failed job.
+    """
+    from ..quarantine import BadRecord
+
+    if hasattr(row, "content"):
+        return bytes(row.content) if row.content is not None else None
+    try:
+        return read_bytes(path)
+    except FileNotFoundError:
+        raise BadRecord("missing_file", f"{path} was listed when the job started but no longer exists", "read") from None
+    except OSError as exc:
+        raise BadRecord("unreadable", f"cannot read {path} ({exc})", "read") from None
 
 
 def read_bytes(path: str, member: str | None = None) -> bytes:
