@@ -58,8 +58,9 @@ class HorovodComm:
     def unwrap(self, model):
         return model
 
-    def close(self) -> None:
-        """Horovod's launchers end the rank processes themselves."""
+    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Horovod's launchers collect every rank's result and end the rank processes themselves."""
+        return result
 
 
 class TorchDistComm:
@@ -121,15 +122,20 @@ class TorchDistComm:
     def unwrap(self, model):
         return getattr(model, "module", model)
 
-    def close(self) -> None:
-        """Every rank waits for rank 0 to finish logging, then the group is torn down on all of them.
+    def finish(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Every rank returns rank 0's result, after rank 0 has finished logging; then the group is torn
+        down on all ranks together.
 
-        A rank that exited while rank 0 was still registering the model died in the gloo group's
-        teardown ("terminate called without an active exception", SIGABRT), and torchrun then killed
-        rank 0 before it had logged anything (bench/scaling.py, 2026-11-30).
+        Two failures this prevents (bench/scaling.py, 2026-11-30): a rank that exited while rank 0 was
+        still registering the model died in the gloo group's teardown ("terminate called without an
+        active exception") and torchrun then killed rank 0; and TorchDistributor's local mode has every
+        rank write its return value to the same file, the last writer winning, so a rank other than 0
+        could replace the run summary with its own.
         """
+        shared = self.broadcast_object(result if self.rank == 0 else None, name="result")
         self.dist.barrier()
         self.dist.destroy_process_group()
+        return shared
 
 
 def make_comm(kind: str):

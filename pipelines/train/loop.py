@@ -279,8 +279,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         result.update(_finish(exp, ctx, comm.unwrap(model), task, history, test_metrics, test_conf,
                               count_parameters(model), train_seconds, samples_seen, time.time() - started,
                               best_epoch))
-    comm.close()
-    return result
+    return comm.finish(result)
 
 
 def _best_epoch(history: list[dict[str, Any]], task) -> int | None:
