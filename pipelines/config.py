@@ -527,6 +527,7 @@ class ScoreConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = Field(1, ge=1)
     sequence_chunk: int = Field(64, ge=1)   # rows per forward pass for sequence models (sorted by length)
+    image_chunk: int = Field(1024, ge=1)    # rows per forward pass for image models on CPU
     optimize: Literal["none", "channels_last", "compile", "int8"] = "none"
     optimize_check_rows: int = Field(2000, ge=100)
     optimize_tolerance: float = Field(0.005, ge=0.0, le=1.0)

@@ -81,6 +81,10 @@ def build_module(spec: dict[str, Any]):
 OPTIMIZATIONS = ("none", "channels_last", "compile", "int8")
 
 
+# Rows per forward pass on CPU for image models: a sweep of the LeNet-like CNN (bench/scoring.py, idle
+# 2-core VM) ran 12,403 rows/s at 1,024 rows and 8,637 at 10,000 (the Arrow batch), as activations
+# of a 10,000-row pass fall out of cache. A GPU takes the whole Arrow batch.
+IMAGE_CHUNK = 1024
 # Rows per forward pass for sequence models. Measured on the Pang & Lee BiLSTM (bench/RESULTS.md): a
 # 10,000-row Arrow batch in one pass ran 20x slower per row than chunks of 64 sorted by length (the
 # recurrent steps run to the longest row, and large activations fall out of cache).
@@ -95,7 +99,7 @@ class Predictor:
     """
 
     def __init__(self, spec: dict[str, Any], module, *, device: str = "cpu", optimize: str = "none",
-                 chunk: int = SEQUENCE_CHUNK) -> None:
+                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK) -> None:
         import torch
 
         if optimize not in OPTIMIZATIONS:
@@ -106,18 +110,19 @@ class Predictor:
         self.module = optimize_module(module.eval().to(self.device), optimize, self.device)
         self.task = make_spec_task(spec)
         self.chunk = max(1, int(chunk))
+        self.image_chunk = max(1, int(image_chunk))
         self._torch = torch
 
     @classmethod
     def from_dir(cls, directory: str, *, device: str = "cpu", optimize: str = "none",
-                 chunk: int = SEQUENCE_CHUNK) -> "Predictor":
+                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK) -> "Predictor":
         import torch
 
         with open(os.path.join(directory, SPEC_FILE)) as fh:
             spec = json.load(fh)
         module = build_module(spec)
         module.load_state_dict(torch.load(os.path.join(directory, WEIGHTS_FILE), map_location="cpu", weights_only=True))
-        return cls(spec, module, device=device, optimize=optimize, chunk=chunk)
+        return cls(spec, module, device=device, optimize=optimize, chunk=chunk, image_chunk=image_chunk)
 
     @property
     def input_columns(self) -> tuple[str, ...]:
@@ -166,21 +171,31 @@ class Predictor:
                 # sequence tasks (captioning too: an image in, a dict of tensors for the model) build their
                 # own inputs; only plain image tasks take the bare pixel tensor below
                 return self._predict_chunks(batch)
-            x = self.task.inputs(batch["image"], self.device if self.device.type != "cpu" else None)
-            if self.optimize in ("channels_last", "compile"):
-                x = x.contiguous(memory_format=torch.channels_last)
-            n = x.shape[0]
-            if self.optimize == "compile":
-                # One static graph: pad a short (last) batch up to the largest size seen instead of
-                # recompiling for every partition's remainder.
-                self._pad_to = max(getattr(self, "_pad_to", 0), n)
-                if n < self._pad_to:
-                    x = torch.cat([x, x.new_zeros((self._pad_to - n, *x.shape[1:]))]).contiguous(
-                        memory_format=torch.channels_last)
-            out = self.task.as_float(_rows(self.task.predict(self.module, x), n))
-            if self.device.type != "cpu":
-                out = {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
-            return self.task.outputs(out, x[:n].cpu())
+            pixels = batch["image"]
+            n = len(pixels)
+            step = self.image_chunk if self.device.type == "cpu" else max(n, 1)   # a GPU takes the whole batch
+            if n <= step:
+                return self._predict_images(pixels)
+            parts = [self._predict_images(pixels[i:i + step]) for i in range(0, n, step)]
+            return {k: _stack([p[k] for p in parts]) for k in parts[0]}
+
+    def _predict_images(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self._torch
+        x = self.task.inputs(pixels, self.device if self.device.type != "cpu" else None)
+        if self.optimize in ("channels_last", "compile"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        n = x.shape[0]
+        if self.optimize == "compile":
+            # One static graph: pad a short (last) batch up to the largest size seen instead of
+            # recompiling for every partition's remainder.
+            self._pad_to = max(getattr(self, "_pad_to", 0), n)
+            if n < self._pad_to:
+                x = torch.cat([x, x.new_zeros((self._pad_to - n, *x.shape[1:]))]).contiguous(
+                    memory_format=torch.channels_last)
+        out = self.task.as_float(_rows(self.task.predict(self.module, x), n))
+        if self.device.type != "cpu":
+            out = {k: v.cpu() for k, v in out.items()} if isinstance(out, dict) else out.cpu()
+        return self.task.outputs(out, x[:n].cpu())
 
     def _predict_sequence(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = self.task.model_inputs(batch, self.device)

@@ -91,7 +91,8 @@ def model_input_columns(spec: dict[str, Any], columns: list[str]) -> list[str]:
 def worker_options(exp: Experiment, optimize: str | None = None) -> dict[str, Any]:
     """Plain values the shipped function closes over (never the Experiment itself)."""
     return {"device": exp.score.device, "threads": exp.score.threads_per_worker,
-            "optimize": exp.score.optimize if optimize is None else optimize, "chunk": exp.score.sequence_chunk}
+            "optimize": exp.score.optimize if optimize is None else optimize, "chunk": exp.score.sequence_chunk,
+            "image_chunk": exp.score.image_chunk}
 
 
 def _device(choice: str) -> str:
@@ -136,10 +137,11 @@ def _predictor(model_file: str, options: dict[str, Any]):
     device = _device(options["device"])
     # Registered versions are immutable, so (registry, name, version) names the weights; a worker reused
     # by the next job keeps its loaded (and, with optimize=compile, compiled) model.
-    from .modelpack import SEQUENCE_CHUNK
+    from .modelpack import IMAGE_CHUNK, SEQUENCE_CHUNK
 
     chunk = int(options.get("chunk") or SEQUENCE_CHUNK)
-    key = (options.get("model_key") or model_file, device, options["optimize"], chunk)
+    image_chunk = int(options.get("image_chunk") or IMAGE_CHUNK)
+    key = (options.get("model_key") or model_file, device, options["optimize"], chunk, image_chunk)
     pred = _LOADED.get(key)
     if pred is None:
         import torch
@@ -148,7 +150,7 @@ def _predictor(model_file: str, options: dict[str, Any]):
 
         torch.set_num_threads(int(options["threads"]))
         pred = _LOADED[key] = Predictor.from_dir(_unpacked(model_file), device=device, optimize=options["optimize"],
-                                                 chunk=chunk)
+                                                 chunk=chunk, image_chunk=image_chunk)
     return pred
 
 
