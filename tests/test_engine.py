@@ -81,3 +81,15 @@ def test_early_stopping_stops(engine_exp, spark):
     r = train.run(engine_exp("train.epochs=6", "train.early_stopping_patience=1", "train.lr=1e-12",
                              "train.optimizer=sgd"), spark)
     assert len(r.history) == 2
+
+
+def test_a_rank_imports_no_mlflow_before_training():
+    """Every rank process imports the training loop and rebuilds its model from the spec; MLflow (about a
+    second to import) is only needed by rank 0 when it logs, so it must stay off that path."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import sparkzoo.pipelines.train.loop, sparkzoo.pipelines.modelspec, sparkzoo.models; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
