@@ -10,6 +10,8 @@ import pytest
 from sparkzoo.pipelines import prepare, track, train
 from sparkzoo.pipelines.errors import TrainingError
 
+from .conftest import CONF
+
 QUICK = ["train.epochs=3", "train.max_steps_per_epoch=12", "train.batch_size=32", "name=engine"]
 TIMING = {"epoch_seconds", "samples_per_second"}
 
@@ -81,3 +83,24 @@ def test_early_stopping_stops(engine_exp, spark):
     r = train.run(engine_exp("train.epochs=6", "train.early_stopping_patience=1", "train.lr=1e-12",
                              "train.optimizer=sgd"), spark)
     assert len(r.history) == 2
+
+
+def test_a_rank_imports_no_mlflow_before_training():
+    """Every rank process imports the training loop and rebuilds its model from the spec; MLflow (about a
+    second to import) is only needed by rank 0 when it logs, so it must stay off that path."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from sparkzoo.models import get_model, model_task\n"
+            "from sparkzoo.pipelines import config\n"
+            "from sparkzoo.pipelines.modelspec import input_spec, make_spec_task\n"
+            "from sparkzoo.pipelines.train import loop\n"
+            f"exp = config.load({str(CONF)!r})\n"
+            "manifest = {'shape': {'height': 28, 'width': 28, 'channels': 1}, 'stats': {'mean': 0.3, 'std': 0.3},\n"
+            "            'label_names': list('abcdefghij'), 'dataset': 'd', 'version': 'v'}\n"
+            "spec = loop.build_model_spec(exp, manifest, model_task(exp.model.name))   # as train_rank does\n"
+            "get_model(exp.model.name, input_spec(spec), **exp.model.params); make_spec_task(spec)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

@@ -29,7 +29,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     import torch
 
     from sparkzoo.models import count_parameters, get_model, model_task
-    from sparkzoo.pipelines.modelpack import input_spec, make_spec_task
+    from sparkzoo.pipelines.modelspec import input_spec, make_spec_task
     from sparkzoo.pipelines.config import from_dict
     from sparkzoo.pipelines import paths
     from sparkzoo.pipelines.train import checkpoint
@@ -336,7 +336,7 @@ SEQUENCE_OUTPUT_TASKS = ("seq2seq", "captioning", "ctc")
 def build_model_spec(exp, manifest: dict[str, Any], task: str) -> dict[str, Any]:
     """The spec logged with the model: what rebuilds it and, for sequence models, the vocabularies,
     decoding settings and text normalisation that scoring needs."""
-    from sparkzoo.pipelines.modelpack import build_spec, target_vocab
+    from sparkzoo.pipelines.modelspec import build_spec, target_vocab
 
     text_cfg = ((manifest.get("prepare_config") or {}).get("data") or {}).get("text") or {}
     vocab = manifest.get("vocab") or None
