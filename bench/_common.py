@@ -53,6 +53,18 @@ def report(title: str, ours: tuple[str, float], baselines: list[tuple[str, float
         print(f"   {bname}: {bvalue:,.0f} {unit}   ratio ours/{bname} = {value / bvalue:.2f}x")
 
 
+def print_medians(sides: dict[str, list[float]], header: str) -> dict[str, float]:
+    """Median rows/s per side with its raw samples, then every side's ratio to ``ours``."""
+    med = {k: statistics.median(v) for k, v in sides.items()}
+    print(header)
+    for k, v in med.items():
+        print(f"   {k:40s} {v:>10,.0f}   raw {[round(r) for r in sides[k]]}")
+    for k in med:
+        if k != "ours":
+            print(f"   ratio ours / {k}: {med['ours'] / med[k]:.2f}x")
+    return med
+
+
 def training_args(doc: str, *, steps: int, batch_size: int, repeats: int = 3):
     """The flags every training benchmark takes."""
     import argparse

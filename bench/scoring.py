@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from _common import ROOT, experiment, machine, prepared
+from _common import ROOT, experiment, machine, prepared, print_medians
 
 BENCH_WS = ROOT / "workspace" / "bench"
 MODEL = "bench_scoring_cnn"
@@ -265,15 +265,8 @@ def main() -> None:
                 run_row_udf(exp, spark, path, version, args.row_udf_rows))
         print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in sides.items()), flush=True)
 
-    med = {k: statistics.median(v) for k, v in sides.items()}
-    print(f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, eager batch {best_batch}, "
-          f"{cores} threads eager, {cores} Spark workers x 1 thread")
-    for k, v in med.items():
-        print(f"   {k:40s} {v:>10,.0f}   raw {[round(r) for r in sides[k]]}")
-    ours = med["ours"]
-    for k in med:
-        if k != "ours":
-            print(f"   ratio ours / {k}: {ours / med[k]:.2f}x")
+    med = print_medians(sides, f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, "
+                               f"eager batch {best_batch}, {cores} threads eager, {cores} Spark workers x 1 thread")
     if best_opt:
         print(f"   ratio ours+{best_opt} / eager limit: {med[f'ours+{best_opt}'] / med['eager limit']:.2f}x; "
               f"ours+{best_opt} / mlflow spark_udf: "

@@ -23,12 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import time
 
 import numpy as np
 
-from _common import ROOT, experiment, machine, prepared
+from _common import ROOT, experiment, machine, prepared, print_medians
 from scoring import registered_version, replicated_input, run_ours, run_spark_udf, timed
 
 BENCH_WS = ROOT / "workspace" / "bench"
@@ -166,14 +165,8 @@ def main() -> None:
                 run_row_udf(exp, spark, path, version, args.row_udf_rows))
         print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in sides.items()), flush=True)
 
-    med = {k: statistics.median(v) for k, v in sides.items()}
-    print(f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, eager batch {best}, "
-          f"{cores} threads eager, {cores} Spark workers x 1 thread")
-    for k, v in med.items():
-        print(f"   {k:40s} {v:>10,.0f}   raw {[round(r) for r in sides[k]]}")
-    for k in med:
-        if k != "ours":
-            print(f"   ratio ours / {k}: {med['ours'] / med[k]:.2f}x")
+    med = print_medians(sides, f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, "
+                               f"eager batch {best}, {cores} threads eager, {cores} Spark workers x 1 thread")
     if int8:
         print(f"   ratio ours+int8 / eager limit: {med['ours+int8'] / med['eager limit']:.2f}x; "
               f"eager+int8 / eager limit: {med['eager+int8'] / med['eager limit']:.2f}x")
