@@ -134,7 +134,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         ``sliced`` (test with ``train.test_slices``): each batch's rows are split by slice before the
         forward pass, so every slice gets its own sums and arrays; the overall figures are their sums.
         """
-        from sparkzoo.pipelines.train.data import _take
+        from sparkzoo.pipelines.train.data import _rows, _take
         from sparkzoo.pipelines.train.metrics import EvalDetail
 
         net = comm.unwrap(model)   # no collectives inside the forward pass: shards may be uneven
@@ -157,7 +157,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                         out = task.as_float(task.predict(net, x))
                     _add(parts[name][0], task.metric_sums(out, y))
                     _add(parts[name][1], task.detail_arrays(out, y))
-                    rows_seen[name] += len(next(iter(rows.values())))
+                    rows_seen[name] += _rows(rows)
                     if samples is None and rank == 0:
                         samples = task.samples(out, rows, EvalDetail.SAMPLES)
         reduced = {}
