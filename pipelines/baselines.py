@@ -204,7 +204,7 @@ def autoencoder_probe(spark, exp: Experiment, ds) -> dict[str, Any] | None:
                  exp.model_name, exc)
         return None
     shipped = score.ship_model(spark, exp, name, version)
-    options = score.worker_options(exp, optimize="none")
+    options = score.worker_options(exp)
 
     def codes(split: str):
         df = _split(spark, ds, split).select("id", "image", "label")

@@ -527,9 +527,12 @@ class ScoreConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads_per_worker: int = Field(1, ge=1)
     sequence_chunk: int = Field(64, ge=1)   # rows per forward pass for sequence models (sorted by length)
-    image_chunk: int = Field(1024, ge=1)    # rows per forward pass for image models on CPU
-    optimize: Literal["none", "channels_last", "compile", "int8"] = "none"
+    image_chunk: int = Field(128, ge=1)     # rows per forward pass for image models on CPU
+    # auto: measure every CPU path on the check rows, take the fastest that keeps accuracy (docs/SCORE.md)
+    optimize: Literal["none", "auto", "channels_last", "bf16", "compile", "int8", "int8_static"] = "none"
     optimize_check_rows: int = Field(2000, ge=100)
+    optimize_calibration_rows: int = Field(512, ge=16)   # rows int8_static fixes its activation scales on
+    optimize_min_speedup: float = Field(1.1, ge=1.0)     # auto keeps eager unless a path is at least this fast
     optimize_tolerance: float = Field(0.005, ge=0.0, le=1.0)
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,17 @@ try:  # mlflow is on every machine that logs or loads models; the models package
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
 
-OPTIMIZATIONS = ("none", "channels_last", "compile", "int8")
+OPTIMIZATIONS = ("none", "channels_last", "bf16", "compile", "int8", "int8_static")
+# Paths whose numbers depend on example rows: static quantisation fixes each activation's int8 scale
+# from the ranges it sees on them, so every worker must calibrate on the same rows to give the same answers.
+CALIBRATED = ("int8_static",)
 
 
-# Rows per forward pass on CPU for image models: a sweep of the LeNet-like CNN (bench/scoring.py, idle
-# 2-core VM) ran 12,403 rows/s at 1,024 rows and 8,637 at 10,000 (the Arrow batch), as activations
-# of a 10,000-row pass fall out of cache. A GPU takes the whole Arrow batch.
-IMAGE_CHUNK = 1024
+# Rows per forward pass on CPU for image models. A Spark worker runs one torch thread; with one thread
+# the LeNet-like CNN ran 9,438 rows/s at 128 rows, 8,883 at 256 and 6,306 at 1,024 (10,000 test rows,
+# idle 2-core VM, 2026-11-30; bf16 15,516 vs 11,228, static int8 flat at ~24,000), as the activations
+# of a large pass fall out of cache. A GPU takes the whole Arrow batch.
+IMAGE_CHUNK = 128
 # Rows per forward pass for sequence models. Measured on the Pang & Lee BiLSTM (bench/RESULTS.md): a
 # 10,000-row Arrow batch in one pass ran 20x slower per row than chunks of 64 sorted by length (the
 # recurrent steps run to the longest row, and large activations fall out of cache).
@@ -42,11 +47,13 @@ class Predictor:
     """A loaded model plus its pre-processing; vectorised over whole batches.
 
     ``device`` puts the module on a GPU when the scorer found one; ``optimize`` is the opt-in fast path
-    (checked against eager accuracy by the scorer before it is used on a job).
+    (checked against eager accuracy by the scorer before it is used on a job); ``calibration`` holds the
+    uint8 pixel rows a calibrated path (``CALIBRATED``) fixes its int8 scales on.
     """
 
     def __init__(self, spec: dict[str, Any], module, *, device: str = "cpu", optimize: str = "none",
-                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK) -> None:
+                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK,
+                 calibration: np.ndarray | None = None) -> None:
         import torch
 
         if optimize not in OPTIMIZATIONS:
@@ -54,22 +61,31 @@ class Predictor:
         self.spec = spec
         self.device = torch.device(device)
         self.optimize = optimize
-        self.module = optimize_module(module.eval().to(self.device), optimize, self.device)
         self.task = make_spec_task(spec)
+        examples = None
+        if optimize in CALIBRATED:
+            if calibration is None or len(calibration) == 0:
+                raise ValueError(f"score.optimize={optimize} needs calibration rows (uint8 pixels) to fix its int8 "
+                                 f"scales; none were given")
+            examples = self.task.inputs(calibration)
+        self.module = optimize_module(module.eval().to(self.device), optimize, self.device, examples,
+                                      family=spec.get("family", "this"))
         self.chunk = max(1, int(chunk))
         self.image_chunk = max(1, int(image_chunk))
         self._torch = torch
 
     @classmethod
     def from_dir(cls, directory: str, *, device: str = "cpu", optimize: str = "none",
-                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK) -> "Predictor":
+                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK,
+                 calibration: np.ndarray | None = None) -> "Predictor":
         import torch
 
         with open(os.path.join(directory, SPEC_FILE)) as fh:
             spec = json.load(fh)
         module = build_module(spec)
         module.load_state_dict(torch.load(os.path.join(directory, WEIGHTS_FILE), map_location="cpu", weights_only=True))
-        return cls(spec, module, device=device, optimize=optimize, chunk=chunk, image_chunk=image_chunk)
+        return cls(spec, module, device=device, optimize=optimize, chunk=chunk, image_chunk=image_chunk,
+                   calibration=calibration)
 
     @property
     def input_columns(self) -> tuple[str, ...]:
@@ -77,7 +93,11 @@ class Predictor:
 
     def decode(self, images: pd.Series) -> np.ndarray:
         """A column of raw pixel bytes -> uint8 (n, h, w, c); a wrong size is a ValueError naming the row."""
-        shape = self.spec["shape"]
+        return self.decode_pixels(images, self.spec)
+
+    @staticmethod
+    def decode_pixels(images: pd.Series, spec: dict[str, Any]) -> np.ndarray:
+        shape = spec["shape"]
         per = shape["height"] * shape["width"] * shape["channels"]
         lengths = images.map(lambda b: -1 if b is None else len(b)).to_numpy()
         bad = np.flatnonzero(lengths != per)
@@ -197,30 +217,85 @@ def outputs_frame(out: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def optimize_module(module, optimize: str, device):
+def optimize_module(module, optimize: str, device, examples=None, family: str = "this"):
     """The opt-in inference paths; each returns a module with the same outputs up to rounding.
 
     - channels_last: NHWC weights and inputs, the layout oneDNN and cuDNN convolutions run fastest in.
+    - bf16: channels-last bfloat16 weights and inputs, float32 logits out; fast where the CPU has native
+      bf16 dot products (AVX512-BF16, AMX) or on a GPU, slow elsewhere, which the scorer's check measures.
     - compile: ``torch.compile`` (Inductor, C++/OpenMP kernels from the machine's compiler on CPU) over the
       channels-last module; compiled once per Python worker, on its first batch.
     - int8: dynamic int8 quantisation of the Linear, LSTM and GRU layers (weights int8, activations
       quantised per batch); CPU only.
+    - int8_static: post-training static quantisation of the whole graph (FX, x86 backend): convolutions
+      and Linear layers run int8 with activation scales fixed on ``examples`` (float inputs as the task
+      builds them); CPU only. The convolutions dominate an image classifier, and only this path makes
+      them int8.
     """
     import torch
 
     if optimize == "none":
         return module
+    if optimize in ("int8", "int8_static") and device.type != "cpu":
+        raise ValueError(f"score.optimize={optimize} (int8 quantisation) runs on CPU only; use channels_last, bf16 "
+                         f"or compile on a GPU")
     if optimize == "int8":
-        if device.type != "cpu":
-            raise ValueError("score.optimize=int8 (dynamic quantisation) runs on CPU only; use channels_last or "
-                             "compile on a GPU")
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(module, {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return quantize_dynamic(module, {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
+    if optimize == "int8_static":
+        return _quantize_static(module, examples, family)
     module = module.to(memory_format=torch.channels_last)
+    if optimize == "bf16":
+        return _Bfloat16(module.to(torch.bfloat16))
     if optimize == "compile":
         return torch.compile(module, dynamic=False)
     return module
+
+
+_CALIBRATION_PASS = 256   # rows per calibration forward pass (observers only need to see the ranges)
+
+
+def _quantize_static(module, examples, family: str):
+    """FX post-training quantisation: trace, observe ``examples``, convert to int8 kernels."""
+    import torch
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    try:
+        with warnings.catch_warnings():   # torch.ao.quantization announces its move to torchao; the pin has it
+            warnings.simplefilter("ignore", DeprecationWarning)
+            prepared = prepare_fx(module, get_default_qconfig_mapping("x86"), (examples[:1],))
+    except Exception as exc:   # a forward with data-dependent Python control flow does not trace
+        raise ValueError(f"score.optimize=int8_static cannot trace the {family} model for static quantisation "
+                         f"({type(exc).__name__}: {exc}); use score.optimize=int8 or bf16") from None
+    with torch.no_grad():
+        for part in examples.split(_CALIBRATION_PASS):
+            prepared(part)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return convert_fx(prepared)
+
+
+class _Bfloat16:
+    """Calls a bfloat16 channels-last module on float inputs and gives float32 outputs back, so the task's
+    softmax and the probabilities it writes keep float32 precision."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def __call__(self, x):
+        import torch
+
+        out = self.module(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+        if isinstance(out, dict):
+            return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
+        return out.float()
+
+    def eval(self):
+        return self
 
 
 class SparkzooPyfunc(PythonModel):

@@ -57,7 +57,7 @@ def evaluate(spark, exp: Experiment, version: int, split: str) -> dict[str, floa
     df = score.check_input(df, ds.split_dir(split), shipped.spec)
     good = df.filter(score.reject_reason(df, shipped.spec).isNull() & F.col("label").isNotNull())
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
-    scored = score.score_frame(good, shipped, score.worker_options(exp, optimize="none"), ["label"])
+    scored = score.score_frame(good, shipped, score.worker_options(exp), ["label"])
     p_true = F.element_at("probability", F.col("label").cast("int") + 1)
     row = scored.agg(F.count("*").alias("rows"),
                      F.avg((F.col("prediction") == F.col("label")).cast("double")).alias("accuracy"),

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from . import paths, track
+from . import inference_path, paths, track
 from .config import Experiment
 from .dataset import open_prepared
 from .errors import ScoringError
@@ -88,11 +88,12 @@ def model_input_columns(spec: dict[str, Any], columns: list[str]) -> list[str]:
     return wanted
 
 
-def worker_options(exp: Experiment, optimize: str | None = None) -> dict[str, Any]:
-    """Plain values the shipped function closes over (never the Experiment itself)."""
-    return {"device": exp.score.device, "threads": exp.score.threads_per_worker,
-            "optimize": exp.score.optimize if optimize is None else optimize, "chunk": exp.score.sequence_chunk,
-            "image_chunk": exp.score.image_chunk}
+def worker_options(exp: Experiment, choice: "inference_path.PathChoice | None" = None, spark=None) -> dict[str, Any]:
+    """Plain values the shipped function closes over (never the Experiment itself); eager unless given the
+    inference path the driver chose (``inference_path.choose``)."""
+    options = {"device": exp.score.device, "threads": exp.score.threads_per_worker, "optimize": "none",
+               "chunk": exp.score.sequence_chunk, "image_chunk": exp.score.image_chunk}
+    return {**options, **choice.worker_options(spark)} if choice is not None else options
 
 
 def _device(choice: str) -> str:
@@ -141,7 +142,8 @@ def _predictor(model_file: str, options: dict[str, Any]):
 
     chunk = int(options.get("chunk") or SEQUENCE_CHUNK)
     image_chunk = int(options.get("image_chunk") or IMAGE_CHUNK)
-    key = (options.get("model_key") or model_file, device, options["optimize"], chunk, image_chunk)
+    key = (options.get("model_key") or model_file, device, options["optimize"], chunk, image_chunk,
+           options.get("calibration_key"))
     pred = _LOADED.get(key)
     if pred is None:
         import torch
@@ -149,8 +151,9 @@ def _predictor(model_file: str, options: dict[str, Any]):
         from .modelpack import Predictor
 
         torch.set_num_threads(int(options["threads"]))
+        calibration = options["calibration"].value if options.get("calibration") is not None else None
         pred = _LOADED[key] = Predictor.from_dir(_unpacked(model_file), device=device, optimize=options["optimize"],
-                                                 chunk=chunk, image_chunk=image_chunk)
+                                                 chunk=chunk, image_chunk=image_chunk, calibration=calibration)
     return pred
 
 
@@ -310,40 +313,6 @@ def reject_reason(df, spec: dict[str, Any]):
     return reason
 
 
-def check_optimization(spark, exp: Experiment, shipped: ShippedModel, df, where: str) -> dict[str, float]:
-    """Before launch: eager vs optimised accuracy on a few labelled rows; refuse a path that drifts.
-
-    The rows come from the scoring input when it is labelled, else from the prepared test split.
-    """
-    from pyspark.sql import functions as F
-
-    from .modelpack import Predictor
-
-    if "label" in df.columns:
-        sample_df = df
-    else:
-        sample_df = spark.read.parquet(open_prepared(exp).split_dir("test"))
-    sample_df = check_input(sample_df, where, shipped.spec)
-    cols = model_input_columns(shipped.spec, sample_df.columns)
-    frame = (sample_df.filter(reject_reason(sample_df, shipped.spec).isNull() & F.col("label").isNotNull())
-             .select(*cols, "label").limit(exp.score.optimize_check_rows).toPandas())  # small: optimize_check_rows rows for the check
-    if frame.empty:
-        raise ScoringError(f"score.optimize={exp.score.optimize} needs labelled rows to check accuracy; {where} has "
-                           f"none and no prepared test split was found; set score.optimize=none")
-    eager = Predictor.from_dir(shipped.local_dir)
-    fast = Predictor.from_dir(shipped.local_dir, optimize=exp.score.optimize)
-    batch, labels = eager.batch(frame), frame["label"].to_numpy()
-    acc_eager = float((eager.predict_batch(batch)["prediction"] == labels).mean())
-    acc_fast = float((fast.predict_batch(batch)["prediction"] == labels).mean())
-    if abs(acc_fast - acc_eager) > exp.score.optimize_tolerance:
-        raise ScoringError(f"score.optimize={exp.score.optimize} changes accuracy on {len(labels)} labelled rows from "
-                           f"{acc_eager:.4f} (eager) to {acc_fast:.4f}, more than score.optimize_tolerance="
-                           f"{exp.score.optimize_tolerance}; use score.optimize=none or another path")
-    log.info("score.optimize=%s checked on %d rows: accuracy %.4f vs eager %.4f", exp.score.optimize, len(labels),
-             acc_fast, acc_eager)
-    return {"eager": acc_eager, "optimized": acc_fast}
-
-
 def partition_dir(output: str, version: int, run_date: str) -> str:
     return paths.join(output, f"model_version={version}", f"run_date={run_date}")
 
@@ -380,11 +349,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     df, where = input_frame(spark, exp)
     shipped = ship_model(spark, exp, name, version)
     df = check_input(df, where, shipped.spec)
-    if exp.score.optimize != "none":
-        if not shipped.is_classifier:
-            raise ScoringError(f"score.optimize={exp.score.optimize} is checked against eager accuracy, so it is for "
-                               f"classifiers; {name} is a {shipped.spec['task']} model: use score.optimize=none")
-        check_optimization(spark, exp, shipped, df, where)
+    choice = inference_path.choose(spark, exp, shipped, df, where)
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
@@ -402,7 +367,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
                 .select("id"))
         skipped = good.join(done, "id", "left_semi").count()
         good = good.join(done, "id", "left_anti")
-    scored = (score_frame(good, shipped, worker_options(exp), keep)
+    scored = (score_frame(good, shipped, worker_options(exp, choice, spark), keep)
               .withColumn("model_name", F.lit(name))
               .withColumn("scored_at", F.current_timestamp())
               .withColumn("model_version", F.lit(version))
@@ -431,12 +396,13 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     n_in = df.count()
     result = ScoreResult(name, version, n_in, int(agg["n"]), rejected, out, rejects_path,
                          float(agg["acc"]) if keep and agg["acc"] is not None else None, time.time() - started,
-                         run_date, skipped, exp.score.optimize)
+                         run_date, skipped, choice.path)
     if result.scored_rows + result.rejected_rows + skipped != n_in:
         raise ScoringError(f"scored {result.scored_rows} + rejected {rejected} + already scored {skipped} rows != "
                            f"{n_in} input rows; output at {out} is not trusted (duplicate ids in the input?)")
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
             "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,
+            "inference_path": choice.summary(),
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
         _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})

@@ -4,6 +4,7 @@ Real local Spark, real Parquet, real MLflow sqlite registry, real trained models
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -152,20 +153,38 @@ def test_plain_mlflow_spark_udf_on_the_registered_model(trained, make_exp, spark
     assert joined.filter(F.col("prediction") != F.col("ours")).count() == 0
 
 
-@pytest.mark.parametrize("optimize", ["channels_last", "int8"])
+# Largest probability change per path over the test split: layout only; dynamic int8 Linear layers and
+# bf16 weights (8 mantissa bits); whole-graph int8 with scales fixed on calibration rows.
+_PROBABILITY_DRIFT = {"channels_last": 1e-4, "int8": 0.05, "bf16": 0.05, "int8_static": 0.25}
+
+
+@pytest.mark.parametrize("optimize", sorted(_PROBABILITY_DRIFT))
 def test_optimised_paths_stay_within_half_a_point(trained, make_exp, optimize):
     from sparkzoo.pipelines.modelpack import Predictor
 
     exp = make_exp()
     track.client(exp)
     local = mlflow.artifacts.download_artifacts(f"models:/fashion_mnist_cnn/{trained.model_version}")
-    frame = pq.read_table(open_prepared(exp).split_dir("test"), columns=["image", "label"]).to_pandas()
+    ds = open_prepared(exp)
+    frame = pq.read_table(ds.split_dir("test"), columns=["image", "label"]).to_pandas()
     eager = Predictor.from_dir(f"{local}/artifacts")
-    fast = Predictor.from_dir(f"{local}/artifacts", optimize=optimize)
+    calibration = eager.decode(pq.read_table(ds.split_dir("train"), columns=["image"]).slice(0, 256)
+                               .to_pandas()["image"])
+    fast = Predictor.from_dir(f"{local}/artifacts", optimize=optimize, calibration=calibration)
     pixels, labels = eager.decode(frame["image"]), frame["label"].to_numpy()
     a, b = (p.predict_arrays(pixels) for p in (eager, fast))
     assert abs((a["prediction"] == labels).mean() - (b["prediction"] == labels).mean()) <= 0.005
-    assert np.abs(a["probability"] - b["probability"]).max() < (1e-4 if optimize == "channels_last" else 0.05)
+    assert np.abs(a["probability"] - b["probability"]).max() < _PROBABILITY_DRIFT[optimize]
+    assert np.allclose(b["probability"].sum(axis=1), 1.0, atol=1e-4)   # float32 softmax on every path
+
+
+def test_static_int8_needs_calibration_rows(trained, make_exp):
+    from sparkzoo.pipelines.modelpack import Predictor
+
+    track.client(make_exp())
+    local = mlflow.artifacts.download_artifacts(f"models:/fashion_mnist_cnn/{trained.model_version}")
+    with pytest.raises(ValueError, match="needs calibration rows"):
+        Predictor.from_dir(f"{local}/artifacts", optimize="int8_static")
 
 
 def test_optimised_scoring_job_checks_accuracy_first(trained, make_exp, spark, tmp_path):
@@ -173,6 +192,41 @@ def test_optimised_scoring_job_checks_accuracy_first(trained, make_exp, spark, t
     fast = score.run(make_exp(f"score.output={tmp_path / 'q'}", "score.optimize=int8"), spark)
     assert fast.optimize == "int8" and fast.scored_rows == eager.scored_rows
     assert abs(fast.accuracy - eager.accuracy) <= 0.005
+
+
+def test_static_int8_job_gives_one_answer_whatever_the_batching(trained, make_exp, spark, tmp_path):
+    """Every worker calibrates on the driver's broadcast rows, so Arrow batch boundaries (which decide
+    which rows share a worker and a forward pass) cannot change a probability."""
+    runs = [score.run(make_exp(f"score.output={tmp_path / f'b{b}'}", "score.optimize=int8_static",
+                               f"score.batch_size={b}", "score.image_chunk=64"), spark) for b in (97, 5000)]
+    assert [r.optimize for r in runs] == ["int8_static", "int8_static"]
+    small, large = (spark.read.parquet(r.output).select("id", F.col("probability").alias(f"p{i}"))
+                    for i, r in enumerate(runs))
+    joined = small.join(large, "id")
+    assert joined.count() == runs[0].scored_rows == runs[1].scored_rows
+    assert joined.filter(F.col("p0") != F.col("p1")).count() == 0
+
+
+def test_auto_measures_every_path_and_keeps_a_passing_one(trained, make_exp, spark, tmp_path):
+    from sparkzoo.pipelines.inference_path import AUTO_CANDIDATES
+    from sparkzoo.pipelines.score import partition_dir
+
+    eager = score.run(make_exp(f"score.output={tmp_path / 'e'}"), spark)
+    auto = score.run(make_exp(f"score.output={tmp_path / 'a'}", "score.optimize=auto"), spark)
+    manifest = json.loads(open(f"{partition_dir(auto.output, auto.model_version, auto.run_date)}/_manifest.json").read())
+    seen = manifest["inference_path"]
+    assert seen["path"] == auto.optimize
+    assert set(seen["rows_per_s"]) == {"none", *AUTO_CANDIDATES}     # every path measured, eager included
+    assert all(r > 0 for r in seen["rows_per_s"].values())
+    if auto.optimize != "none":   # the kept path passed the accuracy check and was the fastest that did
+        chosen = seen["rows_per_s"][auto.optimize]
+        assert abs(seen["accuracy"][auto.optimize] - seen["accuracy"]["none"]) <= 0.005
+        assert chosen == max(r for p, r in seen["rows_per_s"].items() if p != "none" and p not in seen["rejected"])
+        assert chosen >= 1.1 * seen["rows_per_s"]["none"]
+    else:
+        assert seen["rejected"]   # every path was passed over, each with its reason
+    assert auto.scored_rows == eager.scored_rows
+    assert abs(auto.accuracy - eager.accuracy) <= 0.005
 
 
 @pytest.mark.gpu

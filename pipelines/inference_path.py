@@ -1,0 +1,177 @@
+"""Which inference path a scoring job runs (``score.optimize``), decided on the driver before launch.
+
+An optimised path is only worth it when it is both faster and right for this model on this machine:
+static int8 made the LeNet-like CNN 4x faster on an AVX512-VNNI CPU, bf16 1.7x, while dynamic int8
+and ``torch.compile`` bought little, and bf16 is slower than float32 on a CPU without native bf16. So
+a named path is checked for accuracy against eager on labelled rows, and ``auto`` also times every
+CPU path on those rows with the executors' thread count and keeps the fastest one that passes. The
+calibration rows of a calibrated path travel to the workers as a broadcast, so every worker fixes the
+same int8 scales and the job gives one answer whatever the partitioning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .config import Experiment
+from .errors import ScoringError
+
+log = logging.getLogger("sparkzoo.score")
+
+# What ``auto`` measures: the CPU paths that need no compiler and no warm-up beyond one pass.
+AUTO_CANDIDATES = ("channels_last", "bf16", "int8", "int8_static")
+_TIMED_PASSES = 2   # best of: these machines show CPU steal
+
+
+@dataclass
+class PathChoice:
+    """The path the job runs, with what the check saw (logged and written to the partition manifest)."""
+
+    path: str
+    calibration: np.ndarray | None = None                       # uint8 pixel rows, for CALIBRATED paths
+    accuracy: dict[str, float] = field(default_factory=dict)    # path -> accuracy on the check rows
+    rows_per_s: dict[str, float] = field(default_factory=dict)  # path -> rows/s (auto only)
+    rejected: dict[str, str] = field(default_factory=dict)      # path -> why auto passed it over
+
+    def summary(self) -> dict[str, Any]:
+        return {"path": self.path, "accuracy": self.accuracy, "rows_per_s": self.rows_per_s,
+                "rejected": self.rejected}
+
+    def worker_options(self, spark) -> dict[str, Any]:
+        """What the shipped scoring function needs for this path: the calibration rows as a broadcast
+        (one copy per executor, not one per task) and a digest of them for the worker's model cache."""
+        if self.calibration is None:
+            return {"optimize": self.path}
+        return {"optimize": self.path, "calibration": spark.sparkContext.broadcast(self.calibration),
+                "calibration_key": hashlib.sha1(self.calibration.tobytes()).hexdigest()}
+
+
+def choose(spark, exp: Experiment, shipped, df, where: str) -> PathChoice:
+    """``score.optimize`` for this model: ``none`` as is, a named path after its accuracy check, ``auto``
+    the fastest path that passes (or ``none`` when none is ``optimize_min_speedup`` times faster)."""
+    wanted = exp.score.optimize
+    if wanted == "none":
+        return PathChoice("none")
+    if not shipped.is_classifier:
+        raise ScoringError(f"score.optimize={wanted} is checked against eager accuracy, so it is for classifiers; "
+                           f"{shipped.name} is a {shipped.spec['task']} model: use score.optimize=none")
+    if wanted == "auto" and exp.score.device == "cuda":
+        raise ScoringError("score.optimize=auto times the paths on the driver's CPU, which says nothing about GPU "
+                           "executors; with score.device=cuda name a path (bf16 or channels_last)")
+    calibration, frame = _check_rows(spark, exp, shipped, df, where)
+    from .modelpack import Predictor
+
+    eager = Predictor.from_dir(shipped.local_dir)
+    batch, labels = eager.batch(frame), frame["label"].to_numpy()
+    choice = PathChoice("none", accuracy={"none": _accuracy(eager, batch, labels)})
+    if wanted != "auto":
+        fast = Predictor.from_dir(shipped.local_dir, optimize=wanted, calibration=calibration)
+        choice.accuracy[wanted] = _accuracy(fast, batch, labels)
+        drift = abs(choice.accuracy[wanted] - choice.accuracy["none"])
+        if drift > exp.score.optimize_tolerance:
+            raise ScoringError(f"score.optimize={wanted} changes accuracy on {len(labels)} labelled rows from "
+                               f"{choice.accuracy['none']:.4f} (eager) to {choice.accuracy[wanted]:.4f}, more than "
+                               f"score.optimize_tolerance={exp.score.optimize_tolerance}; use score.optimize=none "
+                               f"or another path")
+        choice.path = wanted
+    else:
+        _measure_all(exp, shipped, eager, calibration, batch, labels, choice)
+    if choice.path in _calibrated():
+        choice.calibration = calibration
+    log.info("score.optimize=%s -> %s; accuracy on %d check rows %s%s", wanted, choice.path, len(labels),
+             ", ".join(f"{k} {v:.4f}" for k, v in choice.accuracy.items()),
+             ("; rows/s (1 worker) " + ", ".join(f"{k} {v:,.0f}" for k, v in choice.rows_per_s.items()))
+             if choice.rows_per_s else "")
+    return choice
+
+
+def _calibrated() -> tuple[str, ...]:
+    from .modelpack import CALIBRATED
+
+    return CALIBRATED
+
+
+def _check_rows(spark, exp: Experiment, shipped, df, where: str):
+    """Calibration pixels and the labelled check frame: from the scoring input when it is labelled,
+    else from the prepared test split; calibration rows come first and are not checked on."""
+    from pyspark.sql import functions as F
+
+    from .dataset import open_prepared
+    from .score import check_input, model_input_columns, reject_reason
+
+    if "label" in df.columns:
+        sample_df = df
+    else:
+        try:
+            sample_df = spark.read.parquet(open_prepared(exp).split_dir("test"))
+        except Exception as exc:
+            raise ScoringError(f"score.optimize={exp.score.optimize} needs labelled rows to check accuracy; {where} "
+                               f"has no label column and the prepared test split cannot be read ({exc}); set "
+                               f"score.optimize=none") from None
+    sample_df = check_input(sample_df, where, shipped.spec)
+    cols = model_input_columns(shipped.spec, sample_df.columns)
+    n_cal = exp.score.optimize_calibration_rows
+    frame = (sample_df.filter(reject_reason(sample_df, shipped.spec).isNull() & F.col("label").isNotNull())
+             .select(*cols, "label").limit(n_cal + exp.score.optimize_check_rows)
+             .toPandas())  # small: calibration + check rows, a few thousand at most
+    if len(frame) <= n_cal:
+        raise ScoringError(f"score.optimize={exp.score.optimize} needs more than {n_cal} labelled rows (calibration, "
+                           f"then the accuracy check); {where} has {len(frame)}; set score.optimize=none")
+    from .modelpack import Predictor
+
+    calibration = Predictor.decode_pixels(frame["image"].iloc[:n_cal], shipped.spec) if "image" in cols else None
+    return calibration, frame.iloc[n_cal:].reset_index(drop=True)
+
+
+def _accuracy(predictor, batch: dict[str, np.ndarray], labels: np.ndarray) -> float:
+    return float((predictor.predict_batch(batch)["prediction"] == labels).mean())
+
+
+def _measure_all(exp: Experiment, shipped, eager, calibration, batch, labels, choice: PathChoice) -> None:
+    """Time eager and each candidate with the executors' thread count; keep the fastest that passes."""
+    import torch
+
+    from .modelpack import Predictor
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(exp.score.threads_per_worker)
+    try:
+        choice.rows_per_s["none"] = _rate(eager, batch)
+        for path in AUTO_CANDIDATES:
+            try:
+                fast = Predictor.from_dir(shipped.local_dir, optimize=path, calibration=calibration)
+            except ValueError as exc:   # e.g. a model static quantisation cannot trace
+                choice.rejected[path] = str(exc)
+                continue
+            choice.accuracy[path] = _accuracy(fast, batch, labels)
+            choice.rows_per_s[path] = _rate(fast, batch)
+            if abs(choice.accuracy[path] - choice.accuracy["none"]) > exp.score.optimize_tolerance:
+                choice.rejected[path] = (f"accuracy {choice.accuracy[path]:.4f} vs eager {choice.accuracy['none']:.4f}"
+                                         f" (tolerance {exp.score.optimize_tolerance})")
+    finally:
+        torch.set_num_threads(threads)
+    passing = {p: r for p, r in choice.rows_per_s.items() if p != "none" and p not in choice.rejected}
+    best = max(passing, key=passing.get) if passing else None
+    if best and passing[best] >= exp.score.optimize_min_speedup * choice.rows_per_s["none"]:
+        choice.path = best
+    elif best:
+        choice.rejected[best] = (f"{passing[best]:,.0f} rows/s is under score.optimize_min_speedup="
+                                 f"{exp.score.optimize_min_speedup} x eager {choice.rows_per_s['none']:,.0f}")
+
+
+def _rate(predictor, batch: dict[str, np.ndarray]) -> float:
+    """Best of a few timed passes over the check rows, after one untimed pass (first-call set-up)."""
+    n = len(next(iter(batch.values())))
+    predictor.predict_batch(batch)
+    best = float("inf")
+    for _ in range(_TIMED_PASSES):
+        t0 = time.perf_counter()
+        predictor.predict_batch(batch)
+        best = min(best, time.perf_counter() - t0)
+    return n / max(best, 1e-9)
