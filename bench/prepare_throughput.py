@@ -2,8 +2,8 @@
 
 Both sides call the same per-file transform (``images.transform_image``: Pillow decode, alpha
 composite, resize/pad to 64x64 RGB; ``audio.transform_audio``: soundfile decode, mono, resample to
-16 kHz, log-mel 40). The Spark side is the prepare read path itself: ``binaryFile`` scanning paths only
-(each task reads its own files), task sizing from the listing, ``mapInPandas`` decode, and an
+16 kHz, log-mel 40). The Spark side is the prepare read path itself: the driver's listing dealt into
+even tasks (``files.listed_paths``, each task reads its own files), ``mapInPandas`` decode, and an
 aggregation that forces every row. Sides are interleaved and medians reported, because these
 machines show CPU steal.
 
@@ -60,28 +60,22 @@ def loop_audio(paths: list[str], repeats: int, settings: dict) -> int:
 
 
 def spark_job(spark, exp, chosen: list[dict], repeats: int, modality: str) -> int:
-    """The prepare read path (binaryFile + sized tasks + mapInPandas decode), ``repeats`` times over."""
+    """The prepare read path (path groups from the listing, mapInPandas decode), ``repeats`` times over."""
     from pyspark.sql import functions as F
 
     src = exp.data.source
-    with files.sized_tasks(spark, chosen * repeats, exp.prepare.tasks_per_core):
-        # one scan (one listing of the tree, as the prepare job does) read ``repeats`` times, as the loop
-        # reads each file ``repeats`` times; separate scans would list the 10,000-file tree once each
-        scan = files.binary_files(spark, src.path, chosen, src.extensions, explicit=False).select("path")
-        df = scan
-        for _ in range(repeats - 1):
-            df = df.union(scan)
-        # the job's task count (files.in_planned_tasks), also over the union of the repeated scans
-        df = files.in_planned_tasks(df, spark, exp.prepare.tasks_per_core)
-        if modality == "image":
-            ctx = images._ctx(exp, src.path)
-            rows = df.mapInPandas(lambda it: images.decode_files(it, ctx), images.ROW_SCHEMA)
-        else:
-            ctx = {"source": src.model_dump(mode="json"), "dataset": "b", "audio": exp.data.audio.model_dump(mode="json"),
-                   "val_fraction": 0.1, "test_fraction": 0.1, "needs_label": False, "needs_transcript": False,
-                   "root": src.path}
-            rows = df.mapInPandas(lambda it: audio.decode_files(it, ctx), audio.ROW_SCHEMA)
-        r = rows.agg(F.count("*").alias("n"), F.sum("stat_count").alias("c")).collect()[0]  # small: one row
+    if modality == "image":
+        ctx = images._ctx(exp, src.path)
+        body, schema = (lambda it: images.decode_files(it, ctx)), images.ROW_SCHEMA
+    else:
+        ctx = {"source": src.model_dump(mode="json"), "dataset": "b", "audio": exp.data.audio.model_dump(mode="json"),
+               "val_fraction": 0.1, "test_fraction": 0.1, "needs_label": False, "needs_transcript": False,
+               "root": src.path}
+        body, schema = (lambda it: audio.decode_files(it, ctx)), audio.ROW_SCHEMA
+    # as the job plans it (files.listed_paths), over the listing repeated: the loop reads each file
+    # ``repeats`` times, so does this job
+    tasks, fn = files.listed_paths(spark, chosen * repeats, exp.prepare.tasks_per_core, body)
+    r = tasks.mapInPandas(fn, schema).agg(F.count("*").alias("n"), F.sum("stat_count").alias("c")).collect()[0]  # small: one row
     return int(r["n"])
 
 

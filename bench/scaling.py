@@ -1,6 +1,7 @@
 """Scaling on one machine: training samples/s with 2 ranks x 1 thread vs 1 rank x 1 thread (and 1 rank x
 2 threads for reference), Horovod on Spark, same data, model and batch size per rank; plus the time from
-job start to the first training step, Horovod on Spark vs Spark's TorchDistributor.
+job start to the first training step, Horovod on Spark vs Spark's TorchDistributor; and the machine's
+own ceiling for 2x1/1x1: two plain training loops run at once with nothing exchanged, vs one alone.
 
     .venv/bin/python bench/scaling.py [--steps 300] [--repeats 3]
 """
@@ -22,16 +23,46 @@ def run(spark, steps: int, batch: int, procs: int, threads: int, backend: str = 
     return train.run(exp, spark)
 
 
+def _paired_loop(ds, steps: int, batch: int, barrier, results) -> None:
+    barrier.wait()   # both processes have their tensors in memory: start the timed loops together
+    from overhead import plain_loop
+
+    results.put(plain_loop(ds, steps, batch, 1e-3))
+
+
+def machine_ceiling(ds, steps: int, batch: int) -> tuple[float, float]:
+    """One plain 1-thread training loop alone, and the sum of two run at once with nothing exchanged:
+    what this machine's two cores give two independent ranks of this model, the bound on 2x1/1x1 before
+    any gradient is sent (shared caches, memory bandwidth and the hypervisor's scheduling all count)."""
+    import multiprocessing as mp
+
+    from overhead import plain_loop
+
+    alone = plain_loop(ds, steps, batch, 1e-3)
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_paired_loop, args=(ds, steps, batch, barrier, results)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    both = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return alone, sum(both)
+
+
 def main() -> None:
     args = training_args(__doc__, steps=300, batch_size=64)
     exp = experiment(f"workspace={ROOT / 'workspace' / 'bench'}", "spark.master=local[2]")
-    prepared(exp)
+    ds = prepared(exp)
     from sparkzoo.pipelines.session import get_spark
 
     spark = get_spark(exp)
     rates = {"2x1": [], "1x1": [], "1x2": []}
     first = {"horovod_spark": [], "torch_distributor": []}
+    ceiling: list[float] = []
     for _ in range(args.repeats):
+        alone, pair = machine_ceiling(ds, args.steps, args.batch_size)
+        ceiling.append(pair / alone)
         for key, (p, t) in {"2x1": (2, 1), "1x1": (1, 1), "1x2": (1, 2)}.items():
             r = run(spark, args.steps, args.batch_size, p, t)
             rates[key].append(r.history[-1]["samples_per_second"])
@@ -45,6 +76,8 @@ def main() -> None:
     hs, td = statistics.median(first["horovod_spark"]), statistics.median(first["torch_distributor"])
     print(f"   time from job start to first training step: Horovod on Spark {hs:.1f}s, TorchDistributor {td:.1f}s, "
           f"ratio {hs / td:.2f}x")
+    print(f"   machine ceiling: two plain 1-thread loops at once, nothing exchanged, vs one alone: "
+          f"{statistics.median(ceiling):.2f}x (raw {[round(c, 2) for c in ceiling]}); 2x1/1x1 cannot pass it")
     print(f"   raw: {rates}, first step {first}")
 
 

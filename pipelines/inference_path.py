@@ -4,8 +4,9 @@ An optimised path is only worth it when it is both faster and right for this mod
 static int8 made the LeNet-like CNN 4x faster on an AVX512-VNNI CPU, bf16 1.7x, while dynamic int8
 and ``torch.compile`` bought little, and bf16 is slower than float32 on a CPU without native bf16. So
 a named path is checked for accuracy against eager on labelled rows, and ``auto`` also times every
-CPU path on those rows with the executors' thread count and keeps the fastest one that passes. The
-calibration rows of a calibrated path travel to the workers as a broadcast, so every worker fixes the
+CPU path on those rows with the executors' thread count and keeps the fastest one that passes; its
+timings are kept in the workspace per model version and machine, so a nightly job measures once and
+later jobs only re-check the accuracy of the kept path. The calibration rows of a calibrated path travel to the workers as a broadcast, so every worker fixes the
 same int8 scales and the job gives one answer whatever the partitioning.
 """
 
@@ -38,10 +39,12 @@ class PathChoice:
     accuracy: dict[str, float] = field(default_factory=dict)    # path -> accuracy on the check rows
     rows_per_s: dict[str, float] = field(default_factory=dict)  # path -> rows/s (auto only)
     rejected: dict[str, str] = field(default_factory=dict)      # path -> why auto passed it over
+    measured_at: str = ""                                       # auto: when the timings were taken
+    reused: bool = False                                        # auto: timings from an earlier job
 
     def summary(self) -> dict[str, Any]:
         return {"path": self.path, "accuracy": self.accuracy, "rows_per_s": self.rows_per_s,
-                "rejected": self.rejected}
+                "rejected": self.rejected, "measured_at": self.measured_at, "reused": self.reused}
 
     def worker_options(self, spark) -> dict[str, Any]:
         """What the shipped scoring function needs for this path: the calibration rows as a broadcast
@@ -70,25 +73,94 @@ def choose(spark, exp: Experiment, shipped, df, where: str) -> PathChoice:
     eager = Predictor.from_dir(shipped.local_dir)
     batch, labels = eager.batch(frame), frame["label"].to_numpy()
     choice = PathChoice("none", accuracy={"none": _accuracy(eager, batch, labels)})
-    if wanted != "auto":
-        fast = Predictor.from_dir(shipped.local_dir, optimize=wanted, calibration=calibration)
-        choice.accuracy[wanted] = _accuracy(fast, batch, labels)
-        drift = abs(choice.accuracy[wanted] - choice.accuracy["none"])
+    earlier = _measured_before(exp, shipped) if wanted == "auto" else None
+    if wanted != "auto" or (earlier and earlier["path"] != "none"):
+        path = wanted if wanted != "auto" else earlier["path"]
+        fast = Predictor.from_dir(shipped.local_dir, optimize=path, calibration=calibration)
+        choice.accuracy[path] = _accuracy(fast, batch, labels)   # checked on every job, timings or not
+        drift = abs(choice.accuracy[path] - choice.accuracy["none"])
         if drift > exp.score.optimize_tolerance:
-            raise ScoringError(f"score.optimize={wanted} changes accuracy on {len(labels)} labelled rows from "
-                               f"{choice.accuracy['none']:.4f} (eager) to {choice.accuracy[wanted]:.4f}, more than "
+            raise ScoringError(f"score.optimize={path} changes accuracy on {len(labels)} labelled rows from "
+                               f"{choice.accuracy['none']:.4f} (eager) to {choice.accuracy[path]:.4f}, more than "
                                f"score.optimize_tolerance={exp.score.optimize_tolerance}; use score.optimize=none "
                                f"or another path")
-        choice.path = wanted
+        choice.path = path
+        if earlier:
+            _reuse(choice, earlier)
+    elif earlier:   # measured before: eager was the fastest that passed
+        _reuse(choice, earlier)
     else:
         _measure_all(exp, shipped, eager, calibration, batch, labels, choice)
+        _remember(exp, shipped, choice)
     if choice.path in _calibrated():
         choice.calibration = calibration
     log.info("score.optimize=%s -> %s; accuracy on %d check rows %s%s", wanted, choice.path, len(labels),
              ", ".join(f"{k} {v:.4f}" for k, v in choice.accuracy.items()),
-             ("; rows/s (1 worker) " + ", ".join(f"{k} {v:,.0f}" for k, v in choice.rows_per_s.items()))
-             if choice.rows_per_s else "")
+             (f"; rows/s (1 worker{', measured ' + choice.measured_at if choice.reused else ''}) "
+              + ", ".join(f"{k} {v:,.0f}" for k, v in choice.rows_per_s.items())) if choice.rows_per_s else "")
     return choice
+
+
+def _machine_key(exp: Experiment, shipped) -> str:
+    """What an auto measurement holds for: the model version, this CPU (model and instruction set), the
+    torch build, the worker thread count and the rules of the choice."""
+    import platform
+
+    import torch
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [ln for ln in fh if ln.startswith(("model name", "flags"))]
+        cpu = "".join(sorted(set(lines)))
+    except OSError:
+        cpu = platform.processor()
+    facts = [shipped.key, cpu, torch.__version__, exp.score.threads_per_worker, exp.score.optimize_tolerance,
+             exp.score.optimize_min_speedup, AUTO_CANDIDATES]
+    return hashlib.sha1(repr(facts).encode()).hexdigest()[:16]
+
+
+def _measurements_file(exp: Experiment, shipped) -> str:
+    from . import paths
+
+    return paths.join(paths.workspace(exp), "inference_paths", f"{shipped.name}-v{shipped.version}.json")
+
+
+def _measured_before(exp: Experiment, shipped) -> dict[str, Any] | None:
+    """An earlier job's auto timings for this model version on this kind of machine: the nightly job
+    times the paths once (3-4 s of the driver's time, measured) instead of every night."""
+    from . import paths
+
+    where = _measurements_file(exp, shipped)
+    try:
+        return paths.read_json(where).get(_machine_key(exp, shipped)) if paths.exists(where) else None
+    except (OSError, ValueError) as exc:   # unreadable or half-written: measure again and rewrite it
+        log.warning("score.optimize=auto: ignoring %s (%s); measuring again", where, exc)
+        return None
+
+
+def _reuse(choice: PathChoice, earlier: dict[str, Any]) -> None:
+    choice.rows_per_s, choice.rejected = earlier["rows_per_s"], earlier.get("rejected", {})
+    choice.measured_at, choice.reused = earlier["measured_at"], True
+
+
+def _remember(exp: Experiment, shipped, choice: PathChoice) -> None:
+    import datetime as dt
+
+    from . import paths
+
+    choice.measured_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    where = _measurements_file(exp, shipped)
+    try:
+        known = paths.read_json(where) if paths.exists(where) else {}
+    except (OSError, ValueError):
+        known = {}
+    known[_machine_key(exp, shipped)] = {"path": choice.path, "rows_per_s": choice.rows_per_s,
+                                         "rejected": choice.rejected, "measured_at": choice.measured_at}
+    try:
+        paths.write_json(where, known)
+    except OSError as exc:   # a read-only workspace costs the next job a measurement, not this job
+        log.warning("score.optimize=auto: cannot keep the measurement in %s (%s)", where, exc)
 
 
 def _calibrated() -> tuple[str, ...]:

@@ -10,6 +10,7 @@ and our scorer calls ``predict_arrays`` on whole numpy batches.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -242,8 +243,7 @@ def optimize_module(module, optimize: str, device, examples=None, family: str = 
     if optimize == "int8":
         from torch.ao.quantization import quantize_dynamic
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet_quantization():
             return quantize_dynamic(module, {torch.nn.Linear, torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
     if optimize == "int8_static":
         return _quantize_static(module, examples, family)
@@ -253,6 +253,17 @@ def optimize_module(module, optimize: str, device, examples=None, family: str = 
     if optimize == "compile":
         return torch.compile(module, dynamic=False)
     return module
+
+
+@contextlib.contextmanager
+def _quiet_quantization():
+    """torch.ao.quantization warns on every call that it is moving to torchao and that its observers'
+    arguments and quantized tensor types are deprecated; the pinned torch has all of it, and a scoring
+    log with one warning per worker per module hides the lines that matter."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 _CALIBRATION_PASS = 256   # rows per calibration forward pass (observers only need to see the ranges)
@@ -265,8 +276,7 @@ def _quantize_static(module, examples, family: str):
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     try:
-        with warnings.catch_warnings():   # torch.ao.quantization announces its move to torchao; the pin has it
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with _quiet_quantization():
             prepared = prepare_fx(module, get_default_qconfig_mapping("x86"), (examples[:1],))
     except Exception as exc:   # a forward with data-dependent Python control flow does not trace
         raise ValueError(f"score.optimize=int8_static cannot trace the {family} model for static quantisation "
@@ -274,8 +284,7 @@ def _quantize_static(module, examples, family: str):
     with torch.no_grad():
         for part in examples.split(_CALIBRATION_PASS):
             prepared(part)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with _quiet_quantization():
         return convert_fx(prepared)
 
 

@@ -114,3 +114,20 @@ def test_truncated_file_above_threshold_fails_with_summary(tmp_path, make_exp, s
 def test_missing_source_path(make_exp):
     with pytest.raises(DataError, match="does not exist.*dataset-fashion-mnist"):
         prepare.run(make_exp("data.source.path=/nonexistent/fmnist"))
+
+
+def test_file_groups_are_balanced_by_bytes_and_keep_every_file():
+    """Folder sources deal the listing into tasks of even bytes (largest first to the lightest task): no
+    file lost or doubled, and no task heavier than another by more than one file."""
+    from sparkzoo.pipelines.prepare.sources.files import balanced_groups
+
+    sizes = [5_000_000, 1_200, 830_000, 77, 64_000, 64_000, 2_900_000, 410_000, 9, 1_000_000, 3_333, 250_000]
+    files = [{"path": f"/data/f{i:02d}.png", "size": s} for i, s in enumerate(sizes)]
+    groups = balanced_groups(files, 4)
+    assert len(groups) == 4
+    assert sorted(p for g in groups for p in g) == sorted(f["path"] for f in files)
+    size_of = {f["path"]: f["size"] for f in files}
+    loads = sorted(sum(size_of[p] for p in g) for g in groups)
+    assert loads[-1] == max(sizes)   # the 5 MB file alone is the heaviest task; the rest share the others
+    assert loads[-2] - loads[0] <= max(s for s in sizes if s < max(sizes))
+    assert balanced_groups(files[:2], 4) == [["/data/f00.png"], ["/data/f01.png"]]   # never an empty task

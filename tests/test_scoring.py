@@ -227,6 +227,15 @@ def test_auto_measures_every_path_and_keeps_a_passing_one(trained, make_exp, spa
         assert seen["rejected"]   # every path was passed over, each with its reason
     assert auto.scored_rows == eager.scored_rows
     assert abs(auto.accuracy - eager.accuracy) <= 0.005
+    assert seen["reused"] is False and seen["measured_at"]
+
+    # the next job with this model version on this machine keeps the timings and re-checks only accuracy
+    again = score.run(make_exp(f"score.output={tmp_path / 'b'}", "score.optimize=auto"), spark)
+    kept = json.loads(open(f"{partition_dir(again.output, again.model_version, again.run_date)}/_manifest.json")
+                      .read())["inference_path"]
+    assert kept["reused"] is True and kept["measured_at"] == seen["measured_at"]
+    assert again.optimize == auto.optimize and kept["rows_per_s"] == seen["rows_per_s"]
+    assert set(kept["accuracy"]) == {"none", auto.optimize}
 
 
 @pytest.mark.gpu

@@ -227,11 +227,12 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         chosen = files.matching(listing, src.path, src.extensions, src.include, src.exclude)
         if exp.data.max_records:
             chosen = chosen[: exp.data.max_records]
-        stack.enter_context(files.sized_tasks(spark, chosen, exp.prepare.tasks_per_core))
-        df = files.binary_files(spark, src.path, chosen, src.extensions, explicit=bool(exp.data.max_records))
-        # paths only: the task reads each file itself (files.row_content), no bytes through the JVM
-        df = files.in_planned_tasks(df.select("path"), spark, exp.prepare.tasks_per_core)
+        files.require_some(chosen, src.path, src.extensions)
+        # paths from the driver's listing; each task reads its own files (files.row_content)
+        tasks, body = files.listed_paths(spark, chosen, exp.prepare.tasks_per_core, lambda it: decode_files(it, ctx))
+        rows = tasks.mapInPandas(body, ROW_SCHEMA)
         empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
+        return rows if empty is None else rows.unionByName(empty)
     else:
         empty = None
         from .images import _attach_content

@@ -353,8 +353,6 @@ def _ctx(exp, root: str) -> dict[str, Any]:
 
 def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):
     """Image rows (good and flagged bad) for any image source, decoded in Spark tasks."""
-    from pyspark.sql import functions as F
-
     from .sources import compose, files, grid, idx, pixel_csv
 
     src = exp.data.source
@@ -371,26 +369,18 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
                                 src.mask_suffix if src.mask == "file" else None)
         if exp.data.max_records:
             chosen = chosen[: exp.data.max_records]
-        stack.enter_context(files.sized_tasks(spark, chosen, exp.prepare.tasks_per_core))
-        df = files.binary_files(spark, src.path, chosen, src.extensions, explicit=bool(exp.data.max_records))
-        if src.mask == "file":   # mask files sit beside the images; they are read as sidecars, not rows
-            df = df.filter(~F.col("path").rlike(f"{_re_escape(src.mask_suffix)}\\.[A-Za-z]+$"))
+        files.require_some(chosen, src.path, src.extensions)
         ctx = _ctx(exp, src.path)
-        # paths only: the task reads each file itself (files.row_content), no bytes through the JVM
-        df = files.in_planned_tasks(df.select("path"), spark, exp.prepare.tasks_per_core)
-        rows = df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+        # paths from the driver's listing (mask files, read as sidecars, were left out by ``matching``);
+        # each task reads its own files (files.row_content): no second listing, no bytes through the JVM
+        tasks, body = files.listed_paths(spark, chosen, exp.prepare.tasks_per_core, lambda it: decode_files(it, ctx))
+        rows = tasks.mapInPandas(body, ROW_SCHEMA)
         empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
         return rows if empty is None else rows.unionByName(empty)
     # image_index: a small table on the driver is fine (paths only); the files are read in the tasks
     df = _index_with_content(spark, exp, stack)
     ctx = _ctx(exp, src.path.rsplit("/", 1)[0])
     return df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
-
-
-def _re_escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 def _index_with_content(spark, exp, stack):

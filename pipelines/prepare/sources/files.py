@@ -1,10 +1,10 @@
-"""File trees read by Spark: ``binaryFile`` with task sizing chosen from the driver's listing.
+"""File trees read by Spark tasks, planned from the driver's listing.
 
-Why the sizing: Spark packs small files into tasks by ``spark.sql.files.maxPartitionBytes`` plus an
-``openCostInBytes`` charge per file (4 MB by default), which for ~800 PNGs of 20-200 kB gives ~200
-tiny tasks whose fixed cost (scheduling, a Python worker round trip, Arrow setup) exceeds the decode
-work. We already hold the listing (it is the version fingerprint), so we set both values to give about
-``prepare.tasks_per_core`` tasks per core of even byte size: few tasks, no stragglers.
+Why plan on the driver: we already hold the listing (it is the version fingerprint). Spark's own file
+scan would list the tree again in the JVM and pack small files into tasks by ``maxPartitionBytes`` plus
+an ``openCostInBytes`` charge per file, which for ~800 PNGs of 20-200 kB gave ~200 tiny tasks whose fixed
+cost exceeded the decode work. Instead the chosen files are dealt into ``prepare.tasks_per_core`` tasks
+per core of even bytes, and each task reads its own files (no bytes through the JVM).
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ from __future__ import annotations
 import fnmatch
 import functools
 import io
-import math
 import os
 import tarfile
 import zipfile
-from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ... import paths
@@ -130,50 +128,53 @@ def planned_tasks(spark, tasks_per_core: int) -> int:
     return max(1, spark.sparkContext.defaultParallelism * tasks_per_core)
 
 
-def in_planned_tasks(df, spark, tasks_per_core: int):
-    """The scan merged into at most the planned number of tasks. Spark packs files into splits of the
-    size ``sized_tasks`` sets and closes a split before it overflows, so a few small leftover splits
-    follow the full ones; each is one more task start and a straggler round on the cores (measured:
-    merging them took the Tux Paint prepare bench from 0.96x to 1.36x the plain loop)."""
-    return df.coalesce(planned_tasks(spark, tasks_per_core))
-
-
-@contextmanager
-def sized_tasks(spark, files: list[dict[str, Any]], tasks_per_core: int) -> Iterator[None]:
-    """Set file-split sizes so the files form ~tasks_per_core tasks per core; restore them afterwards."""
-    keys = ("spark.sql.files.maxPartitionBytes", "spark.sql.files.openCostInBytes")
-    before = {k: spark.conf.get(k, None) for k in keys}
-    total = sum(int(f["size"]) for f in files) or 1
-    tasks = planned_tasks(spark, tasks_per_core)
-    open_cost = max(1, total // max(len(files), 1) // 8)          # a file costs ~1/8 of an average file
-    split = max(4096, math.ceil((total + open_cost * len(files)) / tasks))
-    spark.conf.set(keys[0], str(split))
-    spark.conf.set(keys[1], str(open_cost))
-    try:
-        yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
-
-
-def binary_files(spark, root: str, files: list[dict[str, Any]], extensions: list[str], explicit: bool):
-    """A ``binaryFile`` DataFrame (path, length, content) over the chosen files.
-
-    With ``explicit`` (a subsample) the exact paths are passed; otherwise the folder with an extension
-    filter, which avoids a huge path list on the driver for millions of files.
-    """
+def require_some(files: list[dict[str, Any]], root: str, extensions: list[str]) -> None:
     if not files:
         raise DataError(f"no files with extension {', '.join(extensions)} under {root}; "
                         f"check data.source.path, data.source.extensions and data.source.include")
-    reader = spark.read.format("binaryFile")
-    if explicit:
-        return reader.load([f["path"] for f in files])
-    globs = ",".join(sorted({e.lower().lstrip(".") for e in extensions} | {e.upper().lstrip(".") for e in extensions}))
-    return (reader.option("recursiveFileLookup", "true").option("pathGlobFilter", "*.{" + globs + "}")
-            .load(local(root) if not paths.is_uri(root) else root))
+
+
+_PATHS_PER_FRAME = 256   # paths handed to the decode body at a time: bounds a task's rows in flight
+
+
+def balanced_groups(files: list[dict[str, Any]], groups: int) -> list[list[str]]:
+    """Paths dealt into ``groups`` lists of near-equal total bytes: largest file first, each to the
+    lightest group (LPT), so no task is a straggler."""
+    import heapq
+
+    heap = [(0, i) for i in range(max(1, min(groups, len(files))))]
+    out: list[list[str]] = [[] for _ in heap]
+    for f in sorted(files, key=lambda f: (-int(f["size"]), f["path"])):
+        load, i = heapq.heappop(heap)
+        out[i].append(local(f["path"]))
+        heapq.heappush(heap, (load + int(f["size"]), i))
+    return [sorted(g) for g in out]
+
+
+def listed_paths(spark, files: list[dict[str, Any]], tasks_per_core: int, body):
+    """``body`` (a mapInPandas body over frames with a ``path`` column) run over the chosen files in
+    ``planned_tasks`` Spark tasks of even bytes, straight from the driver's listing.
+
+    The listing is already on the driver (it is the version fingerprint), so the file scan Spark would
+    do again (``binaryFile`` lists the tree in the JVM: 0.7 s of a 4.7 s Tux Paint prepare on two cores,
+    bench/RESULTS.md) is skipped: the path groups go to the executors once as a broadcast, a
+    ``range`` with one row per group is the task list, and each task reads and decodes its own files.
+    Zero-byte files are left to ``empty_file_rows``. Returns ``(rows, schema)``-ready ``mapInPandas``
+    arguments: the DataFrame of group ids and the function to map over it.
+    """
+    import pandas as pd
+
+    groups = balanced_groups([f for f in files if int(f["size"]) > 0], planned_tasks(spark, tasks_per_core))
+    shared = spark.sparkContext.broadcast(groups)
+
+    def frames(batches) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            for gid in batch["id"].tolist():
+                group = shared.value[gid]
+                for start in range(0, len(group), _PATHS_PER_FRAME):
+                    yield pd.DataFrame({"path": group[start:start + _PATHS_PER_FRAME]})
+
+    return spark.range(len(groups), numPartitions=len(groups)), lambda it: body(frames(it))
 
 
 def row_content(row: Any, path: str) -> bytes | None:
