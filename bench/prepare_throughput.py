@@ -74,7 +74,7 @@ def spark_job(spark, exp, chosen: list[dict], repeats: int, modality: str) -> in
         body, schema = (lambda it: audio.decode_files(it, ctx)), audio.ROW_SCHEMA
     # as the job plans it (files.listed_paths), over the listing repeated: the loop reads each file
     # ``repeats`` times, so does this job
-    tasks, fn = files.listed_paths(spark, chosen * repeats, exp.prepare.tasks_per_core, body)
+    tasks, fn = files.listed_paths(spark, chosen * repeats, exp.prepare, body)
     r = tasks.mapInPandas(fn, schema).agg(F.count("*").alias("n"), F.sum("stat_count").alias("c")).collect()[0]  # small: one row
     return int(r["n"])
 
@@ -142,11 +142,13 @@ def main() -> int:
     ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--million", action="store_true", help="also replicate OpenCV digits x200 = 1,000,000 rows")
     ap.add_argument("--factor", type=int, default=200)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both sides' experiments, e.g. prepare.tasks_per_core=1")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sparkzoo-bench-") as ws:
-        exp_img = _exp("tuxpaint_stamps.yaml", ws)
+        exp_img = _exp("tuxpaint_stamps.yaml", ws, *args.set)
         exp_aud = _exp("klettres_letters.yaml", ws, "data.source.include=['*/alpha/*.ogg']",
-                       "data.source.label_regex=null")
+                       "data.source.label_regex=null", *args.set)
         spark = get_spark(exp_img)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, spark {spark.version} local[2]", flush=True)
         if not args.skip_compare:

@@ -398,7 +398,8 @@ class PrepareConfig(_Strict):
     rows_per_file: int = Field(12000, gt=0)
     row_group_bytes: int = Field(1 << 20, ge=1024)
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
-    tasks_per_core: int = Field(2, ge=1)      # file sources: Spark tasks per core (few, even tasks win)
+    tasks_per_core: int = Field(1, ge=1)      # Spark tasks per core (few, even tasks win: bench/RESULTS.md)
+    max_task_bytes: int = Field(256 << 20, ge=1 << 20)   # file sources: more tasks when a task would read more
 
 
 class ReplicateConfig(_Strict):

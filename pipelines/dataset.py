@@ -61,7 +61,7 @@ def dataset_version(exp: Experiment, listing: list[dict[str, Any]] | None = None
         "format": FORMAT_VERSION,
         "listing": listing,
         "data": exp.data.model_dump(mode="json", exclude={"root", "version", *unused}),
-        "prepare": exp.prepare.model_dump(mode="json", exclude={"max_bad_fraction", "tasks_per_core"}),
+        "prepare": exp.prepare.model_dump(mode="json", exclude={"max_bad_fraction", "tasks_per_core", "max_task_bytes"}),
     }
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 

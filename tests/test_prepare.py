@@ -131,3 +131,12 @@ def test_file_groups_are_balanced_by_bytes_and_keep_every_file():
     assert loads[-1] == max(sizes)   # the 5 MB file alone is the heaviest task; the rest share the others
     assert loads[-2] - loads[0] <= max(s for s in sizes if s < max(sizes))
     assert balanced_groups(files[:2], 4) == [["/data/f00.png"], ["/data/f01.png"]]   # never an empty task
+
+
+def test_file_tasks_grow_past_the_per_core_plan_when_a_task_would_read_too_much(spark):
+    from sparkzoo.pipelines.prepare.sources.files import planned_tasks
+
+    cores = spark.sparkContext.defaultParallelism
+    assert planned_tasks(spark, 1) == cores
+    assert planned_tasks(spark, 1, total_bytes=10 << 20, max_task_bytes=256 << 20) == cores
+    assert planned_tasks(spark, 1, total_bytes=(cores * 3 * 256 << 20) + 1, max_task_bytes=256 << 20) == cores * 3 + 1

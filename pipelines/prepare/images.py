@@ -373,7 +373,7 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         ctx = _ctx(exp, src.path)
         # paths from the driver's listing (mask files, read as sidecars, were left out by ``matching``);
         # each task reads its own files (files.row_content): no second listing, no bytes through the JVM
-        tasks, body = files.listed_paths(spark, chosen, exp.prepare.tasks_per_core, lambda it: decode_files(it, ctx))
+        tasks, body = files.listed_paths(spark, chosen, exp.prepare, lambda it: decode_files(it, ctx))
         rows = tasks.mapInPandas(body, ROW_SCHEMA)
         empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
         return rows if empty is None else rows.unionByName(empty)

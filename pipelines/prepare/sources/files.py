@@ -124,8 +124,10 @@ def matching(listing: list[dict[str, Any]], root: str, extensions: list[str], in
     return out
 
 
-def planned_tasks(spark, tasks_per_core: int) -> int:
-    return max(1, spark.sparkContext.defaultParallelism * tasks_per_core)
+def planned_tasks(spark, tasks_per_core: int, total_bytes: int = 0, max_task_bytes: int | None = None) -> int:
+    """``tasks_per_core`` per core, or more when a task would otherwise read over ``max_task_bytes``."""
+    by_bytes = -(-total_bytes // max_task_bytes) if max_task_bytes else 0
+    return max(1, spark.sparkContext.defaultParallelism * tasks_per_core, by_bytes)
 
 
 def require_some(files: list[dict[str, Any]], root: str, extensions: list[str]) -> None:
@@ -151,9 +153,10 @@ def balanced_groups(files: list[dict[str, Any]], groups: int) -> list[list[str]]
     return [sorted(g) for g in out]
 
 
-def listed_paths(spark, files: list[dict[str, Any]], tasks_per_core: int, body):
+def listed_paths(spark, files: list[dict[str, Any]], prepare_cfg, body):
     """``body`` (a mapInPandas body over frames with a ``path`` column) run over the chosen files in
-    ``planned_tasks`` Spark tasks of even bytes, straight from the driver's listing.
+    ``planned_tasks`` Spark tasks of even bytes (``prepare_cfg``: ``tasks_per_core``, ``max_task_bytes``),
+    straight from the driver's listing.
 
     The listing is already on the driver (it is the version fingerprint), so the file scan Spark would
     do again (``binaryFile`` lists the tree in the JVM: 0.7 s of a 4.7 s Tux Paint prepare on two cores,
@@ -164,7 +167,10 @@ def listed_paths(spark, files: list[dict[str, Any]], tasks_per_core: int, body):
     """
     import pandas as pd
 
-    groups = balanced_groups([f for f in files if int(f["size"]) > 0], planned_tasks(spark, tasks_per_core))
+    sized = [f for f in files if int(f["size"]) > 0]
+    tasks = planned_tasks(spark, prepare_cfg.tasks_per_core, sum(int(f["size"]) for f in sized),
+                          prepare_cfg.max_task_bytes)
+    groups = balanced_groups(sized, tasks)
     shared = spark.sparkContext.broadcast(groups)
 
     def frames(batches) -> Iterator[pd.DataFrame]:
