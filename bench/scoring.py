@@ -158,6 +158,24 @@ def eager_rate(predictor, x, reps: int, batch: int) -> float:
     return reps * n / (time.perf_counter() - t0)
 
 
+def worker_chunk_sweep(local: str, pixels, calibration, sizes=(32, 64, 128, 256, 1024)) -> None:
+    """What one Spark worker sees: one torch thread, the Predictor's own decode-to-probabilities path
+    over the 10,000 test rows, per ``score.image_chunk``; how IMAGE_CHUNK was chosen."""
+    import torch
+
+    from sparkzoo.pipelines.modelpack import Predictor
+
+    torch.set_num_threads(1)
+    for kind in ("none", "bf16", "int8_static"):
+        rates = []
+        for size in sizes:
+            p = Predictor.from_dir(local, optimize=kind, image_chunk=size, calibration=calibration)
+            p.predict_arrays(pixels[:2000])
+            best = min(timed(lambda: p.predict_arrays(pixels)) for _ in range(2))
+            rates.append(f"{size}: {len(pixels) / best:,.0f}")
+        print(f"   one worker (1 thread), {kind}, rows/s per score.image_chunk: " + ", ".join(rates), flush=True)
+
+
 def compare_batch(args) -> None:
     """Our job at several score.batch_size values vs spark_udf, interleaved: how score.batch_size was chosen."""
     from sparkzoo.pipelines.session import get_spark
@@ -186,6 +204,8 @@ def main() -> None:
     ap.add_argument("--eager-reps", type=int, default=10, help="passes over the 10,000 in-memory test tensors")
     ap.add_argument("--batch-sizes", default="64,256,1024,2048,4096,8192")
     ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt")
+    ap.add_argument("--chunk-sweep", action="store_true",
+                    help="only sweep score.image_chunk for one worker (1 thread) per inference path")
     ap.add_argument("--compare-batch", default="",
                     help="only compare our job at these score.batch_size values (e.g. 2048,10000) with spark_udf")
     args = ap.parse_args()
@@ -232,6 +252,9 @@ def main() -> None:
     # int8_static calibrates on the first rows of the training split (the scorer uses its input's).
     calibration = eager.decode(pq.read_table(ds.split_dir("train"), columns=["image"]).slice(0, 512)
                                .to_pandas()["image"])
+    if args.chunk_sweep:
+        worker_chunk_sweep(local, pixels, calibration)
+        return
     opt_rates, opt_acc = {}, {}
     if "opt" not in skip:
         for kind in ("channels_last", "bf16", "int8", "int8_static", "compile"):

@@ -34,9 +34,9 @@ CALIBRATED = ("int8_static",)
 
 
 # Rows per forward pass on CPU for image models. A Spark worker runs one torch thread; with one thread
-# the LeNet-like CNN ran 9,438 rows/s at 128 rows, 8,883 at 256 and 6,306 at 1,024 (10,000 test rows,
-# idle 2-core VM, 2026-11-30; bf16 15,516 vs 11,228, static int8 flat at ~24,000), as the activations
-# of a large pass fall out of cache. A GPU takes the whole Arrow batch.
+# the LeNet-like CNN ran 9,651 rows/s at 128 rows and 6,417 at 1,024 (bf16 15,293 vs 10,864; static
+# int8 flat at ~23,600), as the activations of a large pass fall out of cache (`bench/scoring.py
+# --chunk-sweep`, idle 2-core VM, 2026-11-30). A GPU takes the whole Arrow batch.
 IMAGE_CHUNK = 128
 # Rows per forward pass for sequence models. Measured on the Pang & Lee BiLSTM (bench/RESULTS.md): a
 # 10,000-row Arrow batch in one pass ran 20x slower per row than chunks of 64 sorted by length (the
