@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -83,6 +84,30 @@ def test_rejects_bad_rows_with_a_reason(trained, make_exp, spark, tmp_path):
     assert reasons["wrong_shape"] == frame.loc[4, "id"] and reasons["null_image"] == frame.loc[2, "id"]
     assert "14x56x1, model expects 28x28x1" in " ".join(rejects["reason"])
     assert pd.read_parquet(result.output)["id"].isin(frame.loc[[0] + list(range(5, 40)), "id"]).all()
+
+
+def test_clean_rerun_of_a_date_clears_that_dates_rejects(trained, make_exp, spark, tmp_path):
+    """Rejects follow the input of the latest run of a date: once the bad rows are fixed, a rerun leaves no
+    stale reject files behind (a dynamic overwrite with no reject rows would keep them)."""
+    from sparkzoo.pipelines.score import partition_dir
+
+    ds = open_prepared(make_exp())
+    frame = pq.read_table(ds.split_dir("test"), columns=["id", "image", "label"]).slice(0, 30).to_pandas()
+    bad = frame.copy()
+    bad.loc[3, "image"] = b"\x01" * 100
+    bad_path, good_path, out = tmp_path / "bad.parquet", tmp_path / "good.parquet", tmp_path / "out"
+    bad.to_parquet(bad_path)
+    frame.to_parquet(good_path)
+    sets = [f"score.output={out}", "score.run_date=2026-05-01"]
+    first = score.run(make_exp(*sets, f"score.input_path={bad_path}"), spark)
+    assert (first.scored_rows, first.rejected_rows) == (29, 1)
+    again = score.run(make_exp(*sets, f"score.input_path={good_path}"), spark)
+    assert (again.scored_rows, again.rejected_rows) == (30, 0)
+    folder = partition_dir(again.rejects, again.model_version, again.run_date)
+    assert not list(Path(folder).glob("*.parquet"))
+    manifest = json.loads(open(f"{folder}/_manifest.json").read())
+    assert manifest["rows"] == 0 and manifest["files"] == []
+    assert pd.read_parquet(again.output)["id"].nunique() == 30
 
 
 def test_wrong_column_type_fails_before_any_work(trained, make_exp, spark, tmp_path):
