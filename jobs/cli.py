@@ -115,7 +115,8 @@ def _score_summary(r) -> str:
     acc = f", accuracy {r.accuracy:.4f}" if r.accuracy is not None else ""
     rate = r.input_rows / r.seconds if r.seconds else 0.0
     skipped = f"; already scored (incremental) {r.skipped_rows}" if r.skipped_rows else ""
-    return (f"scored {r.scored_rows} rows with {r.model_name} v{r.model_version} in {r.seconds:.1f}s "
+    path = f" (inference path {r.optimize})" if r.optimize != "none" else ""
+    return (f"scored {r.scored_rows} rows with {r.model_name} v{r.model_version}{path} in {r.seconds:.1f}s "
             f"({rate:.0f} rows/s){acc}; rejected {r.rejected_rows}{skipped}\n"
             f"  predictions: {r.output}/model_version={r.model_version}/run_date={r.run_date}\n  rejects: {r.rejects}")
 

@@ -134,3 +134,6 @@ def test_stage_summaries_show_throughput():
 
     line = _score_summary(ScoreResult("m", 3, 10000, 9990, 10, "/out", "/out_rejects", 0.9, 4.0, "2026-11-25"))
     assert "scored 9990 rows with m v3 in 4.0s (2500 rows/s), accuracy 0.9000; rejected 10" in line
+    fast = _score_summary(ScoreResult("m", 3, 10000, 10000, 0, "/out", "/out_rejects", 0.9, 2.0, "2026-11-25",
+                                      optimize="int8_static"))
+    assert "scored 10000 rows with m v3 (inference path int8_static) in 2.0s (5000 rows/s)" in fast
