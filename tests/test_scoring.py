@@ -110,6 +110,31 @@ def test_clean_rerun_of_a_date_clears_that_dates_rejects(trained, make_exp, spar
     assert pd.read_parquet(again.output)["id"].nunique() == 30
 
 
+def test_a_table_of_only_bad_rows_is_all_rejects_not_a_crash(trained, make_exp, spark, tmp_path):
+    frame = pd.DataFrame({"id": [f"bad-{i}" for i in range(6)], "image": [b"\x00" * 10] * 6})
+    path = tmp_path / "bad.parquet"
+    frame.to_parquet(path)
+    result = score.run(make_exp(f"score.input_path={path}", f"score.output={tmp_path / 'out'}"), spark)
+    assert (result.input_rows, result.scored_rows, result.rejected_rows) == (6, 0, 6)
+    assert set(pd.read_parquet(result.rejects)["reason"].str.split(":").str[0]) == {"wrong_size"}
+
+
+def test_a_small_one_file_table_is_scored_on_every_core(trained, make_exp, spark, tmp_path):
+    """One file, one row group: Spark would read it in one task (one core busy); the scorer spreads it."""
+    from sparkzoo.pipelines.score import partition_dir
+
+    ds = open_prepared(make_exp())
+    # without the Spark schema the prepared files carry in their metadata (Spark would read it back)
+    table = pq.read_table(ds.split_dir("test"), columns=["id", "image", "label"]).replace_schema_metadata(None)
+    path = tmp_path / "one.parquet"
+    pq.write_table(table, path, row_group_size=table.num_rows)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
+    result = score.run(make_exp(f"score.input_path={path}", f"score.output={tmp_path / 'out'}"), spark)
+    assert result.scored_rows == table.num_rows
+    written = list(Path(partition_dir(result.output, result.model_version, result.run_date)).glob("*.parquet"))
+    assert len(written) == spark.sparkContext.defaultParallelism >= 2     # one scoring task per core
+
+
 def test_wrong_column_type_fails_before_any_work(trained, make_exp, spark, tmp_path):
     path, out = tmp_path / "strings.parquet", tmp_path / "out"
     pd.DataFrame({"id": ["a", "b"], "image": ["not", "bytes"]}).to_parquet(path)
