@@ -224,40 +224,30 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
         ctx["needs_label"] = src.label_level is not None or bool(src.label_regex)
         ctx["needs_transcript"] = bool(src.transcript_regex or src.transcript_sidecar)
         ctx["root"] = src.path
-        chosen = files.matching(listing, src.path, src.extensions, src.include, src.exclude)
-        if exp.data.max_records:
-            chosen = chosen[: exp.data.max_records]
-        files.require_some(chosen, src.path, src.extensions)
         # paths from the driver's listing; each task reads its own files (files.row_content)
-        tasks, body = files.listed_paths(spark, chosen, exp.prepare, lambda it: decode_files(it, ctx))
-        rows = tasks.mapInPandas(body, ROW_SCHEMA)
-        empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
-        return rows if empty is None else rows.unionByName(empty)
-    else:
-        empty = None
-        from .images import _attach_content
+        return files.folder_rows(spark, exp, listing, lambda it: decode_files(it, ctx), ROW_SCHEMA)
+    from .images import _attach_content
 
-        ctx["needs_label"] = bool(src.label_column)
-        ctx["needs_transcript"] = bool(src.transcript_column)
-        base = files.local(src.path).rsplit("/", 1)[0]
-        ctx["root"] = base
-        table = files.read_index(spark, src.path, {src.path_column: "string"}
-                                 | {c: "any" for c in (src.label_column, src.transcript_column) if c})
-        cols = [files.index_path(base, src.path_column).alias("path")]
-        schema = "path string, content binary, read_error string"
-        if src.label_column:
-            cols.append(F.col(src.label_column).cast("string").alias("label_name"))
-            schema += ", label_name string"
-        if src.transcript_column:
-            cols.append(F.col(src.transcript_column).alias("transcript"))
-            schema += ", transcript string"
-        index = table.select(*cols)
-        if exp.data.max_records:
-            index = index.limit(exp.data.max_records)
-        df = index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
-            .mapInPandas(lambda it: _attach_content(it, base), schema)
-    rows = df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
-    return rows if empty is None else rows.unionByName(empty)
+    ctx["needs_label"] = bool(src.label_column)
+    ctx["needs_transcript"] = bool(src.transcript_column)
+    base = files.local(src.path).rsplit("/", 1)[0]
+    ctx["root"] = base
+    table = files.read_index(spark, src.path, {src.path_column: "string"}
+                             | {c: "any" for c in (src.label_column, src.transcript_column) if c})
+    cols = [files.index_path(base, src.path_column).alias("path")]
+    schema = "path string, content binary, read_error string"
+    if src.label_column:
+        cols.append(F.col(src.label_column).cast("string").alias("label_name"))
+        schema += ", label_name string"
+    if src.transcript_column:
+        cols.append(F.col(src.transcript_column).alias("transcript"))
+        schema += ", transcript string"
+    index = table.select(*cols)
+    if exp.data.max_records:
+        index = index.limit(exp.data.max_records)
+    df = index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
+        .mapInPandas(lambda it: _attach_content(it, base), schema)
+    return df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
 
 
 def features_manifest(exp, good, totals) -> dict[str, Any]:

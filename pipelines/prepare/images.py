@@ -365,18 +365,11 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
     if src.kind == "pixel_csv":
         return pixel_csv.read(spark, exp)
     if src.kind == "image_folder":
-        chosen = files.matching(listing, src.path, src.extensions, src.include, src.exclude,
-                                src.mask_suffix if src.mask == "file" else None)
-        if exp.data.max_records:
-            chosen = chosen[: exp.data.max_records]
-        files.require_some(chosen, src.path, src.extensions)
         ctx = _ctx(exp, src.path)
-        # paths from the driver's listing (mask files, read as sidecars, were left out by ``matching``);
+        # paths from the driver's listing (mask files, read as sidecars, are left out of the rows);
         # each task reads its own files (files.row_content): no second listing, no bytes through the JVM
-        tasks, body = files.listed_paths(spark, chosen, exp.prepare, lambda it: decode_files(it, ctx))
-        rows = tasks.mapInPandas(body, ROW_SCHEMA)
-        empty = files.empty_file_rows(spark, chosen, src.path, exp.data.dataset, ROW_SCHEMA)
-        return rows if empty is None else rows.unionByName(empty)
+        return files.folder_rows(spark, exp, listing, lambda it: decode_files(it, ctx), ROW_SCHEMA,
+                                 skip_suffix=src.mask_suffix if src.mask == "file" else None)
     # image_index: a small table on the driver is fine (paths only); the files are read in the tasks
     df = _index_with_content(spark, exp, stack)
     ctx = _ctx(exp, src.path.rsplit("/", 1)[0])

@@ -183,6 +183,21 @@ def listed_paths(spark, files: list[dict[str, Any]], prepare_cfg, body):
     return spark.range(len(groups), numPartitions=len(groups)), lambda it: body(frames(it))
 
 
+def folder_rows(spark, exp, listing: list[dict[str, Any]], decode, schema: str, skip_suffix: str | None = None):
+    """A folder source's rows: the listing's matching files (``data.max_records`` of them when set) decoded
+    by ``decode`` (a mapInPandas body over ``path`` frames) in even-byte tasks, plus a quarantine row for
+    each zero-byte file (the tasks skip those)."""
+    src = exp.data.source
+    chosen = matching(listing, src.path, src.extensions, src.include, src.exclude, skip_suffix)
+    if exp.data.max_records:
+        chosen = chosen[: exp.data.max_records]
+    require_some(chosen, src.path, src.extensions)
+    tasks, body = listed_paths(spark, chosen, exp.prepare, decode)
+    rows = tasks.mapInPandas(body, schema)
+    empty = empty_file_rows(spark, chosen, src.path, exp.data.dataset, schema)
+    return rows if empty is None else rows.unionByName(empty)
+
+
 def row_content(row: Any, path: str) -> bytes | None:
     """A record's bytes: the scan's ``content`` when the JVM read them, else read here, in the task.
 
