@@ -68,7 +68,7 @@ def choose(spark, exp: Experiment, shipped, df, where: str) -> PathChoice:
         raise ScoringError("score.optimize=auto times the paths on the driver's CPU, which says nothing about GPU "
                            "executors; with score.device=cuda name a path (bf16 or channels_last)")
     calibration, frame = _check_rows(spark, exp, shipped, df, where)
-    from .modelpack import Predictor
+    from .modelpack import CALIBRATED, Predictor
 
     eager = Predictor.from_dir(shipped.local_dir)
     batch, labels = eager.batch(frame), frame["label"].to_numpy()
@@ -92,7 +92,7 @@ def choose(spark, exp: Experiment, shipped, df, where: str) -> PathChoice:
     else:
         _measure_all(exp, shipped, eager, calibration, batch, labels, choice)
         _remember(exp, shipped, choice)
-    if choice.path in _calibrated():
+    if choice.path in CALIBRATED:
         choice.calibration = calibration
     log.info("score.optimize=%s -> %s; accuracy on %d check rows %s%s", wanted, choice.path, len(labels),
              ", ".join(f"{k} {v:.4f}" for k, v in choice.accuracy.items()),
@@ -161,12 +161,6 @@ def _remember(exp: Experiment, shipped, choice: PathChoice) -> None:
         paths.write_json(where, known)
     except OSError as exc:   # a read-only workspace costs the next job a measurement, not this job
         log.warning("score.optimize=auto: cannot keep the measurement in %s (%s)", where, exc)
-
-
-def _calibrated() -> tuple[str, ...]:
-    from .modelpack import CALIBRATED
-
-    return CALIBRATED
 
 
 def _check_rows(spark, exp: Experiment, shipped, df, where: str):

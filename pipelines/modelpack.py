@@ -303,9 +303,6 @@ class _Bfloat16:
             return {k: v.float() if v.is_floating_point() else v for k, v in out.items()}
         return out.float()
 
-    def eval(self):
-        return self
-
 
 class SparkzooPyfunc(PythonModel):
     """The MLflow pyfunc wrapper around ``Predictor``."""

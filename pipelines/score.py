@@ -329,8 +329,8 @@ def spread_over_cores(spark, df):
     one of two workers). A shuffle of a small table costs little; a large one keeps its own splits. The
     size is Spark's plan estimate from file sizes (no job runs)."""
     cores = spark.sparkContext.defaultParallelism
-    split = int(spark.conf.get("spark.sql.files.maxPartitionBytes", str(128 << 20)).rstrip("b").rstrip("B"))
-    try:
+    try:   # Spark's own parse of the split size ("128MB", "256m", bytes) and its plan's size estimate
+        split = int(spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes())
         size = int(str(df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()))
     except Exception:   # no estimate (an unusual source): leave the input as it is
         return df
@@ -377,11 +377,11 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     shipped = ship_model(spark, exp, name, version)
     df = check_input(df, where, shipped.spec)
     choice = inference_path.choose(spark, exp, shipped, df, where)
-    df = spread_over_cores(spark, df)
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
-    tagged = df.withColumn("_reject", reject_reason(df, shipped.spec))
+    # spread for the scoring passes only: ``df.count()`` below stays a Parquet metadata count, no shuffle
+    tagged = spread_over_cores(spark, df).withColumn("_reject", reject_reason(df, shipped.spec))
     keep = [c for c in ("label",) if c in df.columns and shipped.is_classifier]
     good = tagged.filter(F.col("_reject").isNull())
     out = paths.predictions_dir(exp)
