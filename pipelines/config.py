@@ -480,6 +480,9 @@ class TrainConfig(_Strict):
     warmup_epochs: float = Field(0.0, ge=0.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"   # cosine: decay to 0 by the last epoch
     fp16_compression: bool = False
+    # Who averages gradients in ranks that Horovod launched: "ddp" (torch DDP; shared memory between the
+    # ranks of one host, else gloo), "horovod" (hvd.DistributedOptimizer), "auto" (ddp on CPU, horovod on GPU).
+    gradient_exchange: Literal["auto", "ddp", "horovod"] = "auto"
     backward_passes_per_step: int = Field(1, ge=1)
     amp: bool = True               # bf16 autocast on CUDA devices; ignored on CPU
     shuffle_buffer: int = Field(4096, ge=1)

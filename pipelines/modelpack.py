@@ -270,14 +270,20 @@ _CALIBRATION_PASS = 256   # rows per calibration forward pass (observers only ne
 
 
 def _quantize_static(module, examples, family: str):
-    """FX post-training quantisation: trace, observe ``examples``, convert to int8 kernels."""
+    """FX post-training quantisation: trace, observe ``examples``, convert to int8 kernels (all but the
+    last layer: with it in int8 the test split of tests/test_scoring.py moved 0.45 points, close to the
+    0.5-point gate)."""
     import torch
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
+    mapping = get_default_qconfig_mapping("x86")
+    last = [name for name, m in module.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1:]
+    for name in last:   # the layer that writes the logits stays float: its rounding moves predictions most
+        mapping.set_module_name(name, None)
     try:
         with _quiet_quantization():
-            prepared = prepare_fx(module, get_default_qconfig_mapping("x86"), (examples[:1],))
+            prepared = prepare_fx(module, mapping, (examples[:1],))
     except Exception as exc:   # a forward with data-dependent Python control flow does not trace
         raise ValueError(f"score.optimize=int8_static cannot trace the {family} model for static quantisation "
                          f"({type(exc).__name__}: {exc}); use score.optimize=int8 or bf16") from None

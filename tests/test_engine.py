@@ -34,6 +34,7 @@ def baseline(engine_exp, spark):
 
 
 def test_same_seed_same_metrics(baseline, engine_exp, spark):
+    assert {r["gradient_exchange"] for r in baseline.ranks} == {"shared_memory"}   # the CPU default, one host
     again = train.run(engine_exp(), spark)
     assert again.run_id != baseline.run_id
     assert _metrics(again.history) == _metrics(baseline.history)
@@ -63,6 +64,14 @@ def test_killed_rank_fails_clearly_and_resume_matches(baseline, engine_exp, spar
 def test_horovodrun_backend_matches_horovod_on_spark(baseline, engine_exp):
     r = train.run(engine_exp("train.backend=horovodrun"))
     assert _metrics(r.history) == _metrics(baseline.history)
+
+
+def test_horovod_gradient_exchange_matches_ddp(baseline, engine_exp, spark):
+    """Horovod's own allreduce stays selectable; it sums in another order, so metrics agree closely, not bitwise."""
+    r = train.run(engine_exp("train.gradient_exchange=horovod"), spark)
+    assert {x["gradient_exchange"] for x in r.ranks} == {"horovod"}
+    assert r.history[-1]["val_loss"] == pytest.approx(baseline.history[-1]["val_loss"], abs=0.02)
+    assert abs(r.test["accuracy"] - baseline.test["accuracy"]) < 0.02
 
 
 def test_torch_distributor_backend_trains(baseline, engine_exp, spark):

@@ -204,8 +204,8 @@ def test_plain_mlflow_spark_udf_on_the_registered_model(trained, make_exp, spark
 
 
 # Largest probability change per path over the test split: layout only; dynamic int8 Linear layers and
-# bf16 weights (8 mantissa bits); whole-graph int8 with scales fixed on calibration rows.
-_PROBABILITY_DRIFT = {"channels_last": 1e-4, "int8": 0.05, "bf16": 0.05, "int8_static": 0.25}
+# bf16 weights (8 mantissa bits); int8 graph but the last layer, scales fixed on calibration rows.
+_PROBABILITY_DRIFT = {"channels_last": 1e-4, "int8": 0.05, "bf16": 0.05, "int8_static": 0.1}
 
 
 @pytest.mark.parametrize("optimize", sorted(_PROBABILITY_DRIFT))
@@ -218,7 +218,7 @@ def test_optimised_paths_stay_within_half_a_point(trained, make_exp, optimize):
     ds = open_prepared(exp)
     frame = pq.read_table(ds.split_dir("test"), columns=["image", "label"]).to_pandas()
     eager = Predictor.from_dir(f"{local}/artifacts")
-    calibration = eager.decode(pq.read_table(ds.split_dir("train"), columns=["image"]).slice(0, 256)
+    calibration = eager.decode(pq.read_table(ds.split_dir("train"), columns=["image"]).slice(0, exp.score.optimize_calibration_rows)
                                .to_pandas()["image"])
     fast = Predictor.from_dir(f"{local}/artifacts", optimize=optimize, calibration=calibration)
     pixels, labels = eager.decode(frame["image"]), frame["label"].to_numpy()

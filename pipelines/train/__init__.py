@@ -70,6 +70,7 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
         track.end_run(exp, run_id, "FAILED")
         raise
     summary = ranks[0]
+    log.info("%d ranks averaged gradients through %s", len(ranks), summary.get("gradient_exchange", "?"))
     if "model_uri" not in summary:
         raise TrainingError("rank 0 finished without a model; see the rank logs above")
     metric = summary["metric"]

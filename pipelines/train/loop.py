@@ -39,7 +39,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
 
     exp = from_dict(exp_dict)
     tc = exp.train
-    comm = make_comm(comm_kind)
+    comm = make_comm(comm_kind, tc.gradient_exchange)
     rank, size = comm.rank, comm.size
     torch.set_num_threads(tc.threads_per_rank)
     _seed_everything(exp.seed)
@@ -273,6 +273,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                 test_metrics.update({f"{k}_beam{width}": v for k, v in other.items()
                                      if k == task.metric or (slices and k.startswith(f"{task.metric}_"))})
     result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
+              "gradient_exchange": comm.exchange,
               "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
