@@ -15,6 +15,8 @@ import numpy as np
 
 log = logging.getLogger("sparkzoo.train")
 
+ONE_BUCKET_MB = 1 << 16   # larger than any model's gradient: DDP then makes a single bucket
+
 
 class HorovodComm:
     name = "horovod"
@@ -86,31 +88,43 @@ class TorchDistComm:
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
 
     def prepare(self, model, optimizer, *, fp16_compression: bool, backward_passes_per_step: int):
+        import warnings
+
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ddp = DDP(model, gradient_as_bucket_view=True, bucket_cap_mb_list=[4096])   # broadcasts rank 0's parameters at construction
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        shared = self._shared_memory() if on_cpu and self.size > 1 and not fp16_compression else None
+        # Through shared memory, one bucket for the whole gradient: on CPU nothing overlaps the exchange
+        # (each rank's core is computing) and every bucket costs two barriers; 2x1 LeNet 4,271 samples/s
+        # vs 3,942 with DDP's default 1 MB first bucket (bench/scaling.py probes, 2026-11-30). Gradients
+        # live in the bucket; a conv weight whose gradient comes back in another memory layout is copied
+        # instead, which DDP warns about once per rank: nothing for a user to act on.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        buckets = {"bucket_cap_mb_list": [ONE_BUCKET_MB]} if shared is not None else {}
+        ddp = DDP(model, gradient_as_bucket_view=True, **buckets)   # broadcasts rank 0's parameters
         if fp16_compression:
             from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
             ddp.register_comm_hook(None, default_hooks.fp16_compress_hook)
-        elif self.size > 1 and next(model.parameters()).device.type == "cpu":
-            self._share_memory(ddp)
+        elif shared is not None:
+            from .shm_allreduce import average_bucket
+
+            ddp.register_comm_hook(shared, average_bucket)
+            self.exchange = "shared_memory"
         return ddp, optimizer
 
-    def _share_memory(self, ddp) -> None:
-        """Average gradients through shared memory when every rank is on this host (shm_allreduce.py)."""
-        from .shm_allreduce import SharedMemoryAllreduce, all_on_one_host, average_bucket
+    def _shared_memory(self):
+        """The shared-memory exchange when every rank is on this host (shm_allreduce.py), else None."""
+        from .shm_allreduce import SharedMemoryAllreduce, all_on_one_host
 
         if not all_on_one_host(self.dist):
-            return
+            return None
         try:
-            state = SharedMemoryAllreduce(self.dist, self.rank, self.size)
+            return SharedMemoryAllreduce(self.dist, self.rank, self.size)
         except OSError as exc:   # the same on every rank: rank 0's answer was broadcast
             if self.rank == 0:
                 log.warning("gradients go through gloo's allreduce: %s", exc)
-            return
-        ddp.register_comm_hook(state, average_bucket)
-        self.exchange = "shared_memory"
+            return None
 
     def sync_state(self, model, optimizer) -> None:
         state = self.broadcast_object(optimizer.state_dict(), "optimizer")
@@ -166,8 +180,8 @@ class HorovodLaunchedDDPComm(TorchDistComm):
 
     Horovod still launches the ranks and hands rank 0's address to the others; then its own background
     loop is shut down, so it takes no CPU from the ranks. Why (bench/scaling.py, 2026-11-30, 2x1 on two
-    cores): Horovod's gloo allreduce 3,150 samples/s, DDP over gloo 3,860, the same with shared memory
-    between the ranks of one host faster still; nothing exchanged at all 4,860.
+    cores, LeNet-like CNN): Horovod's gloo allreduce 3,150 samples/s, DDP over gloo 3,860, DDP through
+    shared memory in one bucket 4,200-4,480; with nothing exchanged at all 4,860.
     """
 
     name = "horovod+ddp"
