@@ -5,12 +5,14 @@ the CNN half and shares its helpers).
 Sides (rows/s, medians of interleaved repeats):
   ours          sparkzoo score.run on prepared token ids: Parquet -> mapInPandas (model once per worker,
                 Arrow batches of score.batch_size, packed sequences, inference_mode) -> partitioned Parquet
-  ours+int8     the same job with score.optimize=int8 (dynamic int8 LSTM + Linear), accuracy-checked
+  ours+<path>   the same job with score.optimize=<path> (--paths: int8 = dynamic int8 LSTM + Linear, bf16 =
+                bfloat16 weights and activations, auto = the scorer times the CPU paths and keeps the fastest
+                that passes its accuracy check); named paths are accuracy-checked here first
   spark_udf     mlflow.pyfunc.spark_udf on the same registered version, as its docs show: the model's
                 signature takes raw ``text`` (the pyfunc tokenises with the model's own vocabulary)
   row-at-a-time one forward per sentence in rdd.mapPartitions (Horovod TorchModel.transform's shape)
   eager limit   one process, torch threads = cores, the same sentences as padded id tensors already in
-                memory, sorted by length (the least padding), best batch size of a sweep; also int8
+                memory, sorted by length (the least padding), best batch size of a sweep; also eager+<path>
 
     .venv/bin/python bench/scoring_sequence.py [--rows 1000000] [--repeats 3] [--row-udf-rows 20000]
 
@@ -100,6 +102,7 @@ def main() -> None:
     ap.add_argument("--eager-copies", type=int, default=25, help="copies of the test split held in memory")
     ap.add_argument("--batch-sizes", default="64,256,1024,4096")
     ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt")
+    ap.add_argument("--paths", default="int8,bf16,auto", help="score.optimize paths to run as ours+<path> sides")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
@@ -132,31 +135,37 @@ def main() -> None:
     best = max(sweep, key=sweep.get)
     print("   eager batch-size sweep (rows/s): " + ", ".join(f"{b}: {r:,.0f}" for b, r in sweep.items())
           + f" -> best {best}", flush=True)
-    int8 = None
-    if "opt" not in skip:
-        q = Predictor.from_dir(local, optimize="int8")
+    fast: dict[str, Predictor] = {}   # named opt-in paths that pass the scorer's accuracy check
+    wanted = [] if "opt" in skip else [p for p in args.paths.split(",") if p]
+    for opt in (p for p in wanted if p != "auto"):
+        q = Predictor.from_dir(local, optimize=opt)
         acc_q = float((q.predict_batch(test_batch)["prediction"] == labels).mean())
         ok = abs(acc_q - acc_eager) <= exp.score.optimize_tolerance
-        print(f"   int8: accuracy {acc_q:.4f} vs eager {acc_eager:.4f} ({'kept' if ok else 'refused'})", flush=True)
-        int8 = q if ok else None
+        print(f"   {opt}: accuracy {acc_q:.4f} vs eager {acc_eager:.4f} ({'kept' if ok else 'refused'})", flush=True)
+        if ok:
+            fast[opt] = q
+    ours_paths = [p for p in wanted if p in fast or p == "auto"]
 
     sides: dict[str, list[float]] = {"ours": [], "eager limit": []}
-    if int8:
-        sides["ours+int8"], sides["eager+int8"] = [], []
+    for opt in ours_paths:
+        sides[f"ours+{opt}"] = []
+    for opt in fast:
+        sides[f"eager+{opt}"] = []
     if "spark_udf" not in skip:
         sides["mlflow spark_udf (raw text)"] = []
     if "row_udf" not in skip:
         sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"] = []
+    chosen: dict[str, list[str]] = {}
     for rep in range(args.repeats):
         torch.set_num_threads(cores)
         sides["eager limit"].append(eager_rate(eager, big, 2, best))
-        if int8:
-            sides["eager+int8"].append(eager_rate(int8, big, 2, best))
+        for name, q in fast.items():
+            sides[f"eager+{name}"].append(eager_rate(q, big, 2, best))
         torch.set_num_threads(1)
         sides["ours"].append(run_ours(exp, spark, path, args.rows, make_exp=bench_exp, out="pred_text_ours"))
-        if int8:
-            sides["ours+int8"].append(run_ours(exp, spark, path, args.rows, optimize="int8", make_exp=bench_exp,
-                                               out="pred_text_ours"))
+        for name in ours_paths:
+            sides[f"ours+{name}"].append(run_ours(exp, spark, path, args.rows, optimize=name, make_exp=bench_exp,
+                                                  out="pred_text_ours", chosen=chosen.setdefault(name, [])))
         if "spark_udf" not in skip:
             sides["mlflow spark_udf (raw text)"].append(run_spark_udf(exp, spark, path, version, args.rows, MODEL,
                                                                       "text", "pred_text_spark_udf"))
@@ -167,9 +176,10 @@ def main() -> None:
 
     med = print_medians(sides, f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, "
                                f"eager batch {best}, {cores} threads eager, {cores} Spark workers x 1 thread")
-    if int8:
-        print(f"   ratio ours+int8 / eager limit: {med['ours+int8'] / med['eager limit']:.2f}x; "
-              f"eager+int8 / eager limit: {med['eager+int8'] / med['eager limit']:.2f}x")
+    for name in ours_paths:
+        print(f"   ratio ours+{name} / eager limit: {med[f'ours+{name}'] / med['eager limit']:.2f}x"
+              + (f"; eager+{name} / eager limit: {med[f'eager+{name}'] / med['eager limit']:.2f}x" if name in fast
+                 else f" (auto chose {sorted(set(chosen[name]))})"))
     for out in ("pred_text_ours", "pred_text_spark_udf", "pred_text_row_udf"):
         shutil.rmtree(BENCH_WS / out, ignore_errors=True)
 

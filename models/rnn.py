@@ -55,20 +55,31 @@ class RecurrentClassifier(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens, lengths = inputs["tokens"], inputs["lengths"].clamp(min=1)
         x = self.embed_drop(self.embedding(tokens))
+        if bool((lengths == tokens.shape[1]).all()):
+            # No padding (a scorer's chunk of equal lengths): the same recurrence, bit for bit, without
+            # packing, which cost the BiLSTM 40% of its rows/s at 64 rows of 20 tokens (one thread).
+            states, last = self.rnn(x)
+            return self.head(self._pool(states, last, None, lengths))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         states, last = self.rnn(packed)
+        return self.head(self._pool(states, last, tokens.shape[1], lengths))
+
+    def _pool(self, states, last, width: int | None, lengths: torch.Tensor) -> torch.Tensor:
+        """One vector per sentence; ``width`` None: ``states`` is a dense (n, t, features) tensor with no padding."""
         if self.cfg.pooling == "last":
             h = last[0] if isinstance(last, tuple) else last          # (layers * dirs, n, hidden)
             dirs = 2 if self.cfg.bidirectional else 1
-            pooled = torch.cat([h[-d] for d in range(dirs, 0, -1)], dim=1)
-        else:
-            out, _ = pad_packed_sequence(states, batch_first=True, total_length=tokens.shape[1])
-            real = (torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+            return torch.cat([h[-d] for d in range(dirs, 0, -1)], dim=1)
+        if width is None:
+            out = states
             if self.cfg.pooling == "max":
-                pooled = out.masked_fill(~real, float("-inf")).max(dim=1).values
-            else:
-                pooled = (out * real).sum(dim=1) / lengths[:, None].to(out.dtype)
-        return self.head(pooled)
+                return out.amax(dim=1)
+            return out.sum(dim=1) / lengths[:, None].to(out.dtype)
+        out, _ = pad_packed_sequence(states, batch_first=True, total_length=width)
+        real = (torch.arange(width, device=out.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        if self.cfg.pooling == "max":
+            return out.masked_fill(~real, float("-inf")).amax(dim=1)
+        return (out * real).sum(dim=1) / lengths[:, None].to(out.dtype)
 
 
 def _uniform_embeddings(table: nn.Embedding, scale: float) -> None:

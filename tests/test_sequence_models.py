@@ -203,6 +203,30 @@ def test_classifier_ignores_padding():
         assert torch.allclose(net(x), net(padded(x, 5, gen)), atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["max", "mean", "last"])
+def test_recurrent_classifier_unpacked_path_matches_packed(pooling):
+    """Rows of one length skip packing (the scorer's equal-length chunks); the answer must not change."""
+    gen = torch.Generator().manual_seed(5)
+    net = get_model("bilstm", TEXT, pooling=pooling).eval()
+    tokens = torch.randint(4, VOCAB, (6, 7), generator=gen)
+    x = {"tokens": tokens, "lengths": torch.full((6,), 7)}
+    with torch.no_grad():   # the same rows with a padded column go through pack_padded_sequence
+        assert torch.allclose(net(x), net(padded(x, 3, gen)), atol=1e-6)
+
+
+def test_equal_length_chunks_cover_every_row_once():
+    import numpy as np
+
+    from sparkzoo.pipelines.modelpack import equal_length_chunks
+
+    lengths = np.sort(np.random.default_rng(0).integers(1, 40, 3_000))
+    bounds = equal_length_chunks(lengths, 64)
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:])) and all(0 < hi - lo <= 64 for lo, hi in bounds)
+    uniform = sum(hi - lo for lo, hi in bounds if lengths[lo] == lengths[hi - 1])
+    assert uniform / len(lengths) > 0.9   # ~77 rows per length: nearly every chunk needs no padding
+
+
 # --- the generate contract --------------------------------------------------------------------------
 
 
