@@ -7,15 +7,17 @@ answers: parameters start equal on every rank, gradients are averaged, metric su
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 import numpy as np
 
 log = logging.getLogger("sparkzoo.train")
 
 ONE_BUCKET_MB = 1 << 16   # larger than any model's gradient: DDP then makes a single bucket
+# How long DDP ranks wait for each other in a collective before failing: a rank that died closes its
+# sockets and fails the others at once; this bounds a rank that hangs without dying.
+COLLECTIVE_TIMEOUT_S = 600
 
 
 class HorovodComm:
@@ -203,7 +205,7 @@ class HorovodLaunchedDDPComm(TorchDistComm):
         if iface and "GLOO_SOCKET_IFACE" not in os.environ:
             os.environ["GLOO_SOCKET_IFACE"] = iface
         dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=rank, world_size=size,
-                                timeout=datetime.timedelta(minutes=10))
+                                timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
         self.local_rank = hvd.local_rank()
         hvd.shutdown()
         self.dist = dist
@@ -217,6 +219,8 @@ class HorovodLaunchedDDPComm(TorchDistComm):
 
 
 def _routable_address() -> str:
+    """This host's address on the route to Horovod's rendezvous server, which every rank already reached:
+    on a cluster the one the other executors can reach too (not 127.0.1.1 from /etc/hosts)."""
     import os
     import socket
 
@@ -227,6 +231,7 @@ def _routable_address() -> str:
 
 
 def _free_port() -> int:
+    """A port the OS says is free now, for rank 0's rendezvous (as torchrun picks its own)."""
     import socket
 
     with socket.socket() as s:
