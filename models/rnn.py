@@ -71,10 +71,9 @@ class RecurrentClassifier(nn.Module):
             dirs = 2 if self.cfg.bidirectional else 1
             return torch.cat([h[-d] for d in range(dirs, 0, -1)], dim=1)
         if width is None:
-            out = states
             if self.cfg.pooling == "max":
-                return out.amax(dim=1)
-            return out.sum(dim=1) / lengths[:, None].to(out.dtype)
+                return states.amax(dim=1)
+            return states.sum(dim=1) / lengths[:, None].to(states.dtype)
         out, _ = pad_packed_sequence(states, batch_first=True, total_length=width)
         real = (torch.arange(width, device=out.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         if self.cfg.pooling == "max":

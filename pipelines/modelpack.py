@@ -178,10 +178,12 @@ class Predictor:
         n = len(next(iter(batch.values())))
         if n <= self.chunk:
             return self._predict_sequence(batch)
-        key = self.task.sort_key
-        order = np.argsort(batch[key], kind="stable") if key and key in batch else np.arange(n)
-        bounds = (equal_length_chunks(np.asarray(batch[key])[order], self.chunk) if key and key in batch
-                  else [(i, min(i + self.chunk, n)) for i in range(0, n, self.chunk)])
+        key = self.task.sort_key if self.task.sort_key in batch else None
+        if key:
+            order = np.argsort(batch[key], kind="stable")
+            bounds = equal_length_chunks(np.asarray(batch[key])[order], self.chunk)
+        else:
+            order, bounds = np.arange(n), [(i, min(i + self.chunk, n)) for i in range(0, n, self.chunk)]
         parts = [self._predict_sequence({k: v[order[lo:hi]] for k, v in batch.items()}) for lo, hi in bounds]
         back = np.empty(n, dtype=np.int64)
         back[order] = np.arange(n)

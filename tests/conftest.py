@@ -4,6 +4,7 @@ store, and the expensive pipeline steps (prepare, train) run once per session on
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -83,3 +84,10 @@ def copy_version(exp, source: str) -> int:
     from sparkzoo.pipelines import track
 
     return int(track.client(exp).copy_model_version(source, exp.model_name).version)
+
+
+def free_port() -> int:
+    """A localhost port free at this moment, for a server a test starts (MLflow, Spark master, UI)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CONF, ROOT, SUBSAMPLE
+from .conftest import CONF, ROOT, SUBSAMPLE, free_port
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, timeout: float = 60.0) -> None:
@@ -42,7 +36,7 @@ def standalone_cluster(workdir: Path, workers: int = 2):
     spark_home = Path(pyspark.__file__).parent
     env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
            "PYSPARK_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(workdir / "work")}
-    port, ui = _free_port(), _free_port()
+    port, ui = free_port(), free_port()
     cls = str(spark_home / "bin" / "spark-class")
     procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
                                "--webui-port", str(ui)], env=env, stdout=open(workdir / "master.log", "w"),
@@ -52,7 +46,7 @@ def standalone_cluster(workdir: Path, workers: int = 2):
         for i in range(workers):
             procs.append(subprocess.Popen(
                 [cls, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
-                 "--cores", "1", "--memory", "2g", "--webui-port", str(_free_port())],
+                 "--cores", "1", "--memory", "2g", "--webui-port", str(free_port())],
                 env=env, stdout=open(workdir / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
         time.sleep(8)   # workers register with the master
         yield f"spark://127.0.0.1:{port}", env

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +26,7 @@ from sparkzoo.pipelines import paths, prepare, score, track
 from sparkzoo.pipelines.dataset import SPLITS, open_prepared, open_prepared_at
 from sparkzoo.pipelines.errors import DataError, OutputError, ScoringError
 
-from .conftest import CONF, ROOT, run_cli
+from .conftest import CONF, ROOT, free_port, run_cli
 from .reliability_ledger import record
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -207,12 +206,6 @@ def test_disk_full_during_score_and_incomplete_partitions(trained, make_exp, spa
 
 # ---- the MLflow tracking server stopped during training ---------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class UiServer:
     """`sparkzoo ui` as a user starts it (its own process group), which can be killed and started again."""
 
@@ -257,7 +250,7 @@ class UiServer:
 
 @pytest.fixture
 def ui_server(tmp_path) -> Iterator[UiServer]:
-    server = UiServer(tmp_path / "server", _free_port())
+    server = UiServer(tmp_path / "server", free_port())
     server.workspace.mkdir()
     server.start()
     try:

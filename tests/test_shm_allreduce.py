@@ -7,15 +7,10 @@ same bits on every rank, and survive a buffer that is not a whole number of wind
 from __future__ import annotations
 
 import multiprocessing as mp
-import socket
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port
 
 
 def _rank(rank: int, size: int, port: int, n: int, window: int, out) -> None:
@@ -49,7 +44,7 @@ def _rank(rank: int, size: int, port: int, n: int, window: int, out) -> None:
 def test_shared_memory_average_matches_gloo_on_every_rank(size, n, window):
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_rank, args=(r, size, port, n, window, out)) for r in range(size)]
     for p in procs:
         p.start()

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import yaml
 
 from sparkzoo import __version__
 
-from .conftest import CONF, ROOT, exp_overrides, run_cli
+from .conftest import CONF, ROOT, exp_overrides, free_port, run_cli
 
 ARTIFACTS = Path(os.environ.get("SPARKZOO_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "ui"
 DOC_IMAGES = os.environ.get("SPARKZOO_DOC_IMAGES")
@@ -36,16 +35,10 @@ ML = "workflowType=machine_learning"   # MLflow 3 opens experiments in its GenAI
 MODEL = "fashion_mnist_cnn"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def mlflow_ui(workspace: Path) -> Iterator[str]:
     """`sparkzoo ui` as a user starts it, in its own process group so every worker goes with it."""
-    port = _free_port()
+    port = free_port()
     log = open(workspace / "server.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "sparkzoo"), "ui", "--conf", str(CONF),
                              "--set", f"workspace={workspace}", "--port", str(port)],
