@@ -220,6 +220,55 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    """Copy a shipped example experiment into the current folder, to edit and pass with --conf."""
+    import shutil
+    from pathlib import Path
+
+    from sparkzoo.pipelines import config
+    from sparkzoo.pipelines.errors import ConfigError
+
+    if args.list or not args.example:
+        print("shipped example experiments (sparkzoo init NAME copies one here):")
+        for name in config.examples():
+            print(f"  {name}")
+        return 0
+    source = config.find_experiment(args.example)
+    target = Path(args.output or f"{source.stem}.yaml")
+    if target.exists() and not args.force:
+        raise ConfigError(f"{target} exists already; pass --force to overwrite it or --output to pick another name")
+    shutil.copyfile(source, target)
+    print(f"wrote {target} (from {source.stem}; every key it does not set comes from sparkzoo's defaults)\n"
+          f"  run it:  sparkzoo run --conf {target}\n"
+          f"  see all keys: {config.DEFAULTS_FILE}")
+    return 0
+
+
+def cmd_job_file(args) -> int:
+    """Print the spark-submit entry file of a stage inside the installed package.
+
+    Why: spark-submit takes a Python file, not a module; a user of the wheel has no jobs/ folder, so
+    ``spark-submit ... "$(sparkzoo job-file train)" --conf x.yaml`` finds the one in site-packages.
+    """
+    from pathlib import Path
+
+    print(Path(__file__).resolve().parent / f"{args.stage}.py")
+    return 0
+
+
+def version() -> str:
+    """The installed distribution's version (the wheel's metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("sparkzoo")
+    except PackageNotFoundError:
+        from sparkzoo import __version__
+
+        return __version__
+
+
 COMMANDS: dict[str, tuple[Callable, str]] = {
     "prepare": (cmd_prepare, "raw files -> versioned Parquet dataset + manifest + quarantine (Spark)"),
     "replicate": (cmd_replicate, "grow a prepared dataset N-fold with seeded random augmentation (Spark)"),
@@ -286,7 +335,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _extra_args(only, parser)
         parser.set_defaults(func=COMMANDS[only][0])
         return parser
+    parser.add_argument("--version", action="version", version=f"sparkzoo {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    init = sub.add_parser("init", help="copy a shipped example experiment here to edit (--list shows them)",
+                          description="copy a shipped example experiment here to edit (--list shows them)")
+    init.add_argument("example", nargs="?", help="example name, e.g. fashion_mnist_cnn (none: list them)")
+    init.add_argument("--list", action="store_true", help="list the shipped examples")
+    init.add_argument("--output", "-o", help="file to write (default: NAME.yaml in this folder)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_init)
+    job = sub.add_parser("job-file", help="print the spark-submit entry file of a stage (spark-submit \"$(sparkzoo "
+                                          "job-file train)\" --conf x.yaml)")
+    job.add_argument("stage", choices=sorted(set(COMMANDS) - {"ui", "doctor", "zoo"}))
+    job.set_defaults(func=cmd_job_file)
     for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         common(p)

