@@ -39,7 +39,7 @@ def target_vocab(spec: dict[str, Any]) -> list[str]:
 
 def input_spec(spec: dict[str, Any]):
     """The ``InputSpec`` a family is built from, out of a model spec (or a manifest: same keys)."""
-    from sparkzoo.models import InputSpec
+    from ..models import InputSpec
 
     shape, vocab = spec.get("shape") or {}, spec.get("vocab") or {}
     lengths = spec.get("lengths") or {}
@@ -52,7 +52,7 @@ def input_spec(spec: dict[str, Any]):
 
 def make_spec_task(spec: dict[str, Any]):
     """The task object of a model spec, with its vocabulary and decoding settings."""
-    from sparkzoo.models import make_task
+    from ..models import make_task
 
     decode = spec.get("decode") or {}
     return make_task(spec["task"], spec["num_classes"], mean=spec["stats"]["mean"], std=spec["stats"]["std"],
@@ -60,6 +60,6 @@ def make_spec_task(spec: dict[str, Any]):
 
 
 def build_module(spec: dict[str, Any]):
-    from sparkzoo.models import get_model
+    from ..models import get_model
 
     return get_model(spec["family"], input_spec(spec), **spec["params"])

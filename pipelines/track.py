@@ -173,15 +173,29 @@ def _short(exc: BaseException) -> str:
     return m.group(1) if m else text[:160]
 
 
+def experiment_artifact_location(exp: Experiment) -> str | None:
+    """Where a NEW experiment keeps its artefacts; None lets the tracking server choose.
+
+    With an http(s) tracking URI and the shipped default (``{workspace}/mlartifacts``) the server's own
+    artifact root is used (``mlflow server --artifacts-destination s3://...`` proxies uploads as
+    ``mlflow-artifacts:/``): forcing a path of the submitting machine would write checkpoints and models
+    to that machine's disk, out of the server's bucket and out of reach of the other hosts, and every
+    client would need the store's credentials. A location the user set explicitly is kept as given."""
+    location = artifact_location(exp)
+    if _remote(exp) and exp.mlflow.artifact_location == type(exp.mlflow).model_fields["artifact_location"].default:
+        return None
+    if not paths.is_uri(location):
+        os.makedirs(location, exist_ok=True)
+        location = "file://" + os.path.abspath(location)
+    return location
+
+
 def experiment_id(exp: Experiment) -> str:
     c = client(exp)
     found = c.get_experiment_by_name(exp.mlflow.experiment)
     if found is not None:
         return found.experiment_id
-    location = artifact_location(exp)
-    if not paths.is_uri(location):
-        os.makedirs(location, exist_ok=True)
-        location = "file://" + os.path.abspath(location)
+    location = experiment_artifact_location(exp)
     try:
         return c.create_experiment(exp.mlflow.experiment, artifact_location=location)
     except Exception:  # created concurrently by another job
@@ -304,34 +318,25 @@ def log_model(exp: Experiment, run_id: str, spec: dict[str, Any], state_dict: di
 
 
 def _log_model(exp: Experiment, run_id: str, spec: dict[str, Any], state_dict: dict[str, Any], example) -> str:
+    """Models-from-code with the code it runs in ``code_paths`` (``model_bundle``): the registered model
+    loads with plain MLflow where sparkzoo is not installed. spec.json and weights.pt are its artifacts,
+    which ``download_model_files`` hands to sparkzoo's own scorer."""
     import mlflow
-    from mlflow.models import infer_signature
 
-    from .modelpack import Predictor, SparkzooPyfunc, build_module, save_local
+    from . import model_bundle
+    from .modelpack import Predictor, build_module, save_local
 
     client(exp)
     module = build_module(spec)
     module.load_state_dict(state_dict)
-    predictor = Predictor(spec, module)
-    output = predictor.predict_frame(example)
-    signature = infer_signature(example, output)
+    signature = model_bundle.signature(spec, example, Predictor(spec, module).predict_frame(example))
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = save_local(tmp, spec, state_dict)
-        with mlflow.start_run(run_id=run_id):
+        artifacts = save_local(os.path.join(tmp, "files"), spec, state_dict)
+        with model_bundle.bundle(tmp) as (code_paths, model_file), mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=SparkzooPyfunc(), artifacts=artifacts, signature=signature,
-                input_example=example, pip_requirements=_pip_requirements())
+                name="model", python_model=model_file, code_paths=code_paths, artifacts=artifacts,
+                signature=signature, input_example=example, pip_requirements=model_bundle.pip_requirements())
     return info.model_uri
-
-
-def _pip_requirements() -> list[str]:
-    import mlflow
-    import numpy
-    import pandas
-    import torch
-
-    return [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-            f"numpy=={numpy.__version__}", f"pandas=={pandas.__version__}", f"sparkzoo=={__version__}"]
 
 
 def register(exp: Experiment, model_uri: str, run_id: str, description: str) -> int:
