@@ -29,13 +29,35 @@ def _wait_port(port: int, timeout: float = 60.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def fake_gpu_script(workdir: Path, gpus: int) -> Path:
+    """A discovery script that reports GPU addresses "0".."gpus-1": Spark schedules them like real ones."""
+    import json
+
+    script = workdir / "fake_gpus.sh"
+    found = json.dumps({"name": "gpu", "addresses": [str(i) for i in range(gpus)]})
+    script.write_text(f"#!/bin/sh\necho '{found}'\n")
+    script.chmod(0o755)
+    return script
+
+
 @contextmanager
-def standalone_cluster(workdir: Path, workers: int = 2):
+def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, gpus: int = 0, *,
+                       spark_home: Path | None = None, env: dict[str, str] | None = None, isolate_workers: bool = False):
+    """``gpus``: each worker advertises that many fake GPUs (``spark.worker.resource.gpu.*``).
+
+    ``spark_home``/``env``: the Spark installation and the whole environment the daemons start with (default:
+    this venv's pyspark and this process's environment, with executors on this interpreter).
+    ``isolate_workers``: each worker gets a working directory, HOME and SPARK_WORKER_DIR of its own, as
+    separate nodes would (``workdir/work/w<i>``).
+    """
     import pyspark
 
-    spark_home = Path(pyspark.__file__).parent
-    env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1",
-           "PYSPARK_PYTHON": sys.executable, "SPARK_WORKER_DIR": str(workdir / "work")}
+    spark_home = spark_home or Path(pyspark.__file__).parent
+    base = dict(env) if env is not None else {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    env = {**base, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(workdir / "work")}
+    if gpus:
+        env["SPARK_WORKER_OPTS"] = (f"-Dspark.worker.resource.gpu.amount={gpus} "
+                                    f"-Dspark.worker.resource.gpu.discoveryScript={fake_gpu_script(workdir, gpus)}")
     port, ui = free_port(), free_port()
     cls = str(spark_home / "bin" / "spark-class")
     procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
@@ -44,10 +66,16 @@ def standalone_cluster(workdir: Path, workers: int = 2):
     try:
         _wait_port(port)
         for i in range(workers):
+            worker_env, cwd = env, None
+            if isolate_workers:
+                cwd = workdir / "work" / f"w{i}"
+                (cwd / "home").mkdir(parents=True)
+                worker_env = {**env, "HOME": str(cwd / "home"), "SPARK_WORKER_DIR": str(cwd)}
             procs.append(subprocess.Popen(
                 [cls, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
-                 "--cores", "1", "--memory", "2g", "--webui-port", str(free_port())],
-                env=env, stdout=open(workdir / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+                 "--cores", str(cores), "--memory", "2g", "--webui-port", str(free_port())],
+                env=worker_env, cwd=cwd, stdout=open(workdir / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
+                start_new_session=True))
         time.sleep(8)   # workers register with the master
         yield f"spark://127.0.0.1:{port}", env
     finally:
