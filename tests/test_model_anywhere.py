@@ -220,3 +220,33 @@ def test_every_task_output_schema_has_an_mlflow_type():
 
     for name, task in TASKS.items():
         assert output_schema(task.output_schema).input_names(), name
+
+
+@pytest.mark.parametrize("path, source, complaint", [
+    ("pipelines/modelpack.py", "from .config import Experiment\n", "pipelines.config"),
+    ("pipelines/modelspec.py", "def f():\n    from ..jobs import cli\n", "jobs"),
+    ("models/cnn.py", "from . import missing\n", "models.missing"),
+    ("pipelines/textnorm.py", "from sparkzoo.models import get_model\n", "relatively"),
+])
+def test_bundle_refuses_code_it_does_not_carry(path, source, complaint):
+    from sparkzoo.pipelines.model_bundle import _check_self_contained
+
+    with pytest.raises(ValueError, match=complaint):
+        _check_self_contained(path, source, {"models", "models/cnn", "pipelines", "pipelines/modelpack"})
+
+
+def test_bundle_is_importable_while_logging_and_gone_after(tmp_path):
+    import importlib
+
+    from sparkzoo.pipelines.model_bundle import BUNDLE_PREFIX, MODEL_FILE, bundle
+
+    before = list(sys.path)
+    with bundle(str(tmp_path)) as (code_paths, model_file):
+        name = Path(code_paths[0]).name
+        assert name.startswith(BUNDLE_PREFIX) and Path(model_file).name == MODEL_FILE
+        assert f"from {name}.pipelines.modelpack import SparkzooPyfunc" in Path(model_file).read_text()
+        pack = importlib.import_module(f"{name}.pipelines.modelpack")
+        assert pack.SparkzooPyfunc.__module__ == f"{name}.pipelines.modelpack"
+        assert (Path(code_paths[0]) / "pipelines" / "__init__.py").read_text() == ""
+    assert sys.path == before
+    assert not [m for m in sys.modules if m.startswith(name)]
