@@ -38,7 +38,8 @@ def _sources() -> dict[str, str]:
     here = os.path.dirname(os.path.abspath(__file__))
     zoo = os.path.dirname(os.path.abspath(models.__file__))
     files = {f"pipelines/{name}.py": os.path.join(here, f"{name}.py") for name in PIPELINE_MODULES}
-    files.update({f"models/{name}": os.path.join(zoo, name) for name in sorted(os.listdir(zoo)) if name.endswith(".py")})
+    files.update({f"models/{name}": os.path.join(zoo, name) for name in sorted(os.listdir(zoo))
+                  if name.endswith(".py")})
     return files
 
 
@@ -94,14 +95,14 @@ def bundle(directory: str) -> Iterator[tuple[list[str], str]]:
     texts["__init__.py"] = f'"""The code of a sparkzoo model, as logged with it (content hash {digest})."""\n'
     texts["pipelines/__init__.py"] = ""   # sparkzoo's own pulls in nothing, and this one must not either
     for path, text in texts.items():
-        os.makedirs(os.path.dirname(os.path.join(root, path)), exist_ok=True)
-        with open(os.path.join(root, path), "w", encoding="utf-8") as fh:
-            fh.write(text)
+        target = Path(root, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
     model_file = os.path.join(directory, MODEL_FILE)
-    with open(model_file, "w", encoding="utf-8") as fh:
-        fh.write(f'"""A sparkzoo model (models-from-code): spec.json and weights.pt are its artifacts."""\n\n'
-                 f"import mlflow\n\nfrom {name}.pipelines.modelpack import SparkzooPyfunc\n\n"
-                 f"mlflow.models.set_model(SparkzooPyfunc())\n")
+    Path(model_file).write_text(
+        f'"""A sparkzoo model (models-from-code): spec.json and weights.pt are its artifacts."""\n\n'
+        f"import mlflow\n\nfrom {name}.pipelines.modelpack import SparkzooPyfunc\n\n"
+        f"mlflow.models.set_model(SparkzooPyfunc())\n", encoding="utf-8")
     saved_path = list(sys.path)
     sys.path.insert(0, code)
     try:

@@ -5,7 +5,8 @@ Why not ``mlflow.pytorch.log_model``: in mlflow 3.17 it saves torch.export (pt2)
 normalisation, label names) plus a ``state_dict``; loading rebuilds the module from the registry. The
 pyfunc takes a pandas DataFrame in the prepared schema (an ``image`` binary column), so
 ``mlflow.pyfunc.load_model`` and ``mlflow.pyfunc.spark_udf`` work on the same model our scorer uses,
-and our scorer calls ``predict_arrays`` on whole numpy batches.
+and our scorer calls ``predict_arrays`` on whole numpy batches. The model carries a copy of this module
+(``model_bundle``), so plain MLflow loads it without sparkzoo installed.
 """
 
 from __future__ import annotations
@@ -352,7 +353,9 @@ class _Bfloat16:
 
 
 class SparkzooPyfunc(PythonModel):
-    """The MLflow pyfunc wrapper around ``Predictor``."""
+    """The MLflow pyfunc wrapper around ``Predictor``, logged from code (``model_bundle``): this module
+    travels with the model and loads where sparkzoo is not installed, so it imports only its bundled
+    siblings (``modelspec``, ``sequence_inputs``, ``textnorm``, ``..models``), relatively."""
 
     def load_context(self, context) -> None:
         import torch
