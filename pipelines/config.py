@@ -487,6 +487,13 @@ class TrainConfig(_Strict):
     gradient_exchange: Literal["auto", "ddp", "horovod"] = "auto"
     backward_passes_per_step: int = Field(1, ge=1)
     amp: bool = True               # bf16 autocast on CUDA devices; ignored on CPU
+    # Where a rank computes (docs/GPU.md): auto = the GPU Spark assigned its task (horovodrun: the local
+    # rank's GPU), else CPU with one line saying so; cuda = a rank without a GPU fails; cpu = never a GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # GPUs each rank's Spark task asks for (a stage-level TaskResourceProfile, so prepare and the rest of
+    # the job stay CPU-only): 0 = none, 1 = one, taken from TaskContext.resources()["gpu"]. Needs executors
+    # that hold GPUs (spark.executor.resource.gpu.amount) on a standalone, YARN or Kubernetes master.
+    gpus_per_rank: int = Field(0, ge=0, le=1)
     shuffle_buffer: int = Field(4096, ge=1)
     prefetch_batches: int = Field(8, ge=1)
     max_steps_per_epoch: Optional[int] = Field(None, gt=0)
@@ -499,6 +506,16 @@ class TrainConfig(_Strict):
     bucket_by_length: bool = True  # sequence tasks: batches of similar lengths (less padding), in random order
     grad_clip: Optional[float] = Field(None, gt=0.0)   # clip the global gradient norm (recurrent nets)
     test_slices: Optional[TestSlices] = None   # also test_<metric>_<slice> per group of test rows
+
+    @model_validator(mode="after")
+    def _gpus_need_spark(self) -> "TrainConfig":
+        if self.gpus_per_rank and self.backend == "horovodrun":
+            raise ValueError("train.backend=horovodrun has no Spark to assign GPUs (its ranks take the GPU of their "
+                             "local rank): set train.gpus_per_rank=0, or train.backend=horovod_spark")
+        if self.gpus_per_rank and self.device == "cpu":
+            raise ValueError("train.gpus_per_rank=1 asks Spark for a GPU per rank but train.device=cpu never uses "
+                             "it; set one of them")
+        return self
 
 
 class MlflowConfig(_Strict):
@@ -531,6 +548,9 @@ class ScoreConfig(_Strict):
     run_date: Optional[str] = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$")
     incremental: bool = False            # score only ids this model version has not scored on earlier dates
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Scoring tasks share a GPU this many ways (a stage-level TaskResourceProfile asking 1/n GPU per task;
+    # only the scoring stage holds GPUs); null = the scoring tasks ask Spark for no GPU.
+    tasks_per_gpu: Optional[int] = Field(None, ge=1, le=64)
     threads_per_worker: int = Field(1, ge=1)
     sequence_chunk: int = Field(64, ge=1)   # rows per forward pass for sequence models (sorted by length)
     image_chunk: int = Field(128, ge=1)     # rows per forward pass for image models on CPU
@@ -545,6 +565,9 @@ class ScoreConfig(_Strict):
     def _one_input(self) -> "ScoreConfig":
         if self.input_path and self.input_table:
             raise ValueError("set score.input_path or score.input_table, not both")
+        if self.tasks_per_gpu is not None and self.device == "cpu":
+            raise ValueError("score.tasks_per_gpu asks Spark for GPUs but score.device=cpu never uses them; "
+                             "set one of them")
         return self
 
     @field_validator("run_date", mode="before")

@@ -91,6 +91,34 @@ def check_torch(exp: Experiment) -> Check:
     return Check("torch", True, f"torch {torch.__version__}, {gpu}")
 
 
+def check_gpu(exp: Experiment) -> Check:
+    """The GPUs this machine shows torch and what reduces gradients between them (NCCL): on a CPU machine one
+    line saying training and scoring run there, never a failure; a GPU without NCCL in Horovod is a warning."""
+    from .devices import NO_CUDA, cuda_summary
+
+    try:
+        import torch
+    except ImportError:
+        return Check("gpu", False, "torch is not installed", SETUP, required=False)
+    if not torch.cuda.is_available():
+        return Check("gpu", True, NO_CUDA, required=False)
+    nccl = None
+    if torch.distributed.is_available() and torch.distributed.is_nccl_available():
+        found = torch.cuda.nccl.version()   # (2, 21, 5); an int in older torch
+        nccl = ".".join(map(str, found)) if isinstance(found, tuple) else str(found)
+    try:
+        import horovod.torch as hvd
+
+        hvd_nccl = hvd.nccl_built()
+    except Exception:   # no Horovod (torch_distributor): the horovod line says why
+        hvd_nccl = False
+    detail = (f"{cuda_summary()}; torch CUDA {torch.version.cuda}, NCCL {nccl or 'absent'}; "
+              f"Horovod {'built with' if hvd_nccl else 'WITHOUT'} NCCL")
+    return Check("gpu", bool(nccl) and bool(hvd_nccl), detail,
+                 "SPARKZOO_CUDA=12.x " + SETUP + " installs the CUDA torch wheel and builds Horovod with "
+                 "HOROVOD_GPU_OPERATIONS=NCCL (docs/GPU.md)", required=False)
+
+
 def check_horovod(exp: Experiment) -> Check:
     """What ``horovodrun --check-build`` shows: the torch extension, the Gloo controller and tensor ops."""
     needed = exp.train.backend in ("horovod_spark", "horovodrun")
@@ -201,7 +229,7 @@ def run_checks(exp: Experiment, min_free_gb: float = 2.0,
     """Every check, in the order a fix usually goes; ``progress`` sees each as soon as it is known."""
     steps: list[Callable[[], Check | list[Check]]] = [
         lambda: check_python(exp), lambda: check_java(exp), lambda: check_spark(exp), lambda: check_torch(exp),
-        lambda: check_horovod(exp), lambda: check_petastorm(exp), lambda: check_mlflow(exp),
+        lambda: check_gpu(exp), lambda: check_horovod(exp), lambda: check_petastorm(exp), lambda: check_mlflow(exp),
         lambda: check_disk(exp, min_free_gb), lambda: check_source(exp)]
     results: list[Check] = []
     for step in steps:

@@ -96,22 +96,36 @@ def worker_options(exp: Experiment, choice: "inference_path.PathChoice | None" =
     return {**options, **choice.worker_options(spark)} if choice is not None else options
 
 
-def _device(choice: str) -> str:
-    """The executor's GPU (the one Spark assigned to this task, if any) when there is one."""
-    import torch
+def _device(choice: str, seen=None) -> str:
+    """This task's device (pipelines/devices.py): the GPU Spark assigned it, else the executor's CUDA
+    device, else CPU; logged once per worker and device, added to ``seen`` (an accumulator the driver
+    reads for its one line) and reported where SPARKZOO_DEVICE_REPORT asks."""
+    from . import devices
 
-    if choice == "cpu":
-        return "cpu"
-    if torch.cuda.is_available():
-        from pyspark import TaskContext
+    picked = devices.for_score_task(choice)
+    devices.report("score", picked)
+    if seen is not None:
+        seen.add({devices.seen_as(picked)})
+    said = picked.note.split(": ", 1)[-1]   # without "score task N"
+    if said not in _SAID:
+        _SAID.add(said)
+        log.info("%s", picked.note)
+    return picked.device
 
-        ctx = TaskContext.get()
-        gpus = ctx.resources().get("gpu") if ctx is not None else None
-        return f"cuda:{gpus.addresses[0]}" if gpus is not None and gpus.addresses else "cuda"
-    if choice == "cuda":
-        raise ScoringError("score.device=cuda but this executor has no CUDA device; use score.device=auto or cpu, "
-                           "or request GPUs (spark.executor.resource.gpu.amount)")
-    return "cpu"
+
+_SAID: set[str] = set()   # per Python worker: device lines already logged
+
+
+def under_profile(spark, frame, profile):
+    """``frame`` whose scoring stage runs under ``profile`` (a GPU share per task), or ``frame`` itself.
+
+    Spark 3.5's ``mapInPandas`` takes no profile (4.0's does), so the profile goes on the stage's RDD: a
+    profile on any RDD of a stage applies to the whole stage (shuffle read, model, write), and stages
+    before the shuffle (reading, prepare) keep the default, CPU-only profile. The cost is one pass of the
+    scored rows (id, outputs; never the images) through Python pickling."""
+    if profile is None:
+        return frame
+    return spark.createDataFrame(frame.rdd.withResources(profile), frame.schema)
 
 
 def _unpacked(model_file: str) -> str:
@@ -135,7 +149,7 @@ def _unpacked(model_file: str) -> str:
 
 
 def _predictor(model_file: str, options: dict[str, Any]):
-    device = _device(options["device"])
+    device = _device(options["device"], options.get("device_seen"))
     # Registered versions are immutable, so (registry, name, version) names the weights; a worker reused
     # by the next job keeps its loaded (and, with optimize=compile, compiled) model.
     from .modelpack import IMAGE_CHUNK, SEQUENCE_CHUNK
@@ -373,6 +387,10 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     if spark is None:
         from .session import get_spark
         spark = get_spark(exp)
+    from . import devices
+
+    profile = devices.score_profile(spark, exp.score.tasks_per_gpu)   # before any work: a bad request fails now
+    log.info("scoring: %s", devices.score_plan(spark, exp.score.device, exp.score.tasks_per_gpu))
     df, where = input_frame(spark, exp)
     shipped = ship_model(spark, exp, name, version)
     df = check_input(df, where, shipped.spec)
@@ -402,8 +420,9 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     else:
         counter = spark.sparkContext.accumulator(0)
         good = tagged
-    options = {**worker_options(exp, choice, spark), "reject_counter": counter}
-    scored = (score_frame(good, shipped, options, keep)
+    seen = spark.sparkContext.accumulator(set(), devices.SetUnion())
+    options = {**worker_options(exp, choice, spark), "reject_counter": counter, "device_seen": seen}
+    scored = (under_profile(spark, score_frame(good, shipped, options, keep), profile)
               .withColumn("model_name", F.lit(name))
               .withColumn("scored_at", F.current_timestamp())
               .withColumn("model_version", F.lit(version))
@@ -428,6 +447,8 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
                 raise failure from None
             raise
 
+    if seen.value:
+        log.info("scoring ran on %s", devices.summarise(seen.value))
     mine = (F.col("model_version") == version) & (F.col("run_date").cast("string") == run_date)
     if paths.list_files(partition_dir(out, version, run_date), ".parquet"):
         written = spark.read.parquet(out).filter(mine)

@@ -239,16 +239,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_comm(kind: str, exchange: str = "auto"):
-    """``kind``: who launched the ranks; ``exchange`` (train.gradient_exchange): who averages gradients.
+def make_comm(kind: str, exchange: str = "auto", on_gpu: bool | None = None):
+    """``kind``: who launched the ranks; ``exchange`` (train.gradient_exchange): who averages gradients;
+    ``on_gpu``: whether this rank computes on a GPU (None: whether CUDA is visible).
 
     auto: DDP on CPU (faster here, see HorovodLaunchedDDPComm), Horovod's own allreduce next to a GPU
-    (NCCL, where Horovod is built with it).
+    (NCCL, where Horovod is built with it). A rank that Spark gave no GPU computes on CPU even where CUDA
+    is visible (pipelines/devices.py), so the rank's device decides, not the machine.
     """
     if kind == "torch_distributed":
         return TorchDistComm()
     if exchange == "auto":
-        import torch
+        if on_gpu is None:
+            import torch
 
-        exchange = "horovod" if torch.cuda.is_available() else "ddp"
+            on_gpu = torch.cuda.is_available()
+        exchange = "horovod" if on_gpu else "ddp"
     return HorovodLaunchedDDPComm() if exchange == "ddp" else HorovodComm()

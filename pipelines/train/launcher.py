@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from ..config import Experiment
+from .. import devices
 from ..errors import SparkzooError, TrainingError
 
 log = logging.getLogger("sparkzoo.train")
@@ -50,14 +51,16 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, A
             import horovod.spark
 
             check_slots(spark, exp)
-            results = horovod.spark.run(train_rank, args=args, num_proc=exp.train.num_proc, use_gloo=True,
-                                        start_timeout=600, verbose=1, executable=executor_python(spark))
+            with devices.ranks_hold_gpus(spark, exp.train.gpus_per_rank, exp.train.backend):
+                results = horovod.spark.run(train_rank, args=args, num_proc=exp.train.num_proc, use_gloo=True,
+                                            start_timeout=600, verbose=1, executable=executor_python(spark))
         elif exp.train.backend == "torch_distributor":
             from pyspark.ml.torch.distributor import TorchDistributor
 
             check_slots(spark, exp)
             local = spark.sparkContext.master.startswith("local")
-            distributor = TorchDistributor(num_processes=exp.train.num_proc, local_mode=local, use_gpu=False)
+            use_gpu = devices.torch_distributor_gpus(spark, exp.train.gpus_per_rank)
+            distributor = TorchDistributor(num_processes=exp.train.num_proc, local_mode=local, use_gpu=use_gpu)
             results = [distributor.run(_torch_rank, *args)]   # TorchDistributor returns rank 0's result only
         else:
             from horovod.runner import run as horovod_run
@@ -68,7 +71,12 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, A
         raise
     except Exception as exc:
         raise _explain(exc) from exc
-    return sorted(results, key=lambda r: r["rank"])
+    results = sorted(results, key=lambda r: r["rank"])
+    if all("seen_as" in r for r in results):   # TorchDistributor returns rank 0's result only
+        log.info("training ran on %s", devices.summarise({r["seen_as"] for r in results}) + "; " + ", ".join(
+            f"rank {r['rank']} {r['device']}" + (f" (Spark gpu {','.join(r['gpus'])})" if r["gpus"] else "")
+            for r in results))
+    return results
 
 
 def _torch_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:

@@ -37,14 +37,22 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
     from sparkzoo.pipelines.train.metrics import GRAD_NORM_PREFIX
 
+    from sparkzoo.pipelines import devices
+
     exp = from_dict(exp_dict)
     tc = exp.train
-    comm = make_comm(comm_kind, tc.gradient_exchange)
+    claimed = devices.claim_rank_gpus(tc.device, tc.backend, tc.gpus_per_rank)   # before CUDA initialises
+    comm = make_comm(comm_kind, tc.gradient_exchange,
+                     on_gpu=devices.would_use_gpu(tc.device, tc.backend, claimed))
     rank, size = comm.rank, comm.size
+    choice = devices.for_rank(tc.device, tc.backend, rank, comm.local_rank, tc.gpus_per_rank, claimed)
+    devices.report("rank", choice, rank=rank, local_rank=comm.local_rank, size=size)
+    if rank == 0:
+        print(f"[sparkzoo] {choice.note}", flush=True)
     torch.set_num_threads(tc.threads_per_rank)
     _seed_everything(exp.seed)
-    use_cuda = torch.cuda.is_available()
-    device = torch.device(f"cuda:{comm.local_rank}" if use_cuda else "cpu")
+    device = torch.device(choice.device)
+    use_cuda = device.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(device)
 
@@ -273,7 +281,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                 test_metrics.update({f"{k}_beam{width}": v for k, v in other.items()
                                      if k == task.metric or (slices and k.startswith(f"{task.metric}_"))})
     result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
-              "gradient_exchange": comm.exchange,
+              "gradient_exchange": comm.exchange, "device": choice.device, "gpus": choice.addresses,
+              "seen_as": devices.seen_as(choice),
               "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
