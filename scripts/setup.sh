@@ -70,6 +70,34 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
+# ---- >>> SPARKZOO_CUDA: CUDA torch + Horovod with NCCL (docs/GPU.md) >>> -------------------------
+# SPARKZOO_CUDA=12.4 bash scripts/setup.sh: the same torch 2.13.0 built for that CUDA (PyTorch's own
+# index), then Horovod built with HOROVOD_GPU_OPERATIONS=NCCL (needs nvcc: CUDA_HOME or /usr/local/cuda;
+# NCCL from torch's nvidia-nccl wheel unless HOROVOD_NCCL_HOME is set). Its wheel is cached apart from the
+# CPU one. `sparkzoo doctor` then lists the GPUs and "Horovod built with NCCL". Unset: nothing changes.
+if [ -n "${SPARKZOO_CUDA:-}" ]; then
+  [[ "$SPARKZOO_CUDA" =~ ^12\.[0-9]+$ ]] || { echo "[setup] SPARKZOO_CUDA=$SPARKZOO_CUDA: give a CUDA 12 version, e.g. 12.4" >&2; exit 2; }
+  if ! "$VPY" -c "import sys, torch; sys.exit((torch.version.cuda or '') != '$SPARKZOO_CUDA')" 2>/dev/null; then
+    log "torch 2.13.0 for CUDA $SPARKZOO_CUDA (download.pytorch.org/whl/cu${SPARKZOO_CUDA//./})"
+    quiet_pip uninstall -q -y torch
+    quiet_pip install -q "torch==2.13.0" --index-url "https://download.pytorch.org/whl/cu${SPARKZOO_CUDA//./}"
+  fi
+  if ! "$VPY" -c "import sys, horovod.torch as h; sys.exit(not h.nccl_built())" 2>/dev/null; then
+    quiet_pip uninstall -q -y horovod 2>/dev/null || true   # a CPU build: replaced by the NCCL one
+    cuda_home="${CUDA_HOME:-/usr/local/cuda}"
+    [ -x "$cuda_home/bin/nvcc" ] || { echo "[setup] no nvcc in $cuda_home: install the CUDA $SPARKZOO_CUDA toolkit or set CUDA_HOME" >&2; exit 2; }
+    nccl_home="${HOROVOD_NCCL_HOME:-$("$VPY" -c "import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])")}"
+    # the wheel ships only libnccl.so.2; Horovod's CMake looks for libnccl.so
+    [ -e "$nccl_home/lib/libnccl.so" ] || ln -s libnccl.so.2 "$nccl_home/lib/libnccl.so"
+    log "building horovod with NCCL (CUDA $SPARKZOO_CUDA at $cuda_home, NCCL at $nccl_home)"
+    HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME="$cuda_home" HOROVOD_NCCL_HOME="$nccl_home" \
+      HOROVOD_NCCL_LINK=SHARED SPARKZOO_CACHE="$CACHE/cuda$SPARKZOO_CUDA" bash "$ROOT/scripts/build_horovod.sh" "$VPY"
+    "$VPY" -c "import sys, horovod.torch as h; sys.exit(not h.nccl_built())" \
+      || { echo "[setup] horovod built without NCCL: see the build log above" >&2; exit 2; }
+  fi
+fi
+# ---- <<< SPARKZOO_CUDA <<< -----------------------------------------------------------------------
+
 # ---- horovod from sdist, patched to C++17, cached wheel (scripts/build_horovod.sh) -----------------
 bash "$ROOT/scripts/build_horovod.sh" "$VPY"
 
