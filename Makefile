@@ -5,30 +5,34 @@ SPARKZOO := $(VENV)/bin/sparkzoo
 CONF ?= conf/fashion_mnist_cnn.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test ui run prepare train score baseline zoo-vision zoo-sequence clean
+.PHONY: setup demo readme-figures test ui run prepare train score baseline zoo-vision zoo-sequence clean
 
 setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(SPARKZOO) run --conf $(CONF)
+	$(SPARKZOO) run -c $(CONF)
+
+# Maintainers: a real `make demo`, then its summary and timings into README.md (scripts/readme_figures.py).
+readme-figures: demo
+	$(PY) scripts/readme_figures.py
 
 test: setup
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) tests
 
 ui:
-	$(SPARKZOO) ui --conf $(CONF)
+	$(SPARKZOO) ui -c $(CONF)
 
-# Every vision family to its full bar (about an hour on 2 CPU cores); rewrites docs/MODEL_ZOO.md.
+# Maintainers: every vision family to its full bar (about an hour on 2 CPU cores); rewrites docs/MODEL_ZOO.md.
 zoo-vision: setup
-	$(SPARKZOO) zoo --family vision
+	$(PY) scripts/zoo.py --family vision
 
-# Every sequence family to its bar (text classifiers, seq2seq, CTC, captioning); appends to docs/MODEL_ZOO.md.
+# Maintainers: every sequence family to its bar (text classifiers, seq2seq, CTC, captioning); docs/MODEL_ZOO.md.
 zoo-sequence: setup
-	$(SPARKZOO) zoo --family sequence
+	$(PY) scripts/zoo.py --family sequence
 
 prepare train score run baseline:
-	$(SPARKZOO) $@ --conf $(CONF)
+	$(SPARKZOO) $@ -c $(CONF)
 
 clean:
 	rm -rf workspace spark-warehouse metastore_db derby.log

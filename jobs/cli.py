@@ -1,8 +1,14 @@
 """The ``sparkzoo`` command and the spark-submit entry points share this module.
 
-Every command takes ``--conf`` and repeatable ``--set key=value``. A user mistake (a ``SparkzooError``)
-prints one line and exits 2; an unexpected error keeps its traceback and exits 1, so a scheduler can
-tell "fix your input" from "file a bug".
+Every command takes ``-c/--config`` (the experiment YAML; ``--conf`` is its old name, kept as an alias
+because spark-submit's ``--conf`` means a ``key=value`` Spark property), repeatable ``--set key=value``,
+``-q``/``-v`` and, for the stages, ``--dry-run``. A user mistake (a ``SparkzooError``) prints one line and
+exits 2; an unexpected error keeps its traceback and exits 1, so a scheduler can tell "fix your input"
+from "file a bug".
+
+The terminal shows sparkzoo's own lines only: one progress display and one summary per stage, warnings
+and errors. Spark's JVM, Horovod's forwarded rank output, MLflow's notes and Python warnings go to
+``<workspace>/logs/<command>-<time>.log`` (``pipelines/console.py``); ``-v`` shows everything again.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from typing import Callable, Sequence
 
 from sparkzoo.pipelines.errors import SparkzooError
@@ -19,16 +26,20 @@ from sparkzoo.pipelines.errors import SparkzooError
 DEFAULT_CONF = "conf/fashion_mnist_cnn.yaml"
 
 
-def _setup_logging() -> None:
-    """Our own messages at INFO; libraries (Horovod's rendezvous, MLflow, py4j) only when they warn."""
+def _setup_logging(console_level: int = logging.INFO) -> None:
+    """Our own messages on the terminal from ``console_level``; libraries (Horovod's rendezvous, MLflow,
+    py4j) only when they warn, and then into the log file once a stage captures the output."""
+    from sparkzoo.pipelines.console import ConsoleHandler
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ours = logging.getLogger("sparkzoo")
     if not ours.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = ConsoleHandler()
         handler.setFormatter(logging.Formatter("[sparkzoo] %(message)s"))
         handler.addFilter(_MaskSecrets())
         ours.addHandler(handler)
-    ours.setLevel(logging.INFO)
+    ours.handlers[0].setLevel(console_level)
+    ours.setLevel(min(console_level, logging.INFO))
     ours.propagate = False
     for handler in logging.getLogger().handlers:   # the libraries' lines (MLflow prints tracking URIs)
         if not any(isinstance(f, _MaskSecrets) for f in handler.filters):
@@ -48,19 +59,59 @@ class _MaskSecrets(logging.Filter):
         return True
 
 
-def _load(args):
-    from sparkzoo.pipelines import config
+CAPTURED = {"prepare", "replicate", "train", "score", "promote", "run", "baseline"}   # stages that start Spark
 
-    return config.load(args.conf, args.set)
+
+def _load(args):
+    """The merged, validated config; for a stage, also the moment its console output is captured."""
+    from sparkzoo.pipelines import config, console, paths
+    from sparkzoo.pipelines.session import launched_by_spark_submit
+
+    if getattr(args, "conf_alias", False):
+        logging.getLogger("sparkzoo.cli").warning(
+            "--conf is deprecated for the experiment file: use -c/--config (spark-submit's --conf means a Spark "
+            "property key=value)")
+    exp = config.load(args.conf, args.set)
+    if args.command in CAPTURED and not getattr(args, "dry_run", False) and not launched_by_spark_submit():
+        # under spark-submit the operator's own logging applies; a console run keeps its terminal clean
+        console.quiet_env(local_master=exp.spark.master.startswith("local"))
+        console.capture(console.log_dir(paths.workspace(exp)), args.command)
+    return exp
+
+
+def _say(text: str) -> None:
+    """A command's result: on the real stdout (and in the log file) whatever the capture did."""
+    from sparkzoo.pipelines import console
+
+    console.say(text)
+
+
+def _spark_progress(label: str):
+    from sparkzoo.pipelines.display import SparkProgress
+
+    return SparkProgress(label)
+
+
+def _dry_run(args) -> bool:
+    """Print the plan instead of running, when asked."""
+    if not getattr(args, "dry_run", False):
+        return False
+    from sparkzoo.pipelines import plan
+
+    _say(plan.describe(args.command, _load(args)))
+    return True
 
 
 def cmd_prepare(args) -> int:
     from sparkzoo.pipelines import prepare
 
+    if _dry_run(args):
+        return 0
     exp = _load(args)
-    r = prepare.run(exp)
+    with _spark_progress("prepare"):
+        r = prepare.run(exp)
     state = "already prepared (nothing to do)" if r.skipped else f"prepared in {r.seconds:.1f}s ({r.rows_per_second:.0f} rows/s)"
-    print(f"dataset {exp.data.dataset} v{r.version}: {state}\n"
+    _say(f"dataset {exp.data.dataset} v{r.version}: {state}\n"
           f"  rows: train={r.rows['train']} val={r.rows['val']} test={r.rows['test']}; "
           f"input records={r.input_records}, quarantined={r.quarantined}\n  path: {r.path}")
     return 0
@@ -69,11 +120,14 @@ def cmd_prepare(args) -> int:
 def cmd_replicate(args) -> int:
     from sparkzoo.pipelines.prepare import replicate
 
+    if _dry_run(args):
+        return 0
     exp = _load(args)
-    r = replicate.run(exp)
+    with _spark_progress("replicate"):
+        r = replicate.run(exp)
     state = "already replicated (nothing to do)" if r.skipped else \
         f"replicated in {r.seconds:.1f}s ({sum(r.rows.values()) / max(r.seconds, 1e-9):.0f} rows/s)"
-    print(f"dataset {r.manifest['dataset']} v{r.version}: {state}\n"
+    _say(f"dataset {r.manifest['dataset']} v{r.version}: {state}\n"
           f"  rows: train={r.rows['train']} val={r.rows['val']} test={r.rows['test']} "
           f"(from {r.input_records} prepared rows x {exp.replicate.factor})\n  path: {r.path}\n"
           f"  train on it with: --set data.dataset={r.manifest['dataset']} --set data.version={r.version}")
@@ -83,9 +137,11 @@ def cmd_replicate(args) -> int:
 def cmd_train(args) -> int:
     from sparkzoo.pipelines import train
 
+    if _dry_run(args):
+        return 0
     exp = _load(args)
     r = train.run(exp)
-    print(_train_summary(r))
+    _say(_train_summary(r))
     return 0
 
 
@@ -105,9 +161,12 @@ def cmd_score(args) -> int:
 
     if getattr(args, "incremental", False):
         args.set = [*args.set, "score.incremental=true"]
+    if _dry_run(args):
+        return 0
     exp = _load(args)
-    r = score.run(exp)
-    print(_score_summary(r))
+    with _spark_progress("score"):
+        r = score.run(exp)
+    _say(_score_summary(r))
     return 0
 
 
@@ -125,58 +184,96 @@ def cmd_promote(args) -> int:
     """Candidate vs champion in Spark; the champion alias moves only if the candidate wins."""
     from sparkzoo.pipelines import promote
 
+    if _dry_run(args):
+        return 0
     exp = _load(args)
-    r = promote.rollback(exp, args.rollback_to) if args.rollback_to is not None else promote.run(exp)
-    print(f"{exp.model_name}: {r.decision}; champion is v{r.champion_after}\n  {r.reason}\n"
+    with _spark_progress("promote"):
+        r = promote.rollback(exp, args.rollback_to) if args.rollback_to is not None else promote.run(exp)
+    _say(f"{exp.model_name}: {r.decision}; champion is v{r.champion_after}\n  {r.reason}\n"
           f"  decision logged in MLflow run {r.run_id} and as tags on the version")
     return 0
 
 
 def cmd_run(args) -> int:
     """prepare -> train -> score in one go, then the summary a new user wants to see."""
-    from sparkzoo.pipelines import prepare, score, train, track
+    from sparkzoo.pipelines import prepare, score, train
 
+    if _dry_run(args):
+        return 0
+    started = time.time()
     exp = _load(args)
-    p = prepare.run(exp)
+    with _spark_progress("prepare"):
+        p = prepare.run(exp)
     t = train.run(exp)
-    s = score.run(exp)
-    ui = f"sparkzoo ui --conf {args.conf}" if args.conf else "sparkzoo ui"
-    print("\n" + "=" * 72 + "\nsparkzoo run: done\n" + "=" * 72)
-    print(f"prepared rows: train={p.rows['train']} val={p.rows['val']} test={p.rows['test']} "
-          f"(quarantined {p.quarantined})"
-          f"{' [reused]' if p.skipped else f' in {p.seconds:.1f}s ({p.rows_per_second:.0f} rows/s)'}")
-    print(_train_summary(t))
-    print(_score_summary(s))
-    print(f"MLflow store: {track.tracking_uri(exp)}\nopen the MLflow UI: {ui}   (or: make ui)")
+    with _spark_progress("score"):
+        s = score.run(exp)
+    summary = run_summary(args.conf, exp, p, t, s)
+    _say(summary)
+    _keep_run_figures(exp, args.conf, summary, p, t, s, time.time() - started)
     return 0
+
+
+def _keep_run_figures(exp, conf: str | None, summary: str, p, t, s, wall: float) -> None:
+    """``<workspace>/logs/run-summary.json``: what scripts/readme_figures.py writes into the README."""
+    import json
+
+    from sparkzoo.pipelines import console, paths
+
+    if paths.is_uri(paths.workspace(exp)):
+        return
+    figures = {"conf": conf, "summary": summary, "wall_seconds": round(wall, 1),
+               "prepare_seconds": round(p.seconds, 1), "prepare_reused": p.skipped,
+               "train_seconds": round(t.train_seconds, 1), "train_wall_seconds": round(t.wall_seconds, 1),
+               "epochs": len(t.history), "score_seconds": round(s.seconds, 1),
+               "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    target = console.log_dir(paths.workspace(exp)) / "run-summary.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(figures, indent=1) + "\n")
+
+
+def run_summary(conf: str | None, exp, p, t, s) -> str:
+    """The block ``sparkzoo run`` ends with; scripts/readme_figures.py copies it into the README."""
+    from sparkzoo.pipelines import track
+    from sparkzoo.pipelines.secrets import mask_text
+
+    ui = f"sparkzoo ui -c {conf}" if conf else "sparkzoo ui"
+    return "\n".join([
+        "=" * 72, "sparkzoo run: done", "=" * 72,
+        f"prepared rows: train={p.rows['train']} val={p.rows['val']} test={p.rows['test']} (quarantined {p.quarantined})"
+        f"{' [reused]' if p.skipped else f' in {p.seconds:.1f}s ({p.rows_per_second:.0f} rows/s)'}",
+        _train_summary(t), _score_summary(s),
+        f"MLflow store: {mask_text(track.tracking_uri(exp))}\nopen the MLflow UI: {ui}   (or: make ui)"])
 
 
 def cmd_baseline(args) -> int:
     """The classical model beside this config's family, on the same prepared split, logged to MLflow."""
     from sparkzoo.pipelines import baselines
 
+    if _dry_run(args):
+        return 0
     exp = _load(args)
-    r = baselines.run(exp)
+    with _spark_progress("baseline"):
+        r = baselines.run(exp)
     figures = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items() if k.startswith("test_"))
-    print(f"{r.kind} baseline for {exp.model.name} on {exp.data.dataset}: {figures} ({r.seconds:.1f}s)\n"
+    _say(f"{r.kind} baseline for {exp.model.name} on {exp.data.dataset}: {figures} ({r.seconds:.1f}s)\n"
           f"  MLflow run {r.run_id} in experiment {exp.mlflow.experiment}")
     if r.model_probe:
-        print(f"  {r.model_probe['model']} v{r.model_probe['version']} code, same probe: test_probe_accuracy "
+        _say(f"  {r.model_probe['model']} v{r.model_probe['version']} code, same probe: test_probe_accuracy "
               f"{r.model_probe['test_probe_accuracy']:.4f} (logged to its run {r.model_probe['run_id']})")
     return 0
 
 
-def cmd_zoo(args) -> int:
-    """Every family of a zoo spec to its bar; writes the table in docs/MODEL_ZOO.md."""
-    from sparkzoo.pipelines import zoo
+def cmd_config(args) -> int:
+    """Print the merged, validated config (defaults + file + --set) as YAML: what a stage would run with."""
+    import yaml
 
-    results = zoo.run(args.family, args.set, args.only.split(",") if args.only else None,
-                      write_table=not args.no_table)
-    print(zoo.table(zoo.load_spec(args.family), results))
-    failed = [r.id for r in results if not r.passed]
-    print(f"zoo {args.family}: {len(results) - len(failed)}/{len(results)} entries clear their bars"
-          + (f"; below: {', '.join(failed)}" if failed else ""))
-    return 0 if not failed else 3
+    from sparkzoo.pipelines.secrets import mask_text
+
+    exp = _load(args)
+    tree = exp.to_dict()
+    where = tree.pop("source_file", "")
+    _say(f"# sparkzoo config: {mask_text(where)}\n" + mask_text(yaml.safe_dump(tree, sort_keys=False).rstrip()))
+    return 0
 
 
 def cmd_ui(args) -> int:
@@ -239,7 +336,7 @@ def cmd_init(args) -> int:
         raise ConfigError(f"{target} exists already; pass --force to overwrite it or --output to pick another name")
     shutil.copyfile(source, target)
     print(f"wrote {target} (from {source.stem}; every key it does not set comes from sparkzoo's defaults)\n"
-          f"  run it:  sparkzoo run --conf {target}\n"
+          f"  run it:  sparkzoo run -c {target}\n"
           f"  see all keys: {config.DEFAULTS_FILE}")
     return 0
 
@@ -279,10 +376,11 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "run": (cmd_run, "prepare, train and score in a row, then print a summary"),
     "baseline": (cmd_baseline, "the classical baseline for this config's family on the same split (Spark ML), "
                                "logged beside the nets"),
-    "zoo": (cmd_zoo, "train every family of a zoo spec (conf/zoo/<family>.yaml) to its bar and write docs/MODEL_ZOO.md"),
     "ui": (cmd_ui, "start the MLflow UI on this experiment's store (127.0.0.1 by default)"),
     "doctor": (cmd_doctor, "check Java, Spark, Horovod (Gloo + torch), petastorm, the MLflow store and free disk"),
+    "config": (cmd_config, "print the merged, validated config (defaults + file + --set) as YAML"),
 }
+STAGES = ("prepare", "replicate", "train", "score", "promote", "run", "baseline")   # --dry-run applies
 
 
 def _positive_float(text: str) -> float:
@@ -312,11 +410,10 @@ def _extra_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "promote":
         p.add_argument("--rollback-to", type=int, metavar="VERSION",
                        help="move the champion alias back to this version instead of evaluating (logged)")
-    elif name == "zoo":
-        p.add_argument("--family", default="vision", help="zoo spec under conf/zoo/ (default: vision)")
-        p.add_argument("--only", help="comma-separated entry ids to run (default: all)")
-        p.add_argument("--no-table", action="store_true", help="do not rewrite docs/MODEL_ZOO.md")
-    elif name == "doctor":
+    if name in STAGES:
+        p.add_argument("--dry-run", action="store_true",
+                       help="print what this would read, write and launch, then stop (starts nothing)")
+    if name == "doctor":
         p.add_argument("--min-free-gb", type=_positive_float, default=2.0, metavar="GB",
                        help="free disk space the workspace needs (default: 2)")
 
@@ -326,14 +423,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                      description="sparkzoo: prepare with Spark, train with Horovod, track with MLflow, score with Spark.")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--conf", default=DEFAULT_CONF, help=f"experiment YAML (default: {DEFAULT_CONF})")
+        p.add_argument("-c", "--config", dest="conf", default=DEFAULT_CONF, metavar="YAML",
+                       help=f"experiment YAML, a path or a shipped example's name (default: {DEFAULT_CONF})")
+        p.add_argument("--conf", dest="conf", action=_ConfAlias, metavar="YAML",
+                       help="deprecated alias of -c/--config (in spark-submit, --conf is a Spark property key=value)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set train.epochs=5 (repeatable)")
+        p.add_argument("-q", "--quiet", action="count", default=0,
+                       help="summaries and errors only: no progress display, no warnings")
+        p.add_argument("-v", "--verbose", action="count", default=0,
+                       help="show everything again: our INFO lines and every library's output (-vv: DEBUG); "
+                            "without it they go to <workspace>/logs/")
 
     if only is not None:
         common(parser)
         _extra_args(only, parser)
-        parser.set_defaults(func=COMMANDS[only][0])
+        parser.set_defaults(func=COMMANDS[only][0], command=only)
         return parser
     parser.add_argument("--version", action="version", version=f"sparkzoo {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -346,7 +451,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
     job = sub.add_parser("job-file", help="print the spark-submit entry file of a stage (spark-submit \"$(sparkzoo "
                                           "job-file train)\" --conf x.yaml)")
-    job.add_argument("stage", choices=sorted(set(COMMANDS) - {"ui", "doctor", "zoo"}))
+    job.add_argument("stage", choices=sorted(set(COMMANDS) - {"ui", "doctor", "config"}))
     job.set_defaults(func=cmd_job_file)
     for name, (func, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -356,15 +461,44 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class _ConfAlias(argparse.Action):
+    """``--conf X`` still works as ``-c X``; the run says once that the name is on its way out."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.conf_alias = True
+
+
+def _levels(args) -> tuple[int, int]:
+    """(verbosity, console log level): -q shows errors only, default warnings, -v INFO, -vv DEBUG."""
+    verbosity = getattr(args, "verbose", 0) - getattr(args, "quiet", 0)
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(max(-1, min(verbosity, 2)), logging.DEBUG)
+    from sparkzoo.pipelines.session import launched_by_spark_submit
+
+    captured = getattr(args, "command", None) in CAPTURED and not launched_by_spark_submit()
+    if not captured and verbosity == 0:
+        level = logging.INFO   # nothing is captured: INFO lines have no log file to go to
+    return verbosity, level
+
+
 def main(argv: Sequence[str] | None = None, only: str | None = None) -> int:
+    from sparkzoo.pipelines import console
+
     args = build_parser(only).parse_args(argv)
-    _setup_logging()
+    verbosity, level = _levels(args)
+    _setup_logging(level)
     try:
-        return int(args.func(args) or 0)
+        with console.session(verbosity):
+            code = int(args.func(args) or 0)
+            if console.log_path() and verbosity >= 0:
+                print(f"log: {console.log_path()}", file=console.err(), flush=True)
+            return code
     except SparkzooError as exc:
         from sparkzoo.pipelines.secrets import mask_text
 
         print(f"sparkzoo: error: {mask_text(str(exc))}", file=sys.stderr)
+        if console.log_path():
+            print(f"  full log: {console.log_path()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sparkzoo: interrupted", file=sys.stderr)

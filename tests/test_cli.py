@@ -137,3 +137,76 @@ def test_stage_summaries_show_throughput():
     fast = _score_summary(ScoreResult("m", 3, 10000, 10000, 0, "/out", "/out_rejects", 0.9, 2.0, "2026-11-25",
                                       optimize="int8_static"))
     assert "scored 10000 rows with m v3 (inference path int8_static) in 2.0s (5000 rows/s)" in fast
+
+
+def test_config_prints_the_merged_validated_config():
+    import yaml
+
+    proc = run_cli("config", "-c", str(CONF), "--set", "train.epochs=7", "--set", "spark.master=local[3]")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"# sparkzoo config: {CONF} (with --set train.epochs=7")
+    tree = yaml.safe_load(proc.stdout)
+    assert tree["train"]["epochs"] == 7 and tree["spark"]["master"] == "local[3]"
+    assert tree["model"]["name"] == "lenet" and "num_proc" in tree["train"]     # the file and the defaults too
+    _assert_clean_failure(run_cli("config", "-c", str(CONF), "--set", "train.epochz=7"), "train.epochz")
+
+
+def test_conf_is_a_deprecated_alias_of_config():
+    old = run_cli("config", "--conf", str(CONF))
+    new = run_cli("config", "--config", str(CONF))
+    assert old.returncode == new.returncode == 0 and old.stdout == new.stdout
+    assert "--conf is deprecated" in old.stderr and "-c/--config" in old.stderr
+    assert "deprecated" not in new.stderr
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train", "score", "promote", "run", "replicate", "baseline"])
+def test_dry_run_says_what_it_would_do_and_starts_nothing(stage, tmp_path):
+    proc = run_cli(stage, "-c", str(CONF), "--set", f"workspace={tmp_path}", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"sparkzoo {stage} --dry-run: {CONF}")
+    for what in ("read:", "write:", "launch:"):
+        assert any(what in ln for ln in lines), proc.stdout
+    assert str(tmp_path) in proc.stdout and "local[*]" in proc.stdout
+    assert list(tmp_path.iterdir()) == []          # no log, no MLflow store, no dataset: nothing started
+
+
+def test_zoo_is_a_maintainer_script_not_a_user_command():
+    import subprocess
+    import sys
+
+    proc = run_cli("zoo", "--family", "vision")
+    assert proc.returncode == 2 and "invalid choice: 'zoo'" in proc.stderr
+    script = subprocess.run([sys.executable, str(ROOT / "scripts" / "zoo.py"), "--help"], capture_output=True, text=True)
+    assert script.returncode == 0 and "--family" in script.stdout and "docs/MODEL_ZOO.md" in script.stdout
+
+
+def test_spark_submit_conf_wins_over_the_yaml_for_the_same_key(tmp_path):
+    """spark-submit --conf k=v and the YAML's spark.conf k: the operator's command line wins; the YAML
+    still sets what spark-submit left alone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from sparkzoo.pipelines import config\n"
+        "from sparkzoo.pipelines.session import get_spark\n"
+        f"exp = config.load({str(CONF)!r}, ['spark.conf.spark.sql.shuffle.partitions=8',\n"
+        "    'spark.conf.spark.sql.files.maxPartitionBytes=64m', 'spark.conf.spark.ui.enabled=false'])\n"
+        "spark = get_spark(exp)\n"
+        "print('shuffle', spark.conf.get('spark.sql.shuffle.partitions'))\n"
+        "print('maxbytes', spark.conf.get('spark.sql.files.maxPartitionBytes'))\n"
+        "spark.stop()\n")
+    import os
+
+    import pyspark
+
+    env = {**os.environ, "SPARK_HOME": str(Path(pyspark.__file__).parent), "PYSPARK_PYTHON": sys.executable,
+           "PYSPARK_DRIVER_PYTHON": sys.executable}
+    proc = subprocess.run([str(Path(sys.executable).parent / "spark-submit"), "--master", "local[1]",
+                           "--conf", "spark.sql.shuffle.partitions=3", str(probe)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shuffle 3" in proc.stdout.splitlines(), proc.stdout        # spark-submit's value
+    assert "maxbytes 64m" in proc.stdout.splitlines(), proc.stdout     # the YAML's, nobody else set it

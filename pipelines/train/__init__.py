@@ -15,7 +15,7 @@ from .. import paths, track
 from ..config import Experiment
 from ..dataset import open_prepared
 from ..errors import TrainingError
-from . import checkpoint
+from . import checkpoint, progress
 from .launcher import launch
 
 log = logging.getLogger("sparkzoo.train")
@@ -65,7 +65,9 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
            "checkpoint_dir": paths.checkpoint_dir(exp, run_id), "resume_from": resume_from,
            "fault": fault, "launched_at": time.time(), "init_from": init_from}
     try:
-        ranks = launch(exp, ctx, spark)
+        with progress.driver_display(spark) as display:   # rank 0 reports here; the driver owns the terminal
+            ctx["progress"] = display.address if exp.train.progress else None
+            ranks = launch(exp, ctx, spark)
     except BaseException:
         track.end_run(exp, run_id, "FAILED")
         raise

@@ -198,6 +198,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     samples_seen = 0
     train_seconds = 0.0
     from sparkzoo.pipelines.train.progress import EpochProgress
+    from sparkzoo.pipelines.train.progress import note as progress_note
 
     for epoch in range(start_epoch, tc.epochs):
         torch.manual_seed(exp.seed + 1000 * epoch + rank)  # dropout differs per rank; same after a resume
@@ -205,7 +206,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         sums = task.empty_sums()
         norms: dict[str, float] = {}
         measured = 0
-        bar = EpochProgress(epoch, tc.epochs, steps, tc.batch_size * size, enabled=rank == 0 and tc.progress)
+        bar = EpochProgress(epoch, tc.epochs, steps, tc.batch_size * size, enabled=rank == 0 and tc.progress,
+                            address=ctx.get("progress"))
         t0 = time.time()
         opt.zero_grad()
         for step, batch in enumerate(train_reader.epoch(epoch, steps=steps)):
@@ -257,9 +259,12 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             path = checkpoint.save(ckpt_dir, epoch, state)
             _log_checkpoint(exp, ctx, state)
             m = task.metric
-            print(f"[sparkzoo] epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
-                  f"train_{m}={record.get(f'train_{m}', float('nan')):.4f} val_{m}={record.get(f'val_{m}', float('nan')):.4f} "
-                  f"{record['samples_per_second']:.0f} samples/s; checkpoint {path}", flush=True)
+            line = (f"epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
+                    f"train_{m}={record.get(f'train_{m}', float('nan')):.4f} "
+                    f"val_{m}={record.get(f'val_{m}', float('nan')):.4f} {record['samples_per_second']:.0f} samples/s")
+            print(f"[sparkzoo] {line}; checkpoint {os.path.basename(path)}", flush=True)   # the rank's log
+            if tc.progress:
+                progress_note(ctx.get("progress"), line)   # the driver's terminal
         if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
             break
 
