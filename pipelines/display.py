@@ -69,7 +69,7 @@ class Display:
         elapsed = time.time() - self.start
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         eta = ""
-        if not final and self.total and self.n:
+        if not final and self.total and 0 < self.n < self.total:
             eta = f" ETA {(self.total - self.n) * elapsed / self.n:.0f}s"
         status = f" {self.status}" if self.status else ""
         print(f"{self.label}: {self.n}/{self.total} {self.unit}s{pct}{status}{eta} [{elapsed:.0f}s]",
