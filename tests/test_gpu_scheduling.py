@@ -142,3 +142,17 @@ def test_doctor_on_a_cpu_machine_says_where_training_runs(tmp_path):
     proc = run_cli("doctor", "--conf", str(CONF), "--set", f"workspace={tmp_path}")
     assert devices.NO_CUDA in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_an_address_indexes_the_executors_own_cuda_visible_devices(monkeypatch):
+    """Spark's rule (pyspark's TorchDistributor): under a container's CUDA_VISIBLE_DEVICES an address is an index."""
+    monkeypatch.setenv(devices.VISIBLE, "4,5")
+    assert devices.physical_ids(["1"]) == ["5"]
+    monkeypatch.delenv(devices.VISIBLE)
+    assert devices.physical_ids(["1"]) == ["1"]
+
+
+def test_the_driver_line_names_cpu_only_when_no_task_had_cuda():
+    assert devices.summarise({"cpu (no CUDA; Spark gpu 1)", "cpu (no CUDA; Spark gpu 0)"}) == \
+        f"cpu: {devices.NO_CUDA} (Spark assigned gpu 0, 1)"
+    assert devices.summarise({"cuda:1", "cuda:0"}) == "cuda:0, cuda:1"
