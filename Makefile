@@ -4,6 +4,7 @@ PY := $(VENV)/bin/python
 SPARKZOO := $(VENV)/bin/sparkzoo
 CONF ?= conf/fashion_mnist_cnn.yaml
 PYTEST_ARGS ?=
+README_NOTE ?=
 
 .PHONY: setup demo readme-figures test ui run prepare train score baseline zoo-vision zoo-sequence clean
 
@@ -14,8 +15,9 @@ demo: setup
 	$(SPARKZOO) run -c $(CONF)
 
 # Maintainers: a real `make demo`, then its summary and timings into README.md (scripts/readme_figures.py).
+# README_NOTE="..." adds a word on the conditions (a machine busy with other work, say).
 readme-figures: demo
-	$(PY) scripts/readme_figures.py
+	$(PY) scripts/readme_figures.py --note "$(README_NOTE)"
 
 test: setup
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) tests

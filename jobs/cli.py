@@ -225,7 +225,8 @@ def _keep_run_figures(exp, conf: str | None, summary: str, p, t, s, wall: float)
                "prepare_seconds": round(p.seconds, 1), "prepare_reused": p.skipped,
                "train_seconds": round(t.train_seconds, 1), "train_wall_seconds": round(t.wall_seconds, 1),
                "epochs": len(t.history), "score_seconds": round(s.seconds, 1),
-               "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+               "finished_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+               "load_average": round(os.getloadavg()[0], 1)}   # a busy machine explains slow figures
     target = console.log_dir(paths.workspace(exp)) / "run-summary.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(figures, indent=1) + "\n")
@@ -318,7 +319,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_init(args) -> int:
-    """Copy a shipped example experiment into the current folder, to edit and pass with --conf."""
+    """Copy a shipped example experiment into the current folder, to edit and pass with -c."""
     import shutil
     from pathlib import Path
 
@@ -345,7 +346,7 @@ def cmd_job_file(args) -> int:
     """Print the spark-submit entry file of a stage inside the installed package.
 
     Why: spark-submit takes a Python file, not a module; a user of the wheel has no jobs/ folder, so
-    ``spark-submit ... "$(sparkzoo job-file train)" --conf x.yaml`` finds the one in site-packages.
+    ``spark-submit ... "$(sparkzoo job-file train)" -c x.yaml`` finds the one in site-packages.
     """
     from pathlib import Path
 
@@ -450,7 +451,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=cmd_init)
     job = sub.add_parser("job-file", help="print the spark-submit entry file of a stage (spark-submit \"$(sparkzoo "
-                                          "job-file train)\" --conf x.yaml)")
+                                          "job-file train)\" -c x.yaml)")
     job.add_argument("stage", choices=sorted(set(COMMANDS) - {"ui", "doctor", "config"}))
     job.set_defaults(func=cmd_job_file)
     for name, (func, help_text) in COMMANDS.items():
@@ -503,6 +504,10 @@ def main(argv: Sequence[str] | None = None, only: str | None = None) -> int:
     except KeyboardInterrupt:
         print("sparkzoo: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if console.log_path():   # the traceback follows on the terminal; what led to it is in the log
+            print(f"sparkzoo: unexpected error; full log: {console.log_path()}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

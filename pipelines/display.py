@@ -37,6 +37,8 @@ class Display:
         self.start = time.time()
         self.last_line = 0.0
         self.n, self.total, self.status = 0, 0, ""
+        self.first: tuple[float, int] | None = None   # (time, position) of the first update: the ETA's origin
+        self.printed: tuple[int, int] | None = None     # the position of the last plain line
         self.bar = None
         self.lock = threading.Lock()
 
@@ -52,6 +54,8 @@ class Display:
             return
         with self.lock:
             self.n, self.total, self.status = n, total, status
+            if self.first is None:
+                self.first = (time.time(), n)
             if self.tty:
                 self._ensure_bar()
                 if self.bar.total != total:
@@ -69,9 +73,12 @@ class Display:
         elapsed = time.time() - self.start
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         eta = ""
-        if not final and self.total and 0 < self.n < self.total:
-            eta = f" ETA {(self.total - self.n) * elapsed / self.n:.0f}s"
+        if not final and self.first and self.first[1] < self.n < self.total:
+            # from the rate since the first update: start-up (JVM, rank launch) is not work per step
+            rate = (self.n - self.first[1]) / max(time.time() - self.first[0], 1e-9)
+            eta = f" ETA {(self.total - self.n) / rate:.0f}s"
         status = f" {self.status}" if self.status else ""
+        self.printed = (self.n, self.total)
         print(f"{self.label}: {self.n}/{self.total} {self.unit}s{pct}{status}{eta} [{elapsed:.0f}s]",
               file=self.stream, flush=True)
 
@@ -93,7 +100,7 @@ class Display:
                 self.bar.refresh()
                 self.bar.close()
                 self.bar = None
-            elif not self.tty and self.total:
+            elif not self.tty and self.total and self.printed != (self.n, self.total):
                 self._line(final=True)
 
 

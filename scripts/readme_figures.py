@@ -42,8 +42,12 @@ def machine() -> str:
                                  f"Python {platform.python_version()}") if x)
 
 
-def block(figures: dict, where: str) -> str:
+def block(figures: dict, where: str, note: str = "") -> str:
     """The README text between the markers."""
+    if "load_average" in figures:
+        where += f"; load average {figures['load_average']} at the end"
+    if note:
+        where += f"; {note}"
     prepare = "reused" if figures["prepare_reused"] else f"{figures['prepare_seconds']:.0f} s"
     timings = (f"prepare {prepare}, training {figures['train_seconds']:.0f} s ({figures['epochs']} epochs; "
                f"{figures['train_wall_seconds']:.0f} s with start-up and registration), scoring "
@@ -65,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary", default=str(ROOT / "workspace" / "logs" / "run-summary.json"),
                         help="what sparkzoo run left (default: workspace/logs/run-summary.json)")
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--note", default="", help="a word on the conditions, e.g. 'machine shared with test runs'")
     args = parser.parse_args(argv)
     summary = Path(args.summary)
     if not summary.is_file():
         print(f"readme_figures: error: {summary} does not exist; run `make demo` first", file=sys.stderr)
         return 2
-    rewrite(Path(args.readme), block(json.loads(summary.read_text()), machine()))
+    rewrite(Path(args.readme), block(json.loads(summary.read_text()), machine(), args.note))
     print(f"readme_figures: {args.readme} now shows the run of {summary}")
     return 0
 
