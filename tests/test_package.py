@@ -83,7 +83,8 @@ def fresh_venv(tmp_path_factory, wheel) -> Path:
     """A new virtualenv with the pinned torch and the wheel (its declared dependencies), nothing else."""
     venv = tmp_path_factory.mktemp("fresh") / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
-    _run([base, "-m", "venv", venv], env=_clean_env())
+    # --copies: the interpreter is copied, not linked; Spark refuses an archive with a link pointing outside it
+    _run([base, "-m", "venv", "--copies", venv], env=_clean_env())
     pip = [venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     _run([*pip, "torch==2.13.0"], env=_clean_env())    # the CPU wheel first and alone (see README "Pins")
     _run([*pip, wheel], env=_clean_env())
@@ -141,6 +142,22 @@ def test_installed_wheel_runs_from_an_empty_folder(fresh_venv, tmp_path):
     assert (empty / "workspace" / "mlflow.db").is_file()          # relative paths resolve in the user's folder
     assert "registered model my_fashion version 1" in run.stdout, run.stdout
 
+    # docs/SCHEDULING.md's nightly job and promotion, as written there, against what the run left
+    small = ["--set", "mlflow.model_name=my_fashion", "--set", f"data.max_records={SUBSAMPLE // 2}",
+             "--set", "spark.master=local[2]"]
+    job_file = _run([bin_dir / "sparkzoo", "job-file", "score"], cwd=empty, env=env).stdout.strip()
+    nightly = _run([bin_dir / "spark-submit", job_file, "--conf", "nightly_scoring",
+                    "--set", "score.run_date=2026-11-25", *small], cwd=empty, env=env)
+    assert f"scored {SUBSAMPLE // 2} rows with my_fashion v1" in nightly.stdout, nightly.stdout
+    assert (empty / "workspace" / "predictions" / "nightly" / "model_version=1" / "run_date=2026-11-25").is_dir()
+    promote = _run([bin_dir / "spark-submit", _run([bin_dir / "sparkzoo", "job-file", "promote"], cwd=empty,
+                                                    env=env).stdout.strip(), "--conf", "mine.yaml", *small],
+                   cwd=empty, env=env)
+    assert "champion is v1" in promote.stdout, promote.stdout
+    rollback = _run([bin_dir / "sparkzoo", "promote", "--conf", "mine.yaml", "--rollback-to", "1", *small],
+                    cwd=empty, env=env)
+    assert "champion is v1" in rollback.stdout, rollback.stdout
+
 
 def _records(probe: Path) -> list[dict]:
     path = probe / "records.jsonl"
@@ -167,8 +184,9 @@ def test_packed_environment_on_a_cluster_that_shares_nothing(fresh_venv, tmp_pat
     bin_dir = fresh_venv / "bin"
     # Horovod from the cached patched build (scripts/build_horovod.sh), then pack what the executors get.
     _run(["bash", ROOT / "scripts" / "build_horovod.sh", bin_dir / "python"], env=_clean_env(), timeout=1200)
-    archive = tmp_path / "sparkzoo-env.tar"
-    _run([CHECKOUT_VENV / "bin" / "venv-pack", "-p", fresh_venv, "-o", archive, "-q"], env=_clean_env())
+    # .tar.gz, not .tar: Spark unpacks a plain .tar with Java code that drops the executable bits
+    archive = tmp_path / "sparkzoo-env.tar.gz"
+    _run([CHECKOUT_VENV / "bin" / "venv-pack", "-p", fresh_venv, "-o", archive, "--compress-level", "1", "-q"], env=_clean_env())
 
     probe = tmp_path / "probe"
     probe.mkdir()
