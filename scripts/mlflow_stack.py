@@ -502,9 +502,13 @@ class MlflowStack:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         s = state or {}
+        if not s:   # all ten ports in one go: ports picked one service at a time could repeat
+            free = free_ports(len(SeaweedS3.PORTS) + 2)
+            s = {"postgres": {"port": free[0]}, "s3": {"ports": dict(zip(SeaweedS3.PORTS, free[2:]))},
+                 "server": {"port": port or free[1]}}
         self.postgres = Postgres(self.root, s.get("postgres"))
         self.s3 = SeaweedS3(self.root, s.get("s3"), bucket=bucket)
-        self.server = MlflowServer(self.root, s.get("server") or ({"port": port} if port else None))
+        self.server = MlflowServer(self.root, s.get("server"))
         self.server.on_change = self.save
 
     @classmethod

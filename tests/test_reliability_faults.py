@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from sparkzoo.pipelines.errors import DataError, OutputError, ScoringError
 
 from .conftest import CONF, ROOT, free_port, run_cli
 from .reliability_ledger import record
+from .tracking_outage import train_through_outage
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 THIS = "tests/test_reliability_faults.py::"
@@ -265,46 +265,12 @@ SECRET = "s3cr3t-value-never-logged"
 def test_tracking_server_stopped_during_training(ui_server, prepared, make_exp, spark):
     from mlflow.tracking import MlflowClient
 
-    from sparkzoo.pipelines import train
-
     assert ui_server.listening_hosts() == {"127.0.0.1"}          # `sparkzoo ui` binds to loopback by default
     exp = make_exp(f"mlflow.tracking_uri={ui_server.url}", "mlflow.model_name=outage_cnn", "name=outage",
                    "train.epochs=4", "train.max_steps_per_epoch=40", "mlflow.outage_timeout_s=180",
                    f"spark.conf.spark.hadoop.fs.s3a.secret.key={SECRET}")
     viewer = MlflowClient(tracking_uri=ui_server.url, registry_uri=ui_server.url)
-    seen: dict = {}
-    stop = threading.Event()
-
-    def outage() -> None:
-        """Beside the training (which must own the main thread: Horovod sets signal handlers): wait for
-        epoch 1's metrics, kill the server, wait until rank 0 has kept later metrics, start it again."""
-        try:
-            run_id = None
-            while not stop.is_set() and (run_id is None or not viewer.get_metric_history(run_id, "val_accuracy")):
-                time.sleep(0.2)
-                found = viewer.get_experiment_by_name(exp.mlflow.experiment)
-                runs = viewer.search_runs([found.experiment_id]) if found else []
-                run_id = runs[0].info.run_id if runs else None
-            ui_server.kill()
-            seen["run_id"] = run_id
-            kept = Path(track.outbox(exp, run_id).dir) / "metrics.jsonl"
-            while not stop.is_set() and not (kept.exists() and '"val_accuracy"' in kept.read_text()):
-                time.sleep(0.2)
-            time.sleep(3)          # training goes on meanwhile
-            seen["steps_kept"] = sorted({json.loads(ln)["step"] for ln in kept.read_text().splitlines()})
-            ui_server.start()      # the same store, the same port
-        except BaseException as exc:   # reported by the main thread
-            seen["error"] = exc
-
-    watcher = threading.Thread(target=outage, daemon=True)
-    watcher.start()
-    try:
-        result = train.run(exp, spark)
-    finally:
-        stop.set()
-        watcher.join(60)
-    assert "error" not in seen, seen["error"]
-    run_id, steps_kept = seen["run_id"], seen["steps_kept"]
+    result, run_id, steps_kept = train_through_outage(exp, spark, viewer, ui_server.kill, ui_server.start, down_s=3)
     box = track.outbox(exp, run_id)
     assert result.run_id == run_id and steps_kept and min(steps_kept) >= 2     # epoch 2 on went to the outbox
     got = viewer.get_run(run_id)
