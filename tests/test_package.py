@@ -135,7 +135,7 @@ def test_installed_wheel_runs_from_an_empty_folder(fresh_venv, tmp_path):
     mine = empty / "mine.yaml"
     mine.write_text(mine.read_text().replace("model_name: fashion_mnist_cnn", "model_name: my_fashion", 1))
     assert sorted(p.name for p in empty.iterdir()) == ["mine.yaml"]
-    run = _run([bin_dir / "sparkzoo", "run", "--conf", "mine.yaml", *backend, "--set", f"data.max_records={SUBSAMPLE // 2}",
+    run = _run([bin_dir / "sparkzoo", "run", "-c", "mine.yaml", *backend, "--set", f"data.max_records={SUBSAMPLE // 2}",
                 "--set", "train.epochs=1", "--set", "train.num_proc=2", "--set", "spark.master=local[2]",
                 "--set", "train.progress=false"], cwd=empty, env=env, timeout=1200)
     assert "sparkzoo run: done" in run.stdout and f"scored {SUBSAMPLE // 2} rows" in run.stdout, run.stdout
@@ -146,15 +146,15 @@ def test_installed_wheel_runs_from_an_empty_folder(fresh_venv, tmp_path):
     small = ["--set", "mlflow.model_name=my_fashion", "--set", f"data.max_records={SUBSAMPLE // 2}",
              "--set", "spark.master=local[2]"]
     job_file = _run([bin_dir / "sparkzoo", "job-file", "score"], cwd=empty, env=env).stdout.strip()
-    nightly = _run([bin_dir / "spark-submit", job_file, "--conf", "nightly_scoring",
+    nightly = _run([bin_dir / "spark-submit", job_file, "-c", "nightly_scoring",
                     "--set", "score.run_date=2026-11-25", *small], cwd=empty, env=env)
     assert f"scored {SUBSAMPLE // 2} rows with my_fashion v1" in nightly.stdout, nightly.stdout
     assert (empty / "workspace" / "predictions" / "nightly" / "model_version=1" / "run_date=2026-11-25").is_dir()
     promote = _run([bin_dir / "spark-submit", _run([bin_dir / "sparkzoo", "job-file", "promote"], cwd=empty,
-                                                    env=env).stdout.strip(), "--conf", "mine.yaml", *small],
+                                                    env=env).stdout.strip(), "-c", "mine.yaml", *small],
                    cwd=empty, env=env)
     assert "champion is v1" in promote.stdout, promote.stdout
-    rollback = _run([bin_dir / "sparkzoo", "promote", "--conf", "mine.yaml", "--rollback-to", "1", *small],
+    rollback = _run([bin_dir / "sparkzoo", "promote", "-c", "mine.yaml", "--rollback-to", "1", *small],
                     cwd=empty, env=env)
     assert "champion is v1" in rollback.stdout, rollback.stdout
 
@@ -210,7 +210,7 @@ def test_packed_environment_on_a_cluster_that_shares_nothing(fresh_venv, tmp_pat
                "--conf", f"spark.pyspark.driver.python={bin_dir / 'python'}",
                "--conf", f"spark.executorEnv.PYTHONPATH={probe}",
                "--conf", "spark.executor.memory=1g", "--conf", "spark.task.maxFailures=4",
-               job_file, "--conf", "experiment.yaml",
+               job_file, "-c", "experiment.yaml",
                "--set", f"workspace={ws}", "--set", f"data.max_records={SUBSAMPLE}", "--set", "train.epochs=1",
                "--set", "train.num_proc=2", "--set", "train.progress=false",
                "--set", "spark.conf.spark.sql.shuffle.partitions=4"]

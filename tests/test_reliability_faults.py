@@ -91,7 +91,7 @@ def test_python_worker_killed_during_prepare_is_retried_without_duplicates(tmp_p
     src, expected = _stamp_tree(tmp_path)
     marker = tmp_path / "killed-once"
     sets = [*_prepare_sets(tmp_path, src), "spark.master=local[2,3]"]   # 3 attempts per task in local mode
-    proc = run_cli("prepare", "--conf", str(CONF), *[a for s in sets for a in ("--set", s)],
+    proc = run_cli("prepare", "-v", "--conf", str(CONF), *[a for s in sets for a in ("--set", s)],
                    env={"SPARKZOO_FAULT": f"prepare.decode:{marker}", "PYSPARK_PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert marker.exists(), "the fault was never injected"
