@@ -194,6 +194,16 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_lineage(args) -> int:
+    """Where one prediction came from: partition, model version, MLflow run, dataset, source file + hash."""
+    from sparkzoo.pipelines import lineage
+
+    exp = _load(args)
+    chains = lineage.trace(exp, args.id)
+    print(lineage.print_json(chains) if args.json else lineage.render(chains))
+    return 0
+
+
 def cmd_run(args) -> int:
     """prepare -> train -> score in one go, then the summary a new user wants to see."""
     from sparkzoo.pipelines import prepare, score, train
@@ -380,6 +390,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "ui": (cmd_ui, "start the MLflow UI on this experiment's store (127.0.0.1 by default)"),
     "doctor": (cmd_doctor, "check Java, Spark, Horovod (Gloo + torch), petastorm, the MLflow store and free disk"),
     "config": (cmd_config, "print the merged, validated config (defaults + file + --set) as YAML"),
+    "lineage": (cmd_lineage, "where a prediction came from: partition -> model version -> MLflow run -> dataset "
+                             "-> source file and its sha256 (--id ID, --json)"),
 }
 STAGES = ("prepare", "replicate", "train", "score", "promote", "run", "baseline")   # --dry-run applies
 
@@ -411,6 +423,9 @@ def _extra_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "promote":
         p.add_argument("--rollback-to", type=int, metavar="VERSION",
                        help="move the champion alias back to this version instead of evaluating (logged)")
+    elif name == "lineage":
+        p.add_argument("--id", required=True, help="the prediction's id (the id column of the scoring output)")
+        p.add_argument("--json", action="store_true", help="the chain as JSON, for machines")
     if name in STAGES:
         p.add_argument("--dry-run", action="store_true",
                        help="print what this would read, write and launch, then stop (starts nothing)")

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from . import inference_path, paths, track
+from . import inference_path, lineage, paths, track
 from .config import Experiment
 from .dataset import open_prepared
 from .errors import ScoringError
@@ -395,6 +395,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     shipped = ship_model(spark, exp, name, version)
     df = check_input(df, where, shipped.spec)
     choice = inference_path.choose(spark, exp, shipped, df, where)
+    record = lineage.scoring_record(exp, df, where, name, version)   # input snapshot, model URI, config hash
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
@@ -468,7 +469,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
                            f"{n_in} input rows; output at {out} is not trusted (duplicate ids in the input?)")
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
             "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,
-            "inference_path": choice.summary(),
+            "inference_path": choice.summary(), **record,
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
         _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})

@@ -207,9 +207,11 @@ def _write(rows, data, exp: Experiment, staging: str, version: str, listing, lab
     train = totals.get("train", {"sum": 0.0, "sumsq": 0.0, "count": 0})
     src_files: Any = listing if len(listing) <= 5000 else {"count": len(listing),
                                                            "bytes": sum(int(f["size"]) for f in listing)}
+    # every file with its byte hash, in Parquet beside the manifest (lineage; no 5,000-file cliff)
+    index = manifest_mod.write_file_index(rows.sparkSession, listing, exp.data.source.path, staging)
     manifest = manifest_mod.build(
         dataset=exp.data.dataset, version=version, modality=exp.data.modality, task=extra.pop("task"),
-        source={"kind": exp.data.source.kind, "path": exp.data.source.path, "files": src_files},
+        source={"kind": exp.data.source.kind, "path": exp.data.source.path, "files": src_files, "index": index},
         shape=extra.pop("shape", {}),
         label_names=label_names,
         counts={s: {"rows": splits[s]["rows"], "per_class": per_class.get(s, {})} for s in SPLITS},

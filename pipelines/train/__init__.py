@@ -61,6 +61,7 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
         source = ({"model.init_from_name": init_from["name"], "model.init_from_version": str(init_from["version"])}
                   if init_from else None)
         run_id = track.start_run(exp, dataset_version=ds.version, world_size=exp.train.num_proc, extra_params=source)
+        track.log_dataset_inputs(exp, run_id, ds.manifest, ds.path)   # the run page lists its datasets
     ctx = {"run_id": run_id, "dataset_path": ds.path, "manifest": ds.manifest,
            "checkpoint_dir": paths.checkpoint_dir(exp, run_id), "resume_from": resume_from,
            "fault": fault, "launched_at": time.time(), "init_from": init_from}
