@@ -116,6 +116,14 @@ def _device(choice: str, seen=None) -> str:
 _SAID: set[str] = set()   # per Python worker: device lines already logged
 
 
+def _device_failure(exc: Exception) -> ScoringError | None:
+    """A task's ``score.device=cuda`` refusal, out of the Spark and Py4J layers around it: one line."""
+    import re
+
+    found = re.search(r"ScoringError: (score\.device=cuda[^\n]*)", str(exc))
+    return ScoringError(found.group(1).strip()) if found else None
+
+
 def under_profile(spark, frame, profile):
     """``frame`` whose scoring stage runs under ``profile`` (a GPU share per task), or ``frame`` itself.
 
@@ -443,7 +451,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
         try:
             frame.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(where)
         except Exception as exc:
-            failure = paths.write_failure(exc, f"scoring output {where}")
+            failure = paths.write_failure(exc, f"scoring output {where}") or _device_failure(exc)
             if failure is not None:
                 raise failure from None
             raise

@@ -48,21 +48,32 @@ def _stage_profiles(events: Path) -> tuple[dict[int, dict[str, float]], list[tup
 def test_ranks_and_scoring_tasks_use_the_gpus_spark_assigns(tmp_path):
     ws, report, events = tmp_path / "ws", tmp_path / "devices", tmp_path / "events"
     events.mkdir()
+    data = ["--set", f"workspace={ws}", "--set", f"data.max_records={ROWS}",
+            "--set", "prepare.row_group_bytes=131072"]   # a row group for each of the 4 ranks
     with standalone_cluster(tmp_path, workers=2, cores=2, gpus=2) as (master, env):
-        proc = subprocess.run(
-            [str(VENV_BIN / "spark-submit"), "--master", master, "--conf", f"spark.pyspark.python={sys.executable}",
-             "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=2",
-             "--conf", "spark.executor.resource.gpu.amount=2",
-             "--conf", f"spark.executorEnv.{devices.REPORT_ENV}={report}",
-             "--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}",
-             str(ROOT / "jobs" / "run.py"), "--conf", str(CONF),
-             "--set", f"workspace={ws}", "--set", f"data.max_records={ROWS}", "--set", "train.epochs=1",
-             "--set", "prepare.row_group_bytes=131072",   # a row group for each of the 4 ranks
-             "--set", "train.max_steps_per_epoch=4", "--set", "train.num_proc=4", "--set", "train.progress=false",
-             "--set", "train.gpus_per_rank=1", "--set", "score.tasks_per_gpu=2"],
-            cwd=ROOT, env={**env, devices.REPORT_ENV: str(report)}, capture_output=True, text=True, timeout=900)
+        def submit(job: str, *args: str, log_events: bool = False) -> subprocess.CompletedProcess:
+            logged = ["--conf", "spark.eventLog.enabled=true", "--conf", f"spark.eventLog.dir={events}"]
+            return subprocess.run(
+                [str(VENV_BIN / "spark-submit"), "--master", master, "--conf", f"spark.pyspark.python={sys.executable}",
+                 "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=2",
+                 "--conf", "spark.executor.resource.gpu.amount=2", "--conf", "spark.task.maxFailures=1",
+                 "--conf", f"spark.executorEnv.{devices.REPORT_ENV}={report}",
+                 *(logged if log_events else []), str(ROOT / "jobs" / job), "--conf", str(CONF), *data, *args],
+                cwd=ROOT, env={**env, devices.REPORT_ENV: str(report)}, capture_output=True, text=True, timeout=900)
+
+        proc = submit("run.py", "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=4",
+                      "--set", "train.num_proc=4", "--set", "train.progress=false",
+                      "--set", "train.gpus_per_rank=1", "--set", "score.tasks_per_gpu=2", log_events=True)
         (tmp_path / "job.out").write_text(proc.stdout + "\n---- stderr ----\n" + proc.stderr)
         assert proc.returncode == 0, proc.stdout[-3000:]
+        # the same scoring, now requiring CUDA: the tasks refuse, and the job ends in one line
+        required = submit("score.py", "--set", "score.device=cuda", "--set", "score.tasks_per_gpu=2",
+                          "--set", f"score.output={tmp_path / 'required'}")
+        (tmp_path / "required.out").write_text(required.stdout + "\n---- stderr ----\n" + required.stderr)
+    said = required.stdout + required.stderr
+    assert required.returncode == 2, said[-3000:]
+    assert "sparkzoo: error: score.device=cuda but this executor has no CUDA device" in said, said[-3000:]
+    assert "Py4JJavaError" not in said   # the executors' tracebacks stay in Spark's log, not in the error
     out = proc.stdout + proc.stderr
     assert f"scored {ROWS} rows" in proc.stdout
     # one line each on the driver: no CUDA here, so the assigned GPUs were not used
@@ -106,6 +117,10 @@ def test_gpu_requests_need_a_cluster_master_with_gpus(spark, make_exp):
             pass
     assert "range" not in vars(spark.sparkContext)   # nothing left patched
     assert devices.score_profile(spark, None) is None
+    # a local job's executors are this process: a required GPU that is not there fails before any work
+    with pytest.raises(ScoringError, match="score.device=cuda but this machine has no CUDA device"):
+        devices.score_plan(spark, "cuda", None)
+    assert devices.score_plan(spark, "auto", None) == devices.NO_CUDA
 
 
 def test_required_cuda_without_cuda_fails_clearly():
