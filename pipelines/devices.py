@@ -17,14 +17,11 @@ so a test (or an operator) sees what each rank and task got.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
-
-log = logging.getLogger("sparkzoo.devices")
 
 GPU = "gpu"
 REPORT_ENV = "SPARKZOO_DEVICE_REPORT"
@@ -50,7 +47,7 @@ class DeviceChoice:
 
 
 def physical_ids(addresses: list[str]) -> list[str]:
-    """Spark's addresses as CUDA device ids for a child's ``CUDA_VISIBLE_DEVICES``.
+    """Spark's addresses as CUDA device ids, for a rank's ``CUDA_VISIBLE_DEVICES``.
 
     Spark's own rule (pyspark.ml.torch.distributor._get_gpus_owned): where the executor already runs under a
     ``CUDA_VISIBLE_DEVICES`` (a YARN or Kubernetes container), an address indexes that list."""
