@@ -560,6 +560,10 @@ class ScoreConfig(_Strict):
     optimize_calibration_rows: int = Field(512, ge=16)   # rows int8_static fixes its activation scales on
     optimize_min_speedup: float = Field(1.1, ge=1.0)     # auto keeps eager unless a path is at least this fast
     optimize_tolerance: float = Field(0.005, ge=0.0, le=1.0)
+    # drift (pipelines/drift.py): profile input + predictions against the model's training reference
+    drift: bool = True
+    drift_flag_above: float = Field(0.2, gt=0.0)            # PSI above which a feature is reported as moved
+    drift_fail_above: Optional[float] = Field(None, gt=0.0)  # PSI above which the job ends with exit code 4
 
     @model_validator(mode="after")
     def _one_input(self) -> "ScoreConfig":

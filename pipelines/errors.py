@@ -40,3 +40,9 @@ class SetupError(SparkzooError):
 
 class OutputError(SparkzooError):
     """An output could not be written (disk full, no permission) or an existing output is incomplete."""
+
+
+class DriftError(SparkzooError):
+    """Scoring finished and wrote its output, but input or predictions moved past ``score.drift_fail_above``."""
+
+    exit_code = 4

@@ -44,7 +44,7 @@ def input_snapshot(df, where: str, exp: Experiment) -> dict[str, Any]:
     so a file rewritten in place changes the digest. A prepared split also names its dataset version.
     """
     kind = "table" if exp.score.input_table else "path" if exp.score.input_path else "split"
-    files = sorted(df.inputFiles())
+    files = sorted(_local(f) for f in df.inputFiles())
     stamped = []
     if files:
         fs, _ = paths.filesystem(files[0])
@@ -60,6 +60,13 @@ def input_snapshot(df, where: str, exp: Experiment) -> dict[str, Any]:
         m = paths.read_json(paths.join(dataset_dir, MANIFEST))
         snap["dataset"] = {"name": m.get("dataset"), "version": m.get("version"), "path": dataset_dir}
     return snap
+
+
+def _local(path: str) -> str:
+    """Spark's ``file:/x`` or ``file:///x`` -> ``/x``; other URIs stay."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return path[len("file:"):] if path.startswith("file:") else path
 
 
 def _table_version(spark, table: str) -> int | None:
@@ -126,8 +133,7 @@ def _source_file(dataset_dir: str, manifest: dict[str, Any], source: str) -> dic
     from .prepare.manifest import SOURCE_INDEX
 
     file, _, member = source.partition("!")
-    file = file[len("file:"):] if file.startswith("file:") and not file.startswith("file://") else file
-    file = file[len("file://"):] if file.startswith("file://") else file
+    file = _local(file)
     index = (manifest.get("source") or {}).get("index")
     out: dict[str, Any] = {"path": file, **({"member": member} if member else {})}
     if not index:

@@ -26,10 +26,10 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from . import inference_path, lineage, paths, track
+from . import inference_path, lineage, monitoring, paths, track
 from .config import Experiment
 from .dataset import open_prepared
-from .errors import ScoringError
+from .errors import DriftError, ScoringError
 
 log = logging.getLogger("sparkzoo.score")
 
@@ -52,6 +52,7 @@ class ScoreResult:
     run_date: str
     skipped_rows: int = 0          # incremental: ids this version had already scored on earlier dates
     optimize: str = "none"
+    drift: dict[str, Any] | None = None   # the partition manifest's drift block (pipelines/monitoring.py)
 
 
 @dataclass(frozen=True)
@@ -404,6 +405,7 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     df = check_input(df, where, shipped.spec)
     choice = inference_path.choose(spark, exp, shipped, df, where)
     record = lineage.scoring_record(exp, df, where, name, version)   # input snapshot, model URI, config hash
+    where_in = where
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
@@ -475,13 +477,26 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     if result.scored_rows + result.rejected_rows + skipped != n_in:
         raise ScoringError(f"scored {result.scored_rows} + rejected {rejected} + already scored {skipped} rows != "
                            f"{n_in} input rows; output at {out} is not trusted (duplicate ids in the input?)")
+    drift_block = None
+    if exp.score.drift:   # profile of tonight's rows that fit the model + their predictions, vs the reference
+        drift_block = monitoring.check(
+            exp, inputs=df.filter(reject_reason(df, shipped.spec).isNull()),
+            predictions=written if agg["n"] else None, spec=shipped.spec, run_id=record["model"]["run_id"],
+            name=name, version=version, run_date=run_date, partition=partition_dir(out, version, run_date), where=where_in)
+        result.drift = drift_block
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
             "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,
-            "inference_path": choice.summary(), **record,
+            "inference_path": choice.summary(), **record, **({"drift": drift_block} if drift_block else {}),
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
         _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
     log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected%s", result.scored_rows, name, version,
              result.seconds, n_in / max(result.seconds, 1e-9), rejected,
              f", {skipped} already scored (incremental)" if exp.score.incremental else "")
+    limit = exp.score.drift_fail_above
+    failing = [n for n, f in (drift_block or {}).get("features", {}).items()
+               if limit is not None and f["psi"] is not None and f["psi"] > limit]
+    if failing:   # the output is written and marked: the job reports the move, it does not hide the scores
+        moved = ", ".join(f"{n} (PSI {drift_block['features'][n]['psi']:.2f})" for n in failing)
+        raise DriftError(f"drift: {moved} above score.drift_fail_above={limit:g}; see {drift_block['report']}")
     return result

@@ -85,6 +85,12 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
     track.set_alias(exp, "candidate", version)
     promoted, reason = track.promote_first(exp, version)
     track.end_run(exp, run_id, "FINISHED")
+    if exp.score.drift:   # the reference later scoring runs are compared with (pipelines/monitoring.py)
+        from .. import monitoring
+        if spark is None:
+            from ..session import get_spark
+            spark = get_spark(exp)
+        monitoring.log_reference(exp, spark, run_id, exp.model_name, version, ds)
     aliases = ["candidate"] + (["champion"] if promoted else [])
     return TrainResult(run_id, exp.model_name, version, aliases, summary["test"], summary["history"],
                        summary["parameters"], summary["train_seconds"], summary["train_samples_per_second"],

@@ -1,0 +1,118 @@
+"""Drift on real data: the Fashion-MNIST CNN (trained on the CI subsample, which logs its reference profile)
+scores the test split (nothing moves) and the same split inverted and brightness-shifted (moves are
+flagged, the job ends with exit code 4 when score.drift_fail_above is set); a text classifier scores its
+own test split and out-of-domain text (the GPL-3 licence, tokenised with the model's vocabulary).
+Real local Spark, real Parquet, real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparkzoo.pipelines import drift, monitoring, prepare, score, track, train
+from sparkzoo.pipelines.dataset import open_prepared
+from sparkzoo.pipelines.errors import DriftError
+from sparkzoo.pipelines.textnorm import tokenize
+
+from .conftest import CONF, ROOT, SUBSAMPLE, run_cli
+
+GPL = Path("/usr/share/common-licenses/GPL-3")
+TEXT_CONF = ROOT / "conf" / "pang_lee_polarity.yaml"
+
+
+def _shifted(spark, src: str, dst: Path, how: str) -> str:
+    """The prepared test split with its pixel bytes changed in Spark (inverted, or 60 levels brighter)."""
+    def change(frames):
+        for f in frames:
+            x = np.frombuffer(b"".join(f["image"]), np.uint8).reshape(len(f), -1).astype(np.int16)
+            y = 255 - x if how == "invert" else np.clip(x + 60, 0, 255)
+            f["image"] = [row.astype(np.uint8).tobytes() for row in y]
+            yield f
+
+    df = spark.read.parquet(src)
+    df.mapInPandas(change, df.schema).write.parquet(str(dst))
+    return str(dst)
+
+
+def test_fashion_mnist_no_drift_then_inverted_and_brighter(trained, make_exp, spark, tmp_path):
+    out = tmp_path / "pred"
+    base = [f"score.output={out}"]
+    exp = make_exp(*base)
+    ref = monitoring.load_reference(exp, trained.run_id)
+    assert ref is not None and ref["rows"] > 0 and "pixel_mean" in ref["features"]
+    assert sum(ref["features"]["predicted_class"]["counts"].values()) == ref["rows"]
+
+    same = score.run(make_exp(*base, "score.run_date=2026-06-01"), spark)
+    block = same.drift
+    assert block["moved"] == [] and set(block["features"]) >= {*drift.IMAGE_FEATURES, "predicted_class", "confidence"}
+    for name, f in block["features"].items():
+        assert f["psi"] < 0.2 and f["js"] < 0.3, (name, f)             # every figure under its threshold
+        assert f["ks"] is None or f["ks"] < 0.15, (name, f)
+    part = json.loads((out / f"model_version={same.model_version}" / "run_date=2026-06-01" / "_manifest.json").read_text())
+    assert part["drift"]["moved"] == [] and part["drift"]["rows"] == same.scored_rows
+    page = Path(block["report"]).read_text()
+    assert "no feature moved" in page and "pixel_mean" in page and "<svg" in page and "src=" not in page and "<link" not in page
+
+    test_dir = open_prepared(exp).split_dir("test")
+    inverted = _shifted(spark, test_dir, tmp_path / "inverted", "invert")
+    with pytest.raises(DriftError) as err:
+        score.run(make_exp(*base, f"score.input_path={inverted}", "score.run_date=2026-06-02",
+                           "score.drift_fail_above=0.5"), spark)
+    assert "pixel_mean" in str(err.value) and "\n" not in str(err.value)
+    # the scores were still written and marked, with the drift in their manifest
+    part = json.loads((out / f"model_version={same.model_version}" / "run_date=2026-06-02" / "_manifest.json").read_text())
+    assert {"pixel_mean", "dark_fraction", "bright_fraction"} <= set(part["drift"]["moved"])
+    assert part["drift"]["features"]["pixel_mean"]["ks"] > 0.5
+
+    brighter = _shifted(spark, test_dir, tmp_path / "brighter", "brighter")
+    sets = [f"workspace={exp.workspace}", "spark.master=local[2]", f"data.max_records={SUBSAMPLE}",
+            "spark.conf.spark.ui.enabled=false", *base, f"score.input_path={brighter}", "score.run_date=2026-06-03",
+            "score.drift_fail_above=0.5"]
+    args = [a for s in sets for a in ("--set", s)]
+    cli = run_cli("score", "-c", str(CONF), *args)
+    assert cli.returncode == 4, cli.stderr[-3000:]
+    said = [line for line in cli.stderr.splitlines() if "drift_fail_above" in line]
+    assert len(said) == 1 and "pixel_mean" in said[0], cli.stderr[-3000:]   # one line naming what moved
+    assert "Traceback" not in cli.stderr
+
+    # the monitoring experiment: one run per scoring date, with the figures as metrics
+    c = track.client(exp)
+    mon = c.get_experiment_by_name(monitoring.monitoring_experiment(exp))
+    runs = c.search_runs([mon.experiment_id], filter_string=f"tags.`sparkzoo.model_name` = '{exp.model_name}'")
+    by_date = {r.data.tags["sparkzoo.run_date"]: r for r in runs}
+    assert {"2026-06-01", "2026-06-02", "2026-06-03"} <= set(by_date)
+    assert by_date["2026-06-01"].data.metrics["pixel_mean.psi"] < 0.2 < by_date["2026-06-02"].data.metrics["pixel_mean.psi"]
+    assert by_date["2026-06-03"].data.metrics["features_moved"] >= 1
+
+
+def test_text_model_own_test_split_vs_out_of_domain_text(make_exp, spark, tmp_path):
+    def text_exp(*extra: str):
+        return make_exp("data.max_records=null", "train.epochs=1", "train.num_proc=1", "mlflow.model_name=drift_bilstm",
+                        "model.params={embed: 16, hidden: 16, pooling: max, dropout: 0.0}",
+                        f"score.output={tmp_path / 'pred'}", *extra, conf=TEXT_CONF)
+
+    prepared = prepare.run(text_exp(), spark)
+    trained = train.run(text_exp(), spark)
+    ref = monitoring.load_reference(text_exp(), trained.run_id)
+    assert {"length", "oov_rate", "token_distribution", "predicted_class"} <= set(ref["features"])
+
+    own = score.run(text_exp("score.run_date=2026-07-01"), spark)
+    assert own.drift["features"]["oov_rate"]["psi"] < 0.2 and own.drift["features"]["length"]["psi"] < 0.2
+    assert own.drift["features"]["token_distribution"]["psi"] < 0.2
+
+    # out of domain: licence prose, tokenised exactly as prepare tokenises, with the model's vocabulary
+    vocab = {t: i for i, t in enumerate(prepared.manifest["vocab"]["text"])}
+    how, max_len = text_exp().data.text.tokenizer, text_exp().data.text.max_length
+    lines = [ln.strip().lower() for ln in GPL.read_text().splitlines() if len(ln.split()) >= 4]
+    ids = [[vocab.get(t, drift.UNK) for t in tokenize(ln, how)][:max_len] for ln in lines]
+    ood = tmp_path / "gpl.parquet"
+    pd.DataFrame({"id": [f"gpl/{i}" for i in range(len(lines))], "text": lines,
+                  "token_ids": [np.asarray(x, np.int32) for x in ids]}).to_parquet(ood)
+    with pytest.raises(DriftError) as err:
+        score.run(text_exp(f"score.input_path={ood}", "score.run_date=2026-07-02", "score.drift_fail_above=0.25"), spark)
+    assert re.search(r"oov_rate|token_distribution", str(err.value))
