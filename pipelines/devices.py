@@ -70,6 +70,14 @@ def task_gpus() -> list[str]:
     return list(info.addresses) if info is not None else []
 
 
+def task_stage() -> int | None:
+    """The running task's Spark stage id (None outside a task): which stage a report came from."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return ctx.stageId() if ctx is not None else None
+
+
 def rank_gpus(launcher: str, asked: int) -> tuple[list[str], str]:
     """The GPUs Spark assigned this rank's task, and where that came from.
 

@@ -104,7 +104,7 @@ def _device(choice: str, seen=None) -> str:
     from . import devices
 
     picked = devices.for_score_task(choice)
-    devices.report("score", picked)
+    devices.report("score", picked, stage=devices.task_stage())
     if seen is not None:
         seen.add({devices.seen_as(picked)})
     said = picked.note.split(": ", 1)[-1]   # without "score task N"

@@ -29,10 +29,11 @@ def _reports(folder: Path, kind: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{kind}-*.json"))]
 
 
-def _stage_profiles(events: Path) -> tuple[dict[int, dict[str, float]], list[tuple[str, int]]]:
-    """From Spark's event log: each resource profile's task requests, and (stage name, profile id) per stage."""
+def _stage_profiles(events: Path) -> tuple[dict[int, dict[str, float]], list[tuple[str, int, int]]]:
+    """From Spark's event log: each resource profile's task requests, and (stage name, profile id, stage id)
+    per stage."""
     profiles: dict[int, dict[str, float]] = {}
-    stages: list[tuple[str, int]] = []
+    stages: list[tuple[str, int, int]] = []
     for log in events.iterdir():
         for line in log.read_text().splitlines():
             event = json.loads(line)
@@ -41,7 +42,7 @@ def _stage_profiles(events: Path) -> tuple[dict[int, dict[str, float]], list[tup
                     name: req["Amount"] for name, req in event["Task Resource Requests"].items()}
             elif event["Event"] == "SparkListenerStageSubmitted":
                 info = event["Stage Info"]
-                stages.append((info["Stage Name"], info["Resource Profile Id"]))
+                stages.append((info["Stage Name"], info["Resource Profile Id"], info["Stage ID"]))
     return profiles, stages
 
 
@@ -58,7 +59,7 @@ def test_ranks_and_scoring_tasks_use_the_gpus_spark_assigns(tmp_path):
                  "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=2",
                  "--conf", "spark.executor.resource.gpu.amount=2", "--conf", "spark.task.maxFailures=1",
                  "--conf", f"spark.executorEnv.{devices.REPORT_ENV}={report}",
-                 *(logged if log_events else []), str(ROOT / "jobs" / job), "--conf", str(CONF), *data, *args],
+                 *(logged if log_events else []), str(ROOT / "jobs" / job), "-c", str(CONF), *data, *args],
                 cwd=ROOT, env={**env, devices.REPORT_ENV: str(report)}, capture_output=True, text=True, timeout=900)
 
         proc = submit("run.py", "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=4",
@@ -90,21 +91,27 @@ def test_ranks_and_scoring_tasks_use_the_gpus_spark_assigns(tmp_path):
         by_executor[r["cwd"]].append(r["addresses"][0])  # a Python worker runs in its executor's folder
     assert sorted(sorted(got) for got in by_executor.values()) == [["0", "1"], ["0", "1"]], dict(by_executor)
 
-    scored = _reports(report, "score")
-    assert scored, "no scoring task reported its device"
-    for t in scored:
-        assert len(t["addresses"]) == 1 and t["addresses"][0] in ("0", "1"), t
-        assert t["intended"] == f"cuda:{t['addresses'][0]}" and t["device"] == "cpu", t
-
     profiles, stages = _stage_profiles(events)
     gpu_of = {pid: req.get("gpu", 0.0) for pid, req in profiles.items()}
     used = defaultdict(list)
-    for name, pid in stages:
+    for name, pid, _ in stages:
         used[gpu_of.get(pid, 0.0)].append(name)
+
+    # the scoring stage's tasks each got one address; a model run in any other stage (the drift reference
+    # while training, say) asked for none and got none
+    scoring_stages = {sid for _, pid, sid in stages if gpu_of.get(pid) == 0.5}
+    scored = [t for t in _reports(report, "score") if t["stage"] in scoring_stages]
+    assert scored, "no task of the scoring stage reported its device"
+    for t in scored:
+        assert len(t["addresses"]) == 1 and t["addresses"][0] in ("0", "1"), t
+        assert t["intended"] == f"cuda:{t['addresses'][0]}" and t["device"] == "cpu", t
+    for t in _reports(report, "score"):
+        if t["stage"] not in scoring_stages:
+            assert t["addresses"] == [] and t["device"] == "cpu", t
     assert set(used) == {0.0, 1.0, 0.5}, dict(used)   # default (no GPU), one per rank, half per scoring task
     assert len(used[1.0]) == 1 and "horovod/spark/runner.py" in used[1.0][0], dict(used)   # the ranks' stage
     assert len(used[0.5]) >= 1, dict(used)                                             # the scoring stage
-    prepare = [name for name, _ in stages if "pipelines/prepare" in name]
+    prepare = [name for name, _, _ in stages if "pipelines/prepare" in name]
     assert prepare and all(name in used[0.0] for name in prepare), dict(used)          # prepare: CPU only
 
 
@@ -154,7 +161,7 @@ def test_contradicting_gpu_settings_are_refused(overrides, message):
 
 
 def test_doctor_on_a_cpu_machine_says_where_training_runs(tmp_path):
-    proc = run_cli("doctor", "--conf", str(CONF), "--set", f"workspace={tmp_path}")
+    proc = run_cli("doctor", "-c", str(CONF), "--set", f"workspace={tmp_path}")
     assert devices.NO_CUDA in proc.stdout, proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
