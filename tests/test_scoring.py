@@ -312,4 +312,5 @@ def test_nightly_scoring_conf_is_valid_and_incremental():
     exp = config.load(ROOT / "conf" / "nightly_scoring.yaml", ["score.run_date=2026-11-25"])
     assert exp.score.incremental and exp.model_name == "fashion_mnist_cnn" and exp.score.run_date == "2026-11-25"
     recipe = (ROOT / "docs" / "SCHEDULING.md").read_text()
-    assert "jobs/score.py" in recipe and "score.run_date={{ ds }}" in recipe and "SparkSubmitOperator" in recipe
+    assert "job-file score" in recipe and "/score.py" in recipe and "score.run_date={{ ds }}" in recipe
+    assert "SparkSubmitOperator" in recipe
