@@ -14,6 +14,8 @@ driver. Features:
   absolute difference between neighbouring pixels), all on 0..1 pixel values;
 * text (token ids): length, out-of-vocabulary rate, and the token distribution over log2 id bands (ids
   are frequency ranks of the training vocabulary, so a shift in bands is a shift in vocabulary);
+* image classifiers: the penultimate layer (the classifier head's input) on a hash sample of about
+  2,000 rows, summarised per row as norm, mean, active fraction and max;
 * classifiers: the predicted-class distribution and the confidence.
 """
 
@@ -76,6 +78,53 @@ def numeric_features(df, spec: dict[str, Any]):
     return None, []
 
 
+EMBEDDING_FEATURES = ("embedding_norm", "embedding_mean", "embedding_active", "embedding_max")
+EMBEDDING_SAMPLE = 2000   # rows (a stable hash sample of ids): the model runs again on these only
+
+
+def _embeddings(frames, model_file: str, key: str):
+    """mapInPandas body: the input of the classifier head (the last ``Linear``: the penultimate layer's
+    output) per row, summarised as norm, mean, active fraction and max. Eager model, cached per worker."""
+    import pandas as pd
+    import torch
+
+    from .score import _predictor
+
+    pred = _predictor(model_file, {"device": "cpu", "threads": 1, "optimize": "none", "model_key": key})
+    heads = [m for m in pred.module.modules() if isinstance(m, torch.nn.Linear)]
+    if not heads:
+        return
+    got: list[np.ndarray] = []
+    handle = heads[-1].register_forward_hook(
+        lambda _m, inp, _out: got.append(inp[0].detach().float().reshape(inp[0].shape[0], -1).cpu().numpy()))
+    try:
+        for frame in frames:
+            got.clear()
+            pred.predict_batch(pred.batch(frame))
+            if not got:
+                continue
+            e = np.concatenate(got)
+            yield pd.DataFrame({"embedding_norm": np.linalg.norm(e, axis=1), "embedding_mean": e.mean(axis=1),
+                                "embedding_active": (e > 0).mean(axis=1), "embedding_max": e.max(axis=1)}).astype("float64")
+    finally:
+        handle.remove()
+
+
+def embedding_features(df, spec: dict[str, Any], model: tuple[str, str] | None, rows: int):
+    """Penultimate-layer summaries on a stable hash sample of ~EMBEDDING_SAMPLE rows (image classifiers)."""
+    from pyspark.sql import functions as F
+
+    from sparkzoo.models.tasks import CLASSIFIER_TASKS
+
+    if model is None or "image" not in df.columns or spec.get("task") not in CLASSIFIER_TASKS:
+        return None, []
+    every = max(1, int(rows) // EMBEDDING_SAMPLE)
+    sample = df.filter(F.pmod(F.xxhash64("id"), F.lit(every)) == 0).select("id", "image")
+    schema = ", ".join(f"{n} double" for n in EMBEDDING_FEATURES)
+    file, key = model
+    return sample.mapInPandas(lambda it: _embeddings(it, file, key), schema), list(EMBEDDING_FEATURES)
+
+
 def _token_bands(df) -> dict[str, int] | None:
     """Token ids counted by log2 band (one exploding aggregation); None when the input has no ids."""
     from pyspark.sql import functions as F
@@ -119,19 +168,25 @@ def _categorical(df, column: str) -> dict[str, int]:
 
 # ---- profiles ---------------------------------------------------------------------------------------
 
-def profile(inputs, predictions, spec: dict[str, Any], edges: dict[str, list[float]] | None = None) -> dict[str, Any]:
+def profile(inputs, predictions, spec: dict[str, Any], edges: dict[str, list[float]] | None = None, *,
+            model: tuple[str, str] | None = None, rows: int = 0) -> dict[str, Any]:
     """The profile of one data set: inputs (model input columns) and the model's predictions on them.
 
     With ``edges`` (the reference's) the numeric features are binned on them; without, decile edges are
-    computed from this data first (that is how the reference is made).
+    computed from this data first (that is how the reference is made). ``model`` (the shipped file name
+    and cache key) adds the penultimate-layer features on a sample of the ``rows`` input rows.
     """
-    features, names = numeric_features(inputs, spec)
     out: dict[str, Any] = {"features": {}}
-    if names:
+    for i, (features, names) in enumerate((numeric_features(inputs, spec),
+                                           embedding_features(inputs, spec, model, rows))):
+        if not names:
+            continue
         cuts = edges if edges is not None else _edges(features, names)
         cuts = {n: cuts[n] for n in names if n in cuts}
-        rows, counts = _binned_counts(features, cuts)
-        out["rows"] = rows
+        if not cuts:
+            continue
+        n, counts = _binned_counts(features, cuts)
+        out["rows" if i == 0 else "embedding_sample_rows"] = n
         for name in cuts:
             out["features"][name] = {"kind": "numeric", "edges": cuts[name], "counts": counts[name]}
     bands = _token_bands(inputs)

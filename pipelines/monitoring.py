@@ -45,7 +45,7 @@ def log_reference(exp: Experiment, spark, run_id: str, name: str, version: int, 
         predictions = (score.score_frame(good, shipped, score.worker_options(exp), [])
                        .select("prediction", F.col("confidence")).persist(StorageLevel.DISK_ONLY))
     try:
-        ref = drift.profile(good, predictions, shipped.spec)
+        ref = drift.profile(good, predictions, shipped.spec, model=(shipped.file, shipped.key), rows=ds.rows(split))
     finally:
         if predictions is not None:
             predictions.unpersist()
@@ -74,7 +74,8 @@ def load_reference(exp: Experiment, run_id: str) -> dict[str, Any] | None:
 
 
 def check(exp: Experiment, *, inputs, predictions, spec: dict[str, Any], run_id: str, name: str, version: int,
-          run_date: str, partition: str, where: str) -> dict[str, Any] | None:
+          run_date: str, partition: str, where: str, model: tuple[str, str] | None = None,
+          rows: int = 0) -> dict[str, Any] | None:
     """Profile tonight's input and predictions, compare with the reference, log and report.
 
     Returns the manifest's ``drift`` block (None when drift is off or the version has no reference).
@@ -85,7 +86,7 @@ def check(exp: Experiment, *, inputs, predictions, spec: dict[str, Any], run_id:
     if ref is None:
         log.info("drift: %s v%d has no reference profile (trained before drift profiles); not compared", name, version)
         return None
-    current = drift.profile(inputs, predictions, spec, drift.edges_of(ref))
+    current = drift.profile(inputs, predictions, spec, drift.edges_of(ref), model=model, rows=rows)
     result = drift.compare(ref, current, exp.score.drift_flag_above)
     block = {"reference_run": run_id, "reference_split": ref.get("split"), "reference_rows": ref.get("rows"),
              "rows": current.get("rows"), **result, "profile": current}

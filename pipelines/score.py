@@ -482,7 +482,8 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
         drift_block = monitoring.check(
             exp, inputs=df.filter(reject_reason(df, shipped.spec).isNull()),
             predictions=written if agg["n"] else None, spec=shipped.spec, run_id=record["model"]["run_id"],
-            name=name, version=version, run_date=run_date, partition=partition_dir(out, version, run_date), where=where_in)
+            name=name, version=version, run_date=run_date, partition=partition_dir(out, version, run_date), where=where_in,
+            model=(shipped.file, shipped.key), rows=n_in)
         result.drift = drift_block
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
             "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,

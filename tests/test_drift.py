@@ -49,7 +49,8 @@ def test_fashion_mnist_no_drift_then_inverted_and_brighter(trained, make_exp, sp
 
     same = score.run(make_exp(*base, "score.run_date=2026-06-01"), spark)
     block = same.drift
-    assert block["moved"] == [] and set(block["features"]) >= {*drift.IMAGE_FEATURES, "predicted_class", "confidence"}
+    assert block["moved"] == [] and set(block["features"]) >= {*drift.IMAGE_FEATURES, *drift.EMBEDDING_FEATURES,
+                                                         "predicted_class", "confidence"}
     for name, f in block["features"].items():
         assert f["psi"] < 0.2 and f["js"] < 0.3, (name, f)             # every figure under its threshold
         assert f["ks"] is None or f["ks"] < 0.15, (name, f)
