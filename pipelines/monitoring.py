@@ -82,6 +82,9 @@ def check(exp: Experiment, *, inputs, predictions, spec: dict[str, Any], run_id:
     """
     if not exp.score.drift:
         return None
+    import time
+
+    started = time.perf_counter()
     ref = load_reference(exp, run_id)
     if ref is None:
         log.info("drift: %s v%d has no reference profile (trained before drift profiles); not compared", name, version)
@@ -89,7 +92,8 @@ def check(exp: Experiment, *, inputs, predictions, spec: dict[str, Any], run_id:
     current = drift.profile(inputs, predictions, spec, drift.edges_of(ref), model=model, rows=rows)
     result = drift.compare(ref, current, exp.score.drift_flag_above)
     block = {"reference_run": run_id, "reference_split": ref.get("split"), "reference_rows": ref.get("rows"),
-             "rows": current.get("rows"), **result, "profile": current}
+             "rows": current.get("rows"), **result, "profile": current,
+             "profile_seconds": round(time.perf_counter() - started, 2)}   # what profiling cost this job
     report = paths.join(partition, REPORT)
     page = render_report(block, ref, name=name, version=version, run_date=run_date, where=where)
     _write_text(report, page)
@@ -105,6 +109,7 @@ def check(exp: Experiment, *, inputs, predictions, spec: dict[str, Any], run_id:
 
 def _write_text(path: str, text: str) -> None:
     fs, inner = paths.filesystem(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(inner) as fh:
         fh.write(text.encode("utf-8"))
 
