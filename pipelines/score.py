@@ -480,7 +480,8 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     drift_block = None
     if exp.score.drift and agg["n"]:   # tonight's rows that fit the model + their predictions, vs the reference
         drift_block = monitoring.check(
-            exp, inputs=df.filter(reject_reason(df, shipped.spec).isNull()), predictions=written, spec=shipped.spec, run_id=record["model"]["run_id"],
+            exp, inputs=df.filter(reject_reason(df, shipped.spec).isNull()), predictions=written,
+            spec=shipped.spec, run_id=record["model"]["run_id"],
             name=name, version=version, run_date=run_date, partition=partition_dir(out, version, run_date), where=where_in,
             model=(shipped.file, shipped.key), rows=n_in)
         result.drift = drift_block
