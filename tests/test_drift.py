@@ -1,6 +1,7 @@
 """Drift on real data: the Fashion-MNIST CNN (trained on the CI subsample, which logs its reference profile)
-scores the test split (nothing moves) and the same split inverted and brightness-shifted (moves are
-flagged, the job ends with exit code 4 when score.drift_fail_above is set); a text classifier scores its
+scores the test split (nothing moves), the same split inverted and brightness-shifted, and OpenCV's
+handwritten digits resized to 28x28 (moves are flagged, the job ends with exit code 4 when
+score.drift_fail_above is set); a text classifier scores its
 own test split and out-of-domain text (the GPL-3 licence, tokenised with the model's vocabulary).
 Real local Spark, real Parquet, real SQLite MLflow store."""
 
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from sparkzoo.pipelines import drift, monitoring, prepare, score, track, train
 from sparkzoo.pipelines.dataset import open_prepared
@@ -22,6 +24,7 @@ from sparkzoo.pipelines.textnorm import tokenize
 from .conftest import CONF, ROOT, SUBSAMPLE, run_cli
 
 GPL = Path("/usr/share/common-licenses/GPL-3")
+DIGITS = Path.home() / ".cache" / "sparkzoo" / "data" / "digits.png"   # OpenCV's sheet: 50 x 100 digits of 20x20
 TEXT_CONF = ROOT / "conf" / "pang_lee_polarity.yaml"
 
 
@@ -81,12 +84,25 @@ def test_fashion_mnist_no_drift_then_inverted_and_brighter(trained, make_exp, sp
     assert len(said) == 1 and "pixel_mean" in said[0], cli.stderr[-3000:]   # one line naming what moved
     assert "Traceback" not in cli.stderr
 
+    # a different world altogether: 2,000 OpenCV handwritten digits resized to 28x28, in the scoring schema
+    sheet = np.asarray(Image.open(DIGITS).convert("L"))
+    cells = [sheet[r:r + 20, c:c + 20] for r in range(0, 1000, 20) for c in range(0, 2000, 20)][::2][:2000]
+    digits = tmp_path / "digits.parquet"
+    pd.DataFrame({"id": [f"digit/{i}" for i in range(len(cells))],
+                  "image": [np.asarray(Image.fromarray(c).resize((28, 28), Image.BILINEAR), np.uint8).tobytes()
+                            for c in cells]}).to_parquet(digits)
+    with pytest.raises(DriftError) as err:
+        score.run(make_exp(*base, f"score.input_path={digits}", "score.run_date=2026-06-04",
+                           "score.drift_fail_above=0.5"), spark)
+    part = json.loads((out / f"model_version={same.model_version}" / "run_date=2026-06-04" / "_manifest.json").read_text())
+    assert len(part["drift"]["moved"]) >= 3 and "drift_fail_above=0.5" in str(err.value)
+
     # the monitoring experiment: one run per scoring date, with the figures as metrics
     c = track.client(exp)
     mon = c.get_experiment_by_name(monitoring.monitoring_experiment(exp))
     runs = c.search_runs([mon.experiment_id], filter_string=f"tags.`sparkzoo.model_name` = '{exp.model_name}'")
     by_date = {r.data.tags["sparkzoo.run_date"]: r for r in runs}
-    assert {"2026-06-01", "2026-06-02", "2026-06-03"} <= set(by_date)
+    assert {"2026-06-01", "2026-06-02", "2026-06-03", "2026-06-04"} <= set(by_date)
     assert by_date["2026-06-01"].data.metrics["pixel_mean.psi"] < 0.2 < by_date["2026-06-02"].data.metrics["pixel_mean.psi"]
     assert by_date["2026-06-03"].data.metrics["features_moved"] >= 1
 
