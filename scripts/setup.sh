@@ -38,13 +38,14 @@ step() {
 quiet_pip() { "$VPY" -m pip "$@"; }
 
 # ---- system packages ---------------------------------------------------------------------------
-# The real image/audio sets of DATASETS.md are installed by default: tests and examples use them.
+# The real image/audio data sets (Debian packages; docs/PREPARE.md) are installed by default: tests and examples use them.
 # Measured on this machine kind: tuxpaint-stamps-default 41 s, klettres-data 16 s (apt, 2026-11-25).
 # chromium + chromium-driver: the MLflow UI test (tests/test_ui.py) opens the UI in a real headless browser.
 # espeak-ng (~10 s): synthetic speakers for the spliced speech set (conf/klettres_spelling.yaml,
 # tests/test_prepare_splice.py).
 # tmux: tests/test_console.py runs `sparkzoo train` in a real terminal and reads the pane back.
-apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data espeak-ng chromium chromium-driver tmux)
+apt_pkgs=(dataset-fashion-mnist tuxpaint-stamps-default klettres-data espeak-ng chromium chromium-driver tmux
+          postgresql-15)   # the production-MLflow test runs its own PostgreSQL cluster (scripts/mlflow_stack.py)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
