@@ -1,4 +1,4 @@
-"""The prepared-dataset contract shared by prepare, train and score (DESIGN.md "Data contract").
+"""The prepared-dataset contract shared by prepare, train and score (docs/PREPARE.md, the top of the page).
 
 A prepared dataset is ``<root>/<dataset>/<version>/{train,val,test}/*.parquet`` + ``manifest.json`` +
 ``quarantine/``. The version is a fingerprint of the source listing and the prepare-relevant config,
