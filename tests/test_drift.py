@@ -22,6 +22,7 @@ from sparkzoo.pipelines.errors import DriftError
 from sparkzoo.pipelines.textnorm import tokenize
 
 from .conftest import CONF, ROOT, SUBSAMPLE, run_cli
+from .test_ui import ML, _open, _screenshot, browser, mlflow_ui  # noqa: F401  (browser is a fixture)
 
 GPL = Path("/usr/share/common-licenses/GPL-3")
 DIGITS = Path.home() / ".cache" / "sparkzoo" / "data" / "digits.png"   # OpenCV's sheet: 50 x 100 digits of 20x20
@@ -133,3 +134,18 @@ def test_text_model_own_test_split_vs_out_of_domain_text(make_exp, spark, tmp_pa
     with pytest.raises(DriftError) as err:
         score.run(text_exp(f"score.input_path={ood}", "score.run_date=2026-07-02", "score.drift_fail_above=0.25"), spark)
     assert re.search(r"oov_rate|token_distribution", str(err.value))
+
+
+def test_browser_shows_the_monitoring_run(trained, make_exp, spark, workspace, tmp_path, browser):
+    """The monitoring experiment as a person sees it in `sparkzoo ui` (headless Chromium); the screenshot
+    is docs/SCHEDULING.md's picture (SPARKZOO_DOC_IMAGES=docs/img refreshes it)."""
+    exp = make_exp(f"score.output={tmp_path / 'pred'}")
+    for date in ("2026-06-10", "2026-06-11"):
+        score.run(make_exp(f"score.output={tmp_path / 'pred'}", f"score.run_date={date}"), spark)
+    mon = track.client(exp).get_experiment_by_name(monitoring.monitoring_experiment(exp))
+    with mlflow_ui(workspace) as url:
+        text = _open(browser, f"{url}/#/experiments/{mon.experiment_id}/runs?{ML}&compareRunsMode=CHART",
+                     f"{exp.model_name}-2026-06-11", "bright_fraction.psi", "Model metrics")
+        assert f"{exp.model_name}-2026-06-10" in text
+        shot = _screenshot(browser, "mlflow_monitoring.png")
+    assert shot.stat().st_size > 10_000
