@@ -640,10 +640,11 @@ def find_experiment(path: str | Path) -> Path:
     shipped = CONF_DIR / f"{stem}.yaml"
     if given.parent in (Path("."), Path("conf")) and stem != DEFAULTS_FILE.stem and shipped.is_file():
         return shipped
-    hint = difflib.get_close_matches(stem, examples(), n=1)
+    names = examples()
+    hint = difflib.get_close_matches(stem, names, n=1)
     more = f" (did you mean '{hint[0]}'?)" if hint else ""
-    raise ConfigError(f"config file {given} does not exist{more}; pass --conf with a YAML file or the name of a "
-                      f"shipped example ({', '.join(examples())}); `sparkzoo init NAME` copies one here to edit")
+    raise ConfigError(f"config file {given} does not exist{more}; pass -c with a YAML file or the name of a "
+                      f"shipped example ({', '.join(names)}); `sparkzoo init NAME` copies one here to edit")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -8,7 +8,9 @@ rank (bad data, say) is re-raised as itself.
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 from typing import Any
 
 from ..config import Experiment
@@ -36,9 +38,6 @@ def executor_python(spark) -> str:
     ``spark.pyspark.python=./environment/bin/python``) that path does not exist there, or names another
     installation; the relative path resolves in the task's working directory, where the archive lies.
     """
-    import os
-    import sys
-
     return spark.conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON") or sys.executable
 
 
