@@ -6,16 +6,27 @@ its input and its predictions (``profile``) and compares the two (``compare``): 
 index, Jensen-Shannon distance and a binned Kolmogorov-Smirnov statistic per feature.
 
 Everything that touches rows is a Spark aggregation: per-row features are native column expressions
-(text) or one vectorised pass over the pixel bytes (images), binned against the reference's decile edges
-and counted in ONE ``agg`` of ``sum(when(...))`` columns; only the counts (a few hundred numbers) reach the
-driver. Features:
+(text) or one vectorised ``mapInPandas`` pass over the pixel bytes (images) or the log-mel frames
+(audio), binned against the reference's decile edges and counted in ONE ``agg`` of ``sum(when(...))``
+columns; only the counts (a few hundred numbers) reach the driver. Features:
 
 * images: per-row mean, standard deviation, dark and bright pixel fractions, and edge energy (mean
   absolute difference between neighbouring pixels), all on 0..1 pixel values;
+* audio (log-mel ``features``): duration in seconds, loudness (mean mel power in dB), mean and standard
+  deviation of the log-mel values, the spectral centroid (power-weighted mean mel band, 0..1) and the
+  pause fraction (frames ``PAUSE_DB`` under the row's loudest): a quieter or louder microphone moves
+  loudness and the log-mel mean, noise moves the pause fraction and the centroid, other speech moves
+  duration and the mel statistics;
 * text (token ids): length, out-of-vocabulary rate, and the token distribution over log2 id bands (ids
   are frequency ranks of the training vocabulary, so a shift in bands is a shift in vocabulary);
-* image classifiers: the penultimate layer (the classifier head's input) on a hash sample of about
-  2,000 rows, summarised per row as norm, mean, active fraction and max;
+* classifiers (images and text): the penultimate layer (the input of the classifier head, the last
+  ``Linear`` to run) on a stable hash sample of about ``EMBEDDING_SAMPLE`` rows, per row its norm, mean,
+  active fraction and max, and its projections on ``EMBEDDING_DIRECTIONS`` fixed directions: the top
+  principal components of the reference sample (fitted once with Spark ML's PCA, which aggregates the
+  covariance; seeded random unit vectors for layers wider than ``PCA_MAX_DIM``), stored in the
+  reference and reused every night. The summaries say how big embeddings are; the projections' decile
+  histograms say where they lie, so a shift to another region of the space moves them even when the
+  norms stay;
 * classifiers: the predicted-class distribution and the confidence.
 """
 
@@ -36,6 +47,11 @@ EPS = 0.5                                     # additive smoothing per bin: an e
 IMAGE_FEATURES = ("pixel_mean", "pixel_std", "dark_fraction", "bright_fraction", "edge_energy")
 UNK = 1                                       # pipelines/prepare/text.py SPECIALS: <pad>, <unk>, <bos>, <eos>
 TOKEN_BANDS = 16                              # floor(log2(id + 1)), capped
+AUDIO_FEATURES = ("duration_seconds", "loudness_db", "mel_mean", "mel_std", "mel_centroid", "pause_fraction")
+# A frame 30 dB (1/1000 of the power) under its row's loudest frame is a pause, not a soft sound: speech
+# sounds of one utterance sit within ~30 dB of each other, so pauses in a clean recording fall below it
+# and background noise that fills them lifts them above it.
+PAUSE_DB = 30.0
 
 
 # ---- per-row features (Spark) ------------------------------------------------------------------------
@@ -57,16 +73,52 @@ def _image_features(frames, pixels: int):
         }).astype("float64")
 
 
+def _audio_features(frames, n_mels: int, hop_seconds: float):
+    """mapInPandas body: six statistics per utterance from its float32 log-mel frames (frames x n_mels,
+    ``log(mel power + 1e-6)`` as prepare writes them), vectorised over all frames of a batch at once."""
+    import pandas as pd
+
+    per = 4 * n_mels
+    for frame in frames:
+        raw = frame["features"]
+        ok = raw.map(lambda b: b is not None and len(b) > 0 and len(b) % per == 0).to_numpy()
+        if not ok.any():
+            continue
+        rows = raw[ok].tolist()
+        n = np.fromiter((len(b) // per for b in rows), np.int64, len(rows))
+        starts = np.concatenate(([0], np.cumsum(n)[:-1]))
+        x = np.frombuffer(b"".join(rows), np.float32).reshape(-1, n_mels).astype(np.float64)
+        power = np.exp(x)                                   # mel power per frame and band
+        frame_power = power.sum(axis=1)
+        total = np.add.reduceat(frame_power, starts)
+        frame_db = 10 * np.log10(frame_power)
+        peak = np.maximum.reduceat(frame_db, starts)
+        mean = np.add.reduceat(x.sum(axis=1), starts) / (n * n_mels)
+        square = np.add.reduceat((x * x).sum(axis=1), starts) / (n * n_mels)
+        centroid = np.add.reduceat(power @ np.arange(n_mels, dtype=np.float64), starts) / total / max(n_mels - 1, 1)
+        pauses = np.add.reduceat((frame_db < np.repeat(peak, n) - PAUSE_DB).astype(np.float64), starts)
+        yield pd.DataFrame({
+            "duration_seconds": n * hop_seconds, "loudness_db": 10 * np.log10(total / n),
+            "mel_mean": mean, "mel_std": np.sqrt(np.maximum(square - mean * mean, 0.0)),
+            "mel_centroid": centroid, "pause_fraction": pauses / n,
+        }).astype("float64")
+
+
 def numeric_features(df, spec: dict[str, Any]):
     """The per-row numeric features this model's input allows: (DataFrame of them, their names)."""
     from pyspark.sql import functions as F
 
     cols = set(df.columns)
-    if "image" in cols and "height" in spec.get("shape", {}):
-        shape = spec["shape"]
+    shape = spec.get("shape", {})
+    if "image" in cols and "height" in shape:
         pixels = int(shape["height"] * shape["width"] * shape["channels"])
         schema = ", ".join(f"{n} double" for n in IMAGE_FEATURES)
         return df.select("image").mapInPandas(lambda it: _image_features(it, pixels), schema), list(IMAGE_FEATURES)
+    if "features" in cols and "n_mels" in shape and "hop_ms" in shape:   # log-mel frames (prepare's audio)
+        n_mels, hop = int(shape["n_mels"]), float(shape["hop_ms"]) / 1000.0
+        schema = ", ".join(f"{n} double" for n in AUDIO_FEATURES)
+        return (df.select("features").mapInPandas(lambda it: _audio_features(it, n_mels, hop), schema),
+                list(AUDIO_FEATURES))
     if "token_ids" in cols:
         n = F.size("token_ids")
         oov = F.size(F.filter("token_ids", lambda t: t == UNK)) / F.greatest(n, F.lit(1))
@@ -80,49 +132,141 @@ def numeric_features(df, spec: dict[str, Any]):
 
 EMBEDDING_FEATURES = ("embedding_norm", "embedding_mean", "embedding_active", "embedding_max")
 EMBEDDING_SAMPLE = 2000   # rows (a stable hash sample of ids): the model runs again on these only
+# Directions the penultimate vector is projected on: a handful of decile histograms (10 bins each) is
+# enough to see the sample move between regions of the space and keeps the report and the monitoring
+# run small (3 metrics per direction).
+EMBEDDING_DIRECTIONS = 6
+# Spark ML's PCA aggregates a d x d covariance on the driver: 8 MB of doubles at d = 1,024. Wider layers
+# (a logreg's "penultimate layer" is its input pixels) get seeded random unit directions instead.
+PCA_MAX_DIM = 1024
+DIRECTION_SEED = 21       # the random directions of wide layers are the same on every machine
 
 
-def _embeddings(frames, model_file: str, key: str):
-    """mapInPandas body: the input of the classifier head (the last ``Linear``: the penultimate layer's
-    output) per row, summarised as norm, mean, active fraction and max. Eager model, cached per worker."""
+def direction_names(k: int) -> list[str]:
+    return [f"embedding_dir{i + 1}" for i in range(k)]
+
+
+def _pooled(t) -> np.ndarray:
+    """A head input as one vector per row: (rows, d) as is; a per-position head's (rows, ..., d) averaged."""
+    t = t.detach().float()
+    if t.ndim > 2:
+        t = t.reshape(t.shape[0], -1, t.shape[-1]).mean(dim=1)
+    return t.reshape(t.shape[0], -1).cpu().numpy()
+
+
+def _embeddings(frames, model_file: str, key: str, directions: list[list[float]] | None):
+    """mapInPandas body: the input of the classifier head per row (the last ``Linear`` to run in a
+    forward: the penultimate layer's output), summarised as norm, mean, active fraction and max, plus
+    either its projections on ``directions`` or (no directions: the reference pass that fits them) the
+    vector itself. Eager model, cached per worker."""
     import pandas as pd
     import torch
 
     from .score import _predictor
 
     pred = _predictor(model_file, {"device": "cpu", "threads": 1, "optimize": "none", "model_key": key})
-    heads = [m for m in pred.module.modules() if isinstance(m, torch.nn.Linear)]
-    if not heads:
+    linears = [m for m in pred.module.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears:
         return
-    got: list[np.ndarray] = []
-    handle = heads[-1].register_forward_hook(
-        lambda _m, inp, _out: got.append(inp[0].detach().float().reshape(inp[0].shape[0], -1).cpu().numpy()))
+    calls: list[tuple[Any, Any]] = []
+    hooks = [m.register_forward_hook(lambda m, inp, _out: calls.append((m, inp[0]))) for m in linears]
+    head = None
+    axes = None if directions is None else np.asarray(directions, dtype=np.float32).T   # (d, k)
     try:
         for frame in frames:
-            got.clear()
+            calls.clear()
             pred.predict_batch(pred.batch(frame))
-            if not got:
+            if not calls:
                 continue
-            e = np.concatenate(got)
-            yield pd.DataFrame({"embedding_norm": np.linalg.norm(e, axis=1), "embedding_mean": e.mean(axis=1),
-                                "embedding_active": (e > 0).mean(axis=1), "embedding_max": e.max(axis=1)}).astype("float64")
+            if head is None:   # the head is the last Linear that ran; hook only it from now on
+                head = calls[-1][0]
+                for h in hooks:
+                    h.remove()
+                hooks = [head.register_forward_hook(lambda m, inp, _out: calls.append((m, inp[0])))]
+            e = np.concatenate([_pooled(t) for m, t in calls if m is head])
+            out = pd.DataFrame({"embedding_norm": np.linalg.norm(e, axis=1), "embedding_mean": e.mean(axis=1),
+                                "embedding_active": (e > 0).mean(axis=1), "embedding_max": e.max(axis=1)},
+                               dtype="float64")
+            if axes is None:
+                out["embedding"] = list(e)
+            else:
+                for i, name in enumerate(direction_names(axes.shape[1])):
+                    out[name] = (e @ axes[:, i]).astype("float64")
+            yield out
     finally:
-        handle.remove()
+        for h in hooks:
+            h.remove()
 
 
-def embedding_features(df, spec: dict[str, Any], model: tuple[str, str] | None, rows: int):
-    """Penultimate-layer summaries on a stable hash sample of ~EMBEDDING_SAMPLE rows (image classifiers)."""
+def _projected(frames, directions: list[list[float]]):
+    """mapInPandas body: the reference pass's vectors -> their projections (the vectors themselves dropped)."""
+    axes = np.asarray(directions, dtype=np.float64).T
+    for frame in frames:
+        e = np.stack(frame.pop("embedding").to_numpy()).astype(np.float64)
+        for i, name in enumerate(direction_names(axes.shape[1])):
+            frame[name] = e @ axes[:, i]
+        yield frame
+
+
+def fit_directions(vectors) -> dict[str, Any] | None:
+    """The reference sample's top principal components (Spark ML PCA: the covariance is a Spark
+    aggregation), or seeded random unit vectors when the layer is wider than ``PCA_MAX_DIM``; None with
+    fewer than two rows (no spread to fit)."""
+    from pyspark.sql import functions as F
+
+    got = vectors.agg(F.count(F.lit(1)).alias("n"), F.max(F.size("embedding")).alias("d")).collect()[0]  # small: 2 numbers
+    n, d = int(got["n"]), int(got["d"] or 0)
+    if n < 2 or d < 1:
+        return None
+    k = min(EMBEDDING_DIRECTIONS, d)
+    if d <= PCA_MAX_DIM:
+        from pyspark.ml.feature import PCA
+        from pyspark.ml.functions import array_to_vector
+
+        fitted = PCA(k=k, inputCol="v").fit(vectors.select(array_to_vector("embedding").alias("v")))
+        axes, method = fitted.pc.toArray().T, "pca"   # (k, d)
+    else:
+        axes = np.random.default_rng(DIRECTION_SEED).normal(size=(k, d))
+        axes, method = axes / np.linalg.norm(axes, axis=1, keepdims=True), "random"
+    return {"method": method, "dim": d, "vectors": [[round(float(v), 7) for v in row] for row in axes]}
+
+
+def embedding_features(df, spec: dict[str, Any], model: tuple[str, str] | None, rows: int,
+                       directions: dict[str, Any] | None = None, *, fit: bool = False):
+    """Penultimate-layer features on a stable hash sample of ~EMBEDDING_SAMPLE rows (classifiers).
+
+    Returns (DataFrame, names, directions, cached): with ``fit`` (the reference) the sample's vectors
+    are kept (``cached``: unpersist it when counted), the directions fitted on them and the vectors
+    projected; otherwise the worker projects on the reference's ``directions`` as it goes.
+    """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from sparkzoo.models.tasks import CLASSIFIER_TASKS
 
-    if model is None or "image" not in df.columns or spec.get("task") not in CLASSIFIER_TASKS:
-        return None, []
+    from .score import model_input_columns
+
+    wanted = model_input_columns(spec, df.columns)
+    if model is None or spec.get("task") not in CLASSIFIER_TASKS or not set(wanted) <= set(df.columns):
+        return None, [], None, None
     every = max(1, int(rows) // EMBEDDING_SAMPLE)
-    sample = df.filter(F.pmod(F.xxhash64("id"), F.lit(every)) == 0).select("id", "image")
-    schema = ", ".join(f"{n} double" for n in EMBEDDING_FEATURES)
+    sample = df.filter(F.pmod(F.xxhash64("id"), F.lit(every)) == 0).select("id", *wanted)
+    scalars = ", ".join(f"{n} double" for n in EMBEDDING_FEATURES)
     file, key = model
-    return sample.mapInPandas(lambda it: _embeddings(it, file, key), schema), list(EMBEDDING_FEATURES)
+    if not fit:
+        vectors = (directions or {}).get("vectors")
+        names = [*EMBEDDING_FEATURES, *direction_names(len(vectors or []))]
+        schema = ", ".join(f"{n} double" for n in names)
+        return sample.mapInPandas(lambda it: _embeddings(it, file, key, vectors), schema), names, directions, None
+    raw = sample.mapInPandas(lambda it: _embeddings(it, file, key, None), f"{scalars}, embedding array<float>")
+    raw = raw.persist(StorageLevel.MEMORY_AND_DISK)   # ~EMBEDDING_SAMPLE vectors: read by the fit and the counts
+    fitted = fit_directions(raw)
+    if fitted is None:
+        return raw.drop("embedding"), list(EMBEDDING_FEATURES), None, raw
+    names = [*EMBEDDING_FEATURES, *direction_names(len(fitted["vectors"]))]
+    schema = ", ".join(f"{n} double" for n in names)
+    vectors = fitted["vectors"]
+    return raw.mapInPandas(lambda it: _projected(it, vectors), schema), names, fitted, raw
 
 
 def _token_bands(df) -> dict[str, int] | None:
@@ -169,26 +313,35 @@ def _categorical(df, column: str) -> dict[str, int]:
 # ---- profiles ---------------------------------------------------------------------------------------
 
 def profile(inputs, predictions, spec: dict[str, Any], edges: dict[str, list[float]] | None = None, *,
-            model: tuple[str, str] | None = None, rows: int = 0) -> dict[str, Any]:
+            model: tuple[str, str] | None = None, rows: int = 0,
+            directions: dict[str, Any] | None = None) -> dict[str, Any]:
     """The profile of one data set: inputs (model input columns) and the model's predictions on them.
 
-    With ``edges`` (the reference's) the numeric features are binned on them; without, decile edges are
-    computed from this data first (that is how the reference is made). ``model`` (the shipped file name
-    and cache key) adds the penultimate-layer features on a sample of the ``rows`` input rows.
+    With ``edges`` (the reference's) the numeric features are binned on them and the embeddings projected
+    on the reference's ``directions``; without, decile edges are computed from this data first and the
+    directions fitted on it (that is how the reference is made; they go into it as
+    ``embedding_directions``). ``model`` (the shipped file name and cache key) adds the penultimate-layer
+    features on a sample of the ``rows`` input rows.
     """
     out: dict[str, Any] = {"features": {}}
-    for i, (features, names) in enumerate((numeric_features(inputs, spec),
-                                           embedding_features(inputs, spec, model, rows))):
-        if not names:
-            continue
-        cuts = edges if edges is not None else _edges(features, names)
-        cuts = {n: cuts[n] for n in names if n in cuts}
-        if not cuts:
-            continue
-        n, counts = _binned_counts(features, cuts)
-        out["rows" if i == 0 else "embedding_sample_rows"] = n
-        for name in cuts:
-            out["features"][name] = {"kind": "numeric", "edges": cuts[name], "counts": counts[name]}
+    embedded, emb_names, fitted, cached = embedding_features(inputs, spec, model, rows, directions, fit=edges is None)
+    try:
+        for i, (features, names) in enumerate((numeric_features(inputs, spec), (embedded, emb_names))):
+            if not names:
+                continue
+            cuts = edges if edges is not None else _edges(features, names)
+            cuts = {n: cuts[n] for n in names if n in cuts}
+            if not cuts:
+                continue
+            n, counts = _binned_counts(features, cuts)
+            out["rows" if i == 0 else "embedding_sample_rows"] = n
+            for name in cuts:
+                out["features"][name] = {"kind": "numeric", "edges": cuts[name], "counts": counts[name]}
+    finally:
+        if cached is not None:
+            cached.unpersist()
+    if edges is None and fitted is not None:
+        out["embedding_directions"] = fitted
     bands = _token_bands(inputs)
     if bands is not None:
         out["features"]["token_distribution"] = {"kind": "categorical", "counts": bands}
@@ -230,8 +383,7 @@ def figures(ref: dict[str, Any], cur: dict[str, Any]) -> dict[str, float | None]
     psi = float(np.sum((qs - ps) * np.log(qs / ps)))
     pn, qn = p / p.sum(), q / q.sum()
     m = (pn + qn) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        kl = lambda a: float(np.nansum(np.where(a > 0, a * np.log2(a / m), 0.0)))   # noqa: E731
+    kl = lambda a: float(np.sum(a[a > 0] * np.log2(a[a > 0] / m[a > 0])))   # noqa: E731  (a > 0 -> m > 0)
     js = math.sqrt(max(0.0, (kl(pn) + kl(qn)) / 2))
     ks = float(np.max(np.abs(np.cumsum(pn) - np.cumsum(qn)))) if ref["kind"] == "numeric" else None
     return {"psi": psi, "js": js, "ks": ks}

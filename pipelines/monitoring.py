@@ -89,7 +89,8 @@ def check(exp: Experiment, *, inputs, predictions, spec: dict[str, Any], run_id:
     if ref is None:
         log.info("drift: %s v%d has no reference profile (trained before drift profiles); not compared", name, version)
         return None
-    current = drift.profile(inputs, predictions, spec, drift.edges_of(ref), model=model, rows=rows)
+    current = drift.profile(inputs, predictions, spec, drift.edges_of(ref), model=model, rows=rows,
+                            directions=ref.get("embedding_directions"))
     result = drift.compare(ref, current, exp.score.drift_flag_above)
     block = {"reference_run": run_id, "reference_split": ref.get("split"), "reference_rows": ref.get("rows"),
              "rows": current.get("rows"), **result, "profile": current,

@@ -2,8 +2,10 @@
 scores the test split (nothing moves), the same split inverted and brightness-shifted, and OpenCV's
 handwritten digits resized to 28x28 (moves are flagged, the job ends with exit code 4 when
 score.drift_fail_above is set); a text classifier scores its
-own test split and out-of-domain text (the GPL-3 licence, tokenised with the model's vocabulary).
-Real local Spark, real Parquet, real SQLite MLflow store."""
+own test split and out-of-domain text (the GPL-3 licence, tokenised with the model's vocabulary), its
+penultimate layer projected on the reference's principal directions; a tiny CTC model on spliced KLettres
+speech scores its own test split, the same utterances 20 dB quieter, and the same utterances spliced again
+under loud noise. Real local Spark, real Parquet, real SQLite MLflow store."""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from .test_ui import ML, _open, _screenshot, browser, mlflow_ui  # noqa: F401  (
 GPL = Path("/usr/share/common-licenses/GPL-3")
 DIGITS = Path.home() / ".cache" / "sparkzoo" / "data" / "digits.png"   # OpenCV's sheet: 50 x 100 digits of 20x20
 TEXT_CONF = ROOT / "conf" / "pang_lee_polarity.yaml"
+AUDIO_CONF = ROOT / "conf" / "klettres_spelling.yaml"
+LOG_FLOOR = 1e-6   # prepare's log-mel is log(mel power + 1e-6) (pipelines/prepare/audio.py log_mel)
 
 
 def _shifted(spark, src: str, dst: Path, how: str) -> str:
@@ -53,8 +57,10 @@ def test_fashion_mnist_no_drift_then_inverted_and_brighter(trained, make_exp, sp
 
     same = score.run(make_exp(*base, "score.run_date=2026-06-01"), spark)
     block = same.drift
+    dirs = drift.direction_names(drift.EMBEDDING_DIRECTIONS)
+    assert ref["embedding_directions"]["method"] == "pca" and len(ref["embedding_directions"]["vectors"]) == len(dirs)
     assert block["moved"] == [] and set(block["features"]) >= {*drift.IMAGE_FEATURES, *drift.EMBEDDING_FEATURES,
-                                                         "predicted_class", "confidence"}
+                                                         *dirs, "predicted_class", "confidence"}
     for name, f in block["features"].items():
         assert f["psi"] < 0.2 and f["js"] < 0.3, (name, f)             # every figure under its threshold
         assert f["ks"] is None or f["ks"] < 0.15, (name, f)
@@ -72,6 +78,7 @@ def test_fashion_mnist_no_drift_then_inverted_and_brighter(trained, make_exp, sp
     # the scores were still written and marked, with the drift in their manifest
     part = json.loads((out / f"model_version={same.model_version}" / "run_date=2026-06-02" / "_manifest.json").read_text())
     assert {"pixel_mean", "dark_fraction", "bright_fraction"} <= set(part["drift"]["moved"])
+    assert set(dirs) & set(part["drift"]["moved"])             # the embeddings went somewhere else, too
     assert part["drift"]["features"]["pixel_mean"]["ks"] > 0.5
 
     brighter = _shifted(spark, test_dir, tmp_path / "brighter", "brighter")
@@ -119,9 +126,14 @@ def test_text_model_own_test_split_vs_out_of_domain_text(make_exp, spark, tmp_pa
     ref = monitoring.load_reference(text_exp(), trained.run_id)
     assert {"length", "oov_rate", "token_distribution", "predicted_class"} <= set(ref["features"])
 
+    dirs = drift.direction_names(drift.EMBEDDING_DIRECTIONS)
+    assert {*drift.EMBEDDING_FEATURES, *dirs} <= set(ref["features"])   # the text classifier's penultimate layer
+    assert ref["embedding_directions"]["dim"] == 32                     # max pooling over 2 x 16 BiLSTM states
+
     own = score.run(text_exp("score.run_date=2026-07-01"), spark)
     assert own.drift["features"]["oov_rate"]["psi"] < 0.2 and own.drift["features"]["length"]["psi"] < 0.2
     assert own.drift["features"]["token_distribution"]["psi"] < 0.2
+    assert not set(own.drift["moved"]) & {*drift.EMBEDDING_FEATURES, *dirs}, own.drift["moved"]
 
     # out of domain: licence prose, tokenised exactly as prepare tokenises, with the model's vocabulary
     vocab = {t: i for i, t in enumerate(prepared.manifest["vocab"]["text"])}
@@ -134,6 +146,65 @@ def test_text_model_own_test_split_vs_out_of_domain_text(make_exp, spark, tmp_pa
     with pytest.raises(DriftError) as err:
         score.run(text_exp(f"score.input_path={ood}", "score.run_date=2026-07-02", "score.drift_fail_above=0.25"), spark)
     assert re.search(r"oov_rate|token_distribution", str(err.value))
+    part = json.loads(next((tmp_path / "pred").glob("model_version=*/run_date=2026-07-02/_manifest.json")).read_text())
+    assert set(dirs) & set(part["drift"]["moved"]), part["drift"]["moved"]   # prose lands elsewhere in the space
+
+
+def _gain(spark, src: str, dst: Path, db: float) -> str:
+    """The split's log-mel frames as if the recording were ``db`` louder: the mel power of a signal scaled by
+    g is g^2 times its power, exactly (STFT and filterbank are linear), so undo the log floor, scale, redo."""
+    def change(frames):
+        for f in frames:
+            f["features"] = [np.log((np.exp(np.frombuffer(b, np.float32).astype(np.float64)) - LOG_FLOOR)
+                                    * 10 ** (db / 10) + LOG_FLOOR).astype(np.float32).tobytes() for b in f["features"]]
+            yield f
+
+    df = spark.read.parquet(src)
+    df.mapInPandas(change, df.schema).write.parquet(str(dst))
+    return str(dst)
+
+
+def test_audio_ctc_model_own_test_split_vs_quieter_and_noisy_speech(make_exp, spark, tmp_path):
+    """Spelled letter strings spliced from the real KLettres recordings of a-j (no synthetic voices: fast),
+    a one-epoch CTC model; the split is by word, so test utterances are words val never had."""
+    def audio_exp(*extra: str):
+        return make_exp("data.source.symbols=abcdefghij", "data.source.min_symbols=2", "data.source.max_symbols=4",
+                        "data.source.words=null", "data.source.utterances=1000", "data.source.utterances_per_task=250",
+                        "data.source.speakers=[en]", "data.source.held_out_speakers=[]",
+                        "data.source.synthetic_voices=[]", "data.val_fraction=0.3", "data.test_fraction=0.3",
+                        "data.max_records=null", "model.params={hidden: 16, layers: 1, subsample: 4}",
+                        "train.epochs=1", "train.batch_size=16", "train.num_proc=1", "mlflow.model_name=drift_ctc",
+                        f"score.output={tmp_path / 'pred'}", *extra, conf=AUDIO_CONF)
+
+    prepared = prepare.run(audio_exp(), spark)
+    trained = train.run(audio_exp(), spark)
+    ref = monitoring.load_reference(audio_exp(), trained.run_id)
+    assert set(drift.AUDIO_FEATURES) <= set(ref["features"]) and ref["rows"] == prepared.rows["val"]
+    assert 0.5 < ref["features"]["duration_seconds"]["edges"][4] < 4.0   # 2-4 spoken letters with gaps
+
+    own = score.run(audio_exp("score.run_date=2026-08-01"), spark)
+    assert set(own.drift["features"]) == set(drift.AUDIO_FEATURES) and own.drift["moved"] == [], own.drift["features"]
+
+    quiet = _gain(spark, open_prepared(audio_exp()).split_dir("test"), tmp_path / "quiet", -20.0)
+    with pytest.raises(DriftError) as err:
+        score.run(audio_exp(f"score.input_path={quiet}", "score.run_date=2026-08-02", "score.drift_fail_above=1.0"),
+                  spark)
+    assert "loudness_db" in str(err.value)
+    moved = _moved(tmp_path / "pred", "2026-08-02")
+    assert {"loudness_db", "mel_mean"} <= moved and not moved & {"duration_seconds", "pause_fraction"}, moved
+
+    # the same utterances (same seed: words, letters, gaps, gains) spliced again under 0-5 dB SNR noise
+    noisy = audio_exp("data.dataset=drift_ctc_noisy", "data.source.snr_db=[0, 5]")
+    assert prepare.run(noisy, spark).rows["test"] == prepared.rows["test"]
+    loud = score.run(audio_exp(f"score.input_path={open_prepared(noisy).split_dir('test')}", "score.run_date=2026-08-03"),
+                     spark)
+    moved = set(loud.drift["moved"])
+    assert {"pause_fraction", "mel_centroid"} <= moved and "duration_seconds" not in moved, loud.drift["features"]
+
+
+def _moved(out: Path, date: str) -> set[str]:
+    part = json.loads(next(out.glob(f"model_version=*/run_date={date}/_manifest.json")).read_text())
+    return set(part["drift"]["moved"])
 
 
 def test_browser_shows_the_monitoring_run(trained, make_exp, spark, workspace, tmp_path, browser):
