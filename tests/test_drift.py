@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sparkzoo.pipelines import drift, monitoring, prepare, score, track, train
+from sparkzoo.pipelines import drift, monitoring, paths, prepare, score, track, train
 from sparkzoo.pipelines.dataset import open_prepared
 from sparkzoo.pipelines.errors import DriftError
 from sparkzoo.pipelines.textnorm import tokenize
@@ -220,3 +220,26 @@ def test_browser_shows_the_monitoring_run(trained, make_exp, spark, workspace, t
         assert f"{exp.model_name}-2026-06-10" in text
         shot = _screenshot(browser, "mlflow_monitoring.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_embedding_directions_are_the_reference_principal_axes_or_seeded_for_wide_layers(prepared, spark):
+    """fit_directions on real vectors (Fashion-MNIST test pixels, 784 wide): Spark ML's PCA gives the same
+    axes as numpy's SVD of the centred sample; a layer wider than PCA_MAX_DIM (the pixels twice, 1,568)
+    gets seeded random unit vectors, the same on every call."""
+    test = paths.join(prepared.path, "test")
+    images = spark.read.parquet(test).select("image").limit(300).toPandas()["image"]   # small: the test's own check
+    rows = [np.frombuffer(b, np.uint8).astype(np.float32) / 255 for b in images]
+    narrow = spark.createDataFrame(pd.DataFrame({"embedding": [r.tolist() for r in rows]}))
+    got = drift.fit_directions(narrow)
+    x = np.stack(rows).astype(np.float64)
+    _, _, vt = np.linalg.svd(x - x.mean(axis=0), full_matrices=False)
+    axes = np.asarray(got["vectors"])
+    assert got["method"] == "pca" and got["dim"] == 784 and axes.shape == (drift.EMBEDDING_DIRECTIONS, 784)
+    cos = np.abs(np.sum(axes[:3] * vt[:3], axis=1))   # the leading axes, up to sign
+    assert (cos > 0.99).all(), cos
+
+    wide = spark.createDataFrame(pd.DataFrame({"embedding": [np.concatenate([r, r]).tolist() for r in rows[:20]]}))
+    first, again = drift.fit_directions(wide), drift.fit_directions(wide)
+    assert first["method"] == "random" and first["dim"] == 2 * 784 > drift.PCA_MAX_DIM
+    assert first["vectors"] == again["vectors"]
+    assert np.allclose(np.linalg.norm(np.asarray(first["vectors"]), axis=1), 1.0, atol=1e-5)
