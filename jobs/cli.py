@@ -137,6 +137,8 @@ def cmd_replicate(args) -> int:
 def cmd_train(args) -> int:
     from sparkzoo.pipelines import train
 
+    if getattr(args, "fresh", False):
+        args.set = [*args.set, "train.resume=never"]
     if _dry_run(args):
         return 0
     exp = _load(args)
@@ -153,7 +155,9 @@ def _train_summary(r) -> str:
             else f"trained {r.model_name}: test {others}\n") + (
         f"  training time {r.train_seconds:.1f}s, {r.samples_per_second:.0f} samples/s, {r.parameters:,} parameters\n"
         f"  MLflow run {r.run_id}; registered model {r.model_name} version {r.model_version} "
-        f"aliases {', '.join(r.aliases)}\n  {r.promotion}")
+        f"aliases {', '.join(r.aliases)}\n  {r.promotion}") + "".join(
+        f"\n  restart {x.number}: {x.reason}; went on with {x.world_size} rank{'s' if x.world_size != 1 else ''}"
+        for x in getattr(r, "restarts", []))
 
 
 def cmd_score(args) -> int:
@@ -423,6 +427,10 @@ def _extra_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "promote":
         p.add_argument("--rollback-to", type=int, metavar="VERSION",
                        help="move the champion alias back to this version instead of evaluating (logged)")
+    elif name == "train":
+        p.add_argument("--fresh", action="store_true",
+                       help="start a new MLflow run even if an unfinished run of this config could be resumed "
+                            "(same as --set train.resume=never)")
     elif name == "lineage":
         p.add_argument("--id", required=True, help="the prediction's id (the id column of the scoring output)")
         p.add_argument("--json", action="store_true", help="the chain as JSON, for machines")

@@ -64,6 +64,11 @@ def _entry(name: str) -> _Entry:
     return _MODELS[name]
 
 
+def builder(name: str) -> Callable[..., nn.Module]:
+    """The family's builder function: its keyword signature is what ``model.params`` may hold."""
+    return _entry(name).builder
+
+
 def model_task(name: str) -> str:
     return _entry(name).task
 

@@ -506,6 +506,33 @@ class TrainConfig(_Strict):
     bucket_by_length: bool = True  # sequence tasks: batches of similar lengths (less padding), in random order
     grad_clip: Optional[float] = Field(None, gt=0.0)   # clip the global gradient norm (recurrent nets)
     test_slices: Optional[TestSlices] = None   # also test_<metric>_<slice> per group of test rows
+    # Self-healing (docs/TRAIN.md "Restarts"): a rank, executor or gloo group that fails is relaunched
+    # from the newest checkpoint in the same MLflow run, up to max_failures times; ConfigError and
+    # DataError are the user's to fix and are never retried.
+    max_failures: int = Field(3, ge=0)
+    # Step checkpoints between epoch ends (null = off): after this many optimizer steps, and/or after
+    # about this many seconds (turned into a step interval from the measured step time, so every rank
+    # agrees without a collective per step). Each holds the loader position, so a resume is exact.
+    checkpoint_every_steps: Optional[int] = Field(None, gt=0)
+    checkpoint_every_seconds: Optional[float] = Field(30.0, gt=0.0)
+    keep_checkpoints: int = Field(3, ge=1)   # newest checkpoints kept per run (restore_best keeps every epoch's)
+    # auto: an unfinished run of the same config continues from its last checkpoint; never (CLI --fresh):
+    # always a new run; require: fail unless there is one to continue.
+    resume: Literal["auto", "never", "require"] = "auto"
+    # Ranks a relaunch may use: as many task slots as Spark still has, up to max_ranks (null = num_proc),
+    # never fewer than min_ranks (null = num_proc: the world size never changes).
+    min_ranks: Optional[int] = Field(None, ge=1)
+    max_ranks: Optional[int] = Field(None, ge=1)
+    rank_wait_seconds: float = Field(60.0, ge=0.0)   # how long a relaunch waits for min_ranks slots
+
+    @model_validator(mode="after")
+    def _ranks_in_order(self) -> "TrainConfig":
+        low = self.min_ranks or self.num_proc
+        high = self.max_ranks or max(self.num_proc, low)
+        if not low <= self.num_proc <= high:
+            raise ValueError(f"train.min_ranks ({low}) <= train.num_proc ({self.num_proc}) <= train.max_ranks "
+                             f"({high}) must hold")
+        return self
 
     @model_validator(mode="after")
     def _gpus_need_spark(self) -> "TrainConfig":

@@ -40,6 +40,10 @@ _UNREACHABLE = ("Connection refused", "Max retries exceeded", "Failed to establi
                 "Bad Gateway", "Service Unavailable", "Gateway Timeout", "too many 503 error responses",
                 "too many 502 error responses")
 _OPERATIONAL = {"outage_timeout_s", "retry_backoff_s", "retry_max_interval_s", "request_timeout_s", "outbox"}
+# How a run survives failures, not what it trains: a re-run with another budget or --fresh/require must
+# still find (or deliberately skip) the same run.
+_RECOVERY = {"max_failures", "checkpoint_every_steps", "checkpoint_every_seconds", "keep_checkpoints", "resume",
+             "min_ranks", "max_ranks", "rank_wait_seconds"}
 
 
 def tracking_uri(exp: Experiment) -> str:
@@ -217,7 +221,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def config_hash(exp: Experiment) -> str:
     """What identifies "the same training job" for resume: everything but scoring and UI settings."""
     tree = exp.model_dump(mode="json", exclude={"score": True, "ui": True, "source_file": True, "spark": True,
-                                                "mlflow": _OPERATIONAL})
+                                                "mlflow": _OPERATIONAL, "train": _RECOVERY})
     return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 

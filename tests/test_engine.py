@@ -5,10 +5,13 @@ Short runs (a few steps per epoch) on the real Fashion-MNIST subsample, in a wor
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sparkzoo.pipelines import prepare, track, train
-from sparkzoo.pipelines.errors import TrainingError
+from sparkzoo.pipelines import paths, prepare, track, train
+from sparkzoo.pipelines.train import checkpoint
+from sparkzoo.pipelines.errors import ConfigError, TrainingError
 
 from .conftest import CONF
 
@@ -41,24 +44,46 @@ def test_same_seed_same_metrics(baseline, engine_exp, spark):
     assert again.test == baseline.test
 
 
-def test_killed_rank_fails_clearly_and_resume_matches(baseline, engine_exp, spark):
-    exp = engine_exp()
+def test_killed_rank_restarts_in_the_same_run_and_matches(baseline, engine_exp, spark):
+    """Rank 1 is SIGKILLed at step 5 of epoch 2; the same train.run call relaunches both ranks from the
+    step checkpoint after step 4 (mid-epoch) and ends with the uninterrupted run's numbers: same batches."""
+    exp = engine_exp("train.checkpoint_every_steps=4")
+    r = train.run(exp, spark, fault=(1, 2, 5))
+    assert r.run_id != baseline.run_id and len(r.restarts) == 1
+    restart = r.restarts[0]
+    assert "rank 1" in restart.reason and "SIGKILL" in restart.reason, restart.reason
+    assert restart.resumed_from.endswith("step-0001-000004.pt")   # epoch 2 (0-based 1), after 4 steps
+    assert r.ranks[0]["resumed_at"] == (1, 4) and restart.world_size == 2
+    run = track.client(exp).get_run(r.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["sparkzoo.restarts"] == "1"
+    assert "rank 1 exited" in run.data.tags["sparkzoo.restart.1"]
+    assert run.data.metrics["restarts"] == 1 and run.data.metrics["restart_lost_seconds"] > 0
+    final, expected = r.history[-1], baseline.history[-1]
+    assert len(r.history) == 3
+    for key in ("val_loss", "val_accuracy", "train_loss", "train_accuracy"):
+        assert abs(final[key] - expected[key]) <= 1e-6, key
+    assert r.test == pytest.approx(baseline.test, abs=1e-6)
+    steps = [m.step for m in track.client(exp).get_metric_history(r.run_id, "val_accuracy")]
+    assert sorted(steps) == [1, 2, 3]   # epoch 2 logged once, after the restart
+    folder = paths.checkpoint_dir(exp, r.run_id)
+    assert len(list(Path(folder).glob("*.pt"))) == exp.train.keep_checkpoints   # the newest 3 are kept
+    assert checkpoint.latest(folder).endswith("epoch-0002.pt")
+
+
+def test_failure_budget_spent_fails_clearly(engine_exp, spark):
+    """train.max_failures=0: the same kill ends the command with one TrainingError that names the rank."""
+    exp = engine_exp("train.max_failures=0", "train.epochs=1", "train.max_steps_per_epoch=4")
     with pytest.raises(TrainingError) as err:
-        train.run(exp, spark, fault=(1, 2, 5))        # rank 1 dies in the middle of epoch 2
-    assert "resume" in str(err.value)
+        train.run(exp, spark, fault=(0, 1, 2))
+    assert "train.max_failures=0" in str(err.value) and "rank 0" in str(err.value) and "resume" in str(err.value)
     failed = track.find_unfinished_run(exp)
     assert failed is not None and track.client(exp).get_run(failed).info.status == "FAILED"
-
-    resumed = train.run(exp, spark)
-    assert resumed.run_id == failed                         # same MLflow run continues
-    assert resumed.resumed_from.endswith("epoch-0000.pt")   # from the epoch-1 checkpoint
-    final, expected = resumed.history[-1], baseline.history[-1]
-    assert len(resumed.history) == 3
-    for key in ("val_loss", "val_accuracy", "train_loss"):
-        assert abs(final[key] - expected[key]) <= 1e-6, key
-    assert resumed.test == pytest.approx(baseline.test, abs=1e-6)
-    steps = [m.step for m in track.client(exp).get_metric_history(resumed.run_id, "val_accuracy")]
-    assert sorted(set(steps)) == [1, 2, 3]
+    fresh = train.run(engine_exp("train.max_failures=0", "train.epochs=1", "train.max_steps_per_epoch=4", "train.resume=never"), spark)
+    assert fresh.run_id != failed   # --fresh: a new run although an unfinished one of this config exists
+    resumed = train.run(engine_exp("train.max_failures=0", "train.epochs=1", "train.max_steps_per_epoch=4", "train.resume=require"), spark)
+    assert resumed.run_id == failed and resumed.restarts == []
+    with pytest.raises(ConfigError, match="train.resume=require but there is no unfinished run"):
+        train.run(engine_exp("train.max_failures=0", "train.epochs=1", "train.max_steps_per_epoch=4", "train.resume=require"), spark)
 
 
 def test_horovodrun_backend_matches_horovod_on_spark(baseline, engine_exp):

@@ -1,7 +1,11 @@
 """The train stage, driver side: find the data and the run, launch the ranks, register the model.
 
-A re-run of the same config after a crash finds the unfinished MLflow run of that config and resumes
-from its last checkpoint; a finished run is never touched, so every completed run is a new version.
+A crash of a rank, an executor or the gloo group is healed inside the same command: the ranks are
+relaunched from the newest checkpoint in the same MLflow run (``recovery.py``, ``train.max_failures``).
+A re-run of the same config after the command itself died finds the unfinished MLflow run of that
+config and resumes from its last checkpoint (``train.resume: auto``; ``never`` = ``--fresh``,
+``require`` = fail if there is none); a finished run is never touched, so every completed run is a new
+version.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from typing import Any
 from .. import paths, track
 from ..config import Experiment
 from ..dataset import open_prepared
-from ..errors import TrainingError
-from . import checkpoint, progress
+from ..errors import ConfigError, TrainingError
+from . import checkpoint, progress, recovery
 from .launcher import launch
 
 log = logging.getLogger("sparkzoo.train")
@@ -37,11 +41,13 @@ class TrainResult:
     promotion: str
     first_step_seconds: float = 0.0
     ranks: list[dict[str, Any]] = field(default_factory=list)
+    restarts: list[recovery.Restart] = field(default_factory=list)
 
 
 def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = None) -> TrainResult:
     """Train, register and alias. ``fault`` = (rank, epoch, step) kills that rank there (tests only)."""
     started = time.time()
+    check_model_params(exp)   # before Spark starts: a typo costs a second, not a cluster launch
     ds = open_prepared(exp)
     if exp.train.backend != "horovodrun" and spark is None:
         from ..session import get_spark
@@ -51,7 +57,11 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
     if exp.model.init_from:   # pinned once: an alias that moves during the job cannot change the start point
         src_name, src_version = track.resolve_model_version(exp, exp.model.init_from, "model.init_from")
         init_from = {"uri": exp.model.init_from, "name": src_name, "version": src_version}
-    run_id = track.find_unfinished_run(exp)
+    run_id = track.find_unfinished_run(exp) if exp.train.resume != "never" else None
+    if run_id is None and exp.train.resume == "require":
+        raise ConfigError(f"train.resume=require but there is no unfinished run of this config ({exp.name}, config hash "
+                          f"{track.config_hash(exp)}) in MLflow experiment {exp.mlflow.experiment} to resume; run "
+                          f"without it (train.resume=auto) to start one")
     resume_from = None
     if run_id is not None:
         resume_from = checkpoint.latest(paths.checkpoint_dir(exp, run_id))
@@ -64,11 +74,24 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
         track.log_dataset_inputs(exp, run_id, ds.manifest, ds.path)   # the run page lists its datasets
     ctx = {"run_id": run_id, "dataset_path": ds.path, "manifest": ds.manifest,
            "checkpoint_dir": paths.checkpoint_dir(exp, run_id), "resume_from": resume_from,
-           "fault": fault, "launched_at": time.time(), "init_from": init_from}
+           "fault": fault, "launched_at": time.time(), "first_launched_at": time.time(), "init_from": init_from}
+
+    def launch_once(size: int, restart: recovery.Restart | None) -> list[dict[str, Any]]:
+        if restart is not None:   # the newest checkpoint now, and what the ranks log about this restart
+            ctx["resume_from"] = restart.resumed_from
+            ctx["restart"] = {"number": restart.number, "failed_at": restart.failed_at}
+            ctx["launched_at"] = time.time()
+        timeout = START_TIMEOUT_S if restart is None else max(RELAUNCH_START_TIMEOUT_S, int(exp.train.rank_wait_seconds))
+        return launch(exp, ctx, spark, num_proc=size, start_timeout=timeout)
+
+    def on_restart(restart: recovery.Restart) -> None:
+        restart.resumed_from = checkpoint.latest(ctx["checkpoint_dir"])
+        _log_restart(exp, run_id, restart)
+
     try:
         with progress.driver_display(spark) as display:   # rank 0 reports here; the driver owns the terminal
             ctx["progress"] = display.address if exp.train.progress else None
-            ranks = launch(exp, ctx, spark)
+            ranks, restarts = recovery.run_with_restarts(exp, spark, launch_once, on_restart)
     except BaseException:
         track.end_run(exp, run_id, "FAILED")
         raise
@@ -94,7 +117,42 @@ def run(exp: Experiment, spark=None, *, fault: tuple[int, int, int] | None = Non
     aliases = ["candidate"] + (["champion"] if promoted else [])
     return TrainResult(run_id, exp.model_name, version, aliases, summary["test"], summary["history"],
                        summary["parameters"], summary["train_seconds"], summary["train_samples_per_second"],
-                       time.time() - started, resume_from, reason, summary["first_step_seconds"], ranks)
+                       time.time() - started, resume_from, reason, summary["first_step_seconds"], ranks, restarts)
+
+
+START_TIMEOUT_S = 600          # first launch: executors may still be starting (a cluster, a packed env)
+RELAUNCH_START_TIMEOUT_S = 60  # a relaunch: the slots were counted just before; do not wait 10 minutes
+
+
+def _log_restart(exp: Experiment, run_id: str, restart: recovery.Restart) -> None:
+    """On the run: how many restarts so far, and for each which rank failed, why, and from where it went on."""
+    where = restart.resumed_from.rsplit("/", 1)[-1] if restart.resumed_from else "the start (no checkpoint yet)"
+    c = track.client(exp)
+    c.set_tag(run_id, "sparkzoo.restarts", str(restart.number))
+    c.set_tag(run_id, f"sparkzoo.restart.{restart.number}",
+              f"{restart.reason}; resumed from {where} with {restart.world_size} rank(s)")
+    track.log_metrics(exp, run_id, {"restarts": restart.number, "restart_world_size": restart.world_size},
+                      step=restart.number)
+
+
+def check_model_params(exp: Experiment) -> None:
+    """model.params must be keywords the family's builder takes: a typo fails here, before any rank starts,
+    as one ConfigError naming the key and the family's parameters (not as N rank tracebacks)."""
+    import difflib
+    import inspect
+
+    from ...models.registry import builder
+
+    sig = inspect.signature(builder(exp.model.name))
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    known = [n for n, p in list(sig.parameters.items())[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in exp.model.params:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            more = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"unknown key 'model.params.{key}' for model {exp.model.name} in {exp.source_file}{more}; "
+                              f"its parameters: {', '.join(known) or 'none'}")
 
 
 # What each task needs of the prepared data: its modality and the columns it reads.

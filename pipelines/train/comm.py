@@ -45,6 +45,10 @@ class HorovodComm:
     def broadcast_object(self, obj: Any, name: str) -> Any:
         return self.hvd.broadcast_object(obj, root_rank=0, name=name)
 
+    def gather_object(self, obj: Any, name: str) -> list[Any]:
+        """Every rank's ``obj`` in rank order, on every rank (a step checkpoint's per-rank state)."""
+        return self.hvd.allgather_object(obj, name=name)
+
     def allreduce_sum(self, values: np.ndarray, name: str) -> np.ndarray:
         import torch
 
@@ -138,6 +142,12 @@ class TorchDistComm:
         box = [obj]
         self.dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather_object(self, obj: Any, name: str) -> list[Any]:
+        """Every rank's ``obj`` in rank order, on every rank (a step checkpoint's per-rank state)."""
+        out: list[Any] = [None] * self.size
+        self.dist.all_gather_object(out, obj)
+        return out
 
     def allreduce_sum(self, values: np.ndarray, name: str) -> np.ndarray:
         import torch

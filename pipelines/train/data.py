@@ -165,51 +165,88 @@ def _rows(batch: Batch) -> int:
     return len(next(iter(batch.values())))
 
 
-def rebatch(chunks: Iterator[Batch], batch_size: int, *, shuffle_buffer: int = 0, rng: np.random.Generator | None = None,
-            drop_last: bool = True, max_batches: int | None = None, sort_key: str | None = None) -> Iterator[Batch]:
-    """Turn decoded chunks into fixed-size batches, optionally mixing rows inside a seeded buffer.
+class Rebatcher:
+    """Decoded chunks in, fixed-size batches out, optionally mixing rows inside a seeded buffer.
+
+    A class rather than one generator so a resume can start it in the middle of an epoch: its whole
+    state is the rows held back (``pending``), their count, the batches emitted and the generator
+    ``rng``, all of which ``ShardReader.epoch(..., skip=k)`` rebuilds without re-reading what came before.
 
     ``sort_key`` (a length column) buckets by length: the shuffled buffer is sorted by it, cut into
     batches, and the batches are yielded in a seeded random order, so a batch pads to similar lengths
     while the epoch still mixes short and long sequences.
     """
-    pending: list[Batch] = []
-    held = 0
-    emitted = 0
-    fill = max(shuffle_buffer, batch_size)
 
-    def drain(final: bool) -> Iterator[Batch]:
-        nonlocal pending, held, emitted
-        buf = _concat(pending)
-        if rng is not None and shuffle_buffer:
-            buf = _take(buf, rng.permutation(held))
+    def __init__(self, batch_size: int, *, shuffle_buffer: int = 0, rng: np.random.Generator | None = None,
+                 drop_last: bool = True, max_batches: int | None = None, sort_key: str | None = None) -> None:
+        self.batch_size, self.shuffle_buffer, self.rng = batch_size, shuffle_buffer, rng
+        self.drop_last, self.max_batches, self.sort_key = drop_last, max_batches, sort_key
+        self.pending: list[Batch] = []
+        self.held = 0
+        self.emitted = 0
+        self.fill = max(shuffle_buffer, batch_size)
+
+    def done(self) -> bool:
+        return self.max_batches is not None and self.emitted >= self.max_batches
+
+    def feed(self, chunk: Batch) -> Iterator[Batch]:
+        self.pending.append(chunk)
+        self.held += _rows(chunk)
+        if self.held >= self.fill:
+            yield from self._drain(final=False)
+
+    def finish(self) -> Iterator[Batch]:
+        if self.held and not self.done():
+            yield from self._drain(final=True)
+
+    def _drain(self, final: bool) -> Iterator[Batch]:
+        held, batch_size = self.held, self.batch_size
+        buf = _concat(self.pending)
+        if self.rng is not None and self.shuffle_buffer:
+            buf = _take(buf, self.rng.permutation(held))
         usable = held if final else held - held % batch_size
         starts = list(range(0, usable, batch_size))
-        if sort_key is not None and rng is not None:
-            order = np.argsort(buf[sort_key][:usable], kind="stable")
+        if self.sort_key is not None and self.rng is not None:
+            order = np.argsort(buf[self.sort_key][:usable], kind="stable")
             buf = {k: np.concatenate([v[:usable][order], v[usable:]]) for k, v in buf.items()}
-            starts = [starts[i] for i in rng.permutation(len(starts))]
+            starts = [starts[i] for i in self.rng.permutation(len(starts))]
         for start in starts:
-            if max_batches is not None and emitted >= max_batches:
+            if self.done():
                 return
             end = start + batch_size
-            if end > usable and drop_last:
+            if end > usable and self.drop_last:
                 continue
-            emitted += 1
+            self.emitted += 1
             yield _take(buf, slice(start, min(end, usable)))
         rest = held - usable if not final else 0
-        pending = [_take(buf, slice(held - rest, held))] if rest else []
-        held = rest
+        self.pending = [_take(buf, slice(held - rest, held))] if rest else []
+        self.held = rest
+
+
+def rebatch(chunks: Iterator[Batch], batch_size: int, *, shuffle_buffer: int = 0, rng: np.random.Generator | None = None,
+            drop_last: bool = True, max_batches: int | None = None, sort_key: str | None = None,
+            state: Rebatcher | None = None, drop: int = 0) -> Iterator[Batch]:
+    """Turn decoded chunks into fixed-size batches (see ``Rebatcher``).
+
+    ``state``: continue a rebatcher rebuilt for a resume (its settings win); ``drop``: batches made but not
+    yielded, the part of a resumed epoch already trained.
+    """
+    rb = state or Rebatcher(batch_size, shuffle_buffer=shuffle_buffer, rng=rng, drop_last=drop_last,
+                            max_batches=max_batches, sort_key=sort_key)
+
+    def out(batches: Iterator[Batch]) -> Iterator[Batch]:
+        nonlocal drop
+        for b in batches:
+            if drop > 0:
+                drop -= 1
+                continue
+            yield b
 
     for chunk in chunks:
-        if max_batches is not None and emitted >= max_batches:
+        if rb.done():
             return
-        pending.append(chunk)
-        held += _rows(chunk)
-        if held >= fill:
-            yield from drain(final=False)
-    if held and (max_batches is None or emitted < max_batches):
-        yield from drain(final=True)
+        yield from out(rb.feed(chunk))
+    yield from out(rb.finish())
 
 
 def prefetch(gen: Iterator[Batch], depth: int) -> Iterator[Batch]:
@@ -266,6 +303,7 @@ class ShardReader:
         self.prefetch_batches = prefetch_batches
         self.reader = reader
         self.dataset_dir = dataset_dir
+        self.pieces_read = 0   # row groups read since the last epoch() call (resume cost, tests)
         self._decode: Callable[[pa.Table], Batch] = lambda t: decode_table(t, shape)
 
     # -- raw chunks ------------------------------------------------------------------------------
@@ -279,6 +317,7 @@ class ShardReader:
                 if pf is None:
                     fs, inner = paths.filesystem(piece.path)
                     pf = handles[piece.path] = pq.ParquetFile(fs.open_input_file(inner))
+                self.pieces_read += 1
                 yield self._decode(pf.read_row_group(piece.row_group, columns=list(self.columns)))
         finally:
             for pf in handles.values():
@@ -313,23 +352,81 @@ class ShardReader:
         if self.reader == "petastorm":
             expected = self._petastorm_expected()
             return self._checked(self._petastorm_chunks(epoch, shuffle), expected)
+        return self._checked(self._pyarrow_chunks(self._order(epoch, shuffle)), self.expected_rows)
+
+    def _order(self, epoch: int, shuffle: bool) -> list[Piece]:
+        """This rank's pieces in the order of ``epoch``: fixed by (seed, epoch, rank), so a resume knows it."""
         order = list(self.pieces)
         if shuffle:
             rng = np.random.default_rng([self.seed, epoch, self.rank])
             order = [order[i] for i in rng.permutation(len(order))]
-        return self._checked(self._pyarrow_chunks(order), self.expected_rows)
+        return order
 
     def _petastorm_expected(self) -> int:
         """petastorm deals row groups the same way (index modulo shard_count over the sorted pieces)."""
         return self.expected_rows
 
     # -- batches ---------------------------------------------------------------------------------
-    def epoch(self, epoch: int, *, steps: int | None) -> Iterator[Batch]:
-        """Shuffled training batches, exactly ``steps`` of them."""
+    def epoch(self, epoch: int, *, steps: int | None, skip: int = 0) -> Iterator[Batch]:
+        """Shuffled training batches, exactly ``steps`` of them; ``skip``: start after the first ``skip``.
+
+        The batches after a skip are the very ones an uninterrupted epoch yields there (same rows, same
+        order): a resumed run trains on what it would have seen. See ``_resume_at`` for what is read.
+        """
         rng = np.random.default_rng([self.seed, epoch, self.rank, 1])
-        gen = rebatch(self.chunks(epoch, shuffle=True), self.batch_size, shuffle_buffer=self.shuffle_buffer,
-                      rng=rng, drop_last=True, max_batches=steps, sort_key=self.sort_key)
+        self.pieces_read = 0
+        if skip and self._can_jump():
+            order = self._order(epoch, shuffle=True)
+            first, state, rest = self._resume_at(order, rng, steps, skip)
+            chunks = self._checked(self._pyarrow_chunks(order[first:]), sum(p.rows for p in order[first:]))
+            gen = rebatch(chunks, self.batch_size, state=state, drop=skip - rest)
+        else:
+            gen = rebatch(self.chunks(epoch, shuffle=True), self.batch_size, shuffle_buffer=self.shuffle_buffer,
+                          rng=rng, drop_last=True, max_batches=steps, sort_key=self.sort_key, drop=skip)
         return prefetch(gen, self.prefetch_batches)
+
+    FIXED_COLUMNS = frozenset({"image", "mask", "label"})
+
+    def _can_jump(self) -> bool:
+        """Jumping needs fixed-width rows (ragged columns pad to the buffer's widest row, which a rebuilt
+        buffer would not reproduce) and no length bucketing (it sorts on decoded lengths): images."""
+        return self.reader == "pyarrow" and self.sort_key is None and set(self.columns) <= self.FIXED_COLUMNS
+
+    def _resume_at(self, order: list[Piece], rng: np.random.Generator, steps: int | None,
+                   skip: int) -> tuple[int, Rebatcher, int]:
+        """Where to start reading for a resume at batch ``skip``, without decoding what came before.
+
+        The epoch is replayed on row numbers only (an int per row; no Parquet read): the rebatcher's
+        random draws depend only on row counts, so the replay meets the same drains. The last point
+        before the piece whose drain yields batch ``skip`` gives the piece to read from, the generator
+        state, and which rows the shuffle buffer held back then; only the pieces holding those rows are
+        read (just those rows kept). Returns (first piece to read, the rebuilt rebatcher, batches it
+        had emitted).
+        """
+        import copy
+
+        sim = Rebatcher(self.batch_size, shuffle_buffer=self.shuffle_buffer, rng=rng, drop_last=True,
+                        max_batches=steps)
+        offsets = np.cumsum([0] + [p.rows for p in order])
+        first, snap = 0, copy.deepcopy(sim)
+        for k, piece in enumerate(order):
+            if sim.emitted > skip or sim.done():
+                break
+            first, snap = k, copy.deepcopy(sim)
+            for _ in sim.feed({"__row": np.arange(offsets[k], offsets[k + 1])}):
+                pass
+        held_back = np.concatenate([c["__row"] for c in snap.pending]) if snap.pending else np.zeros(0, np.int64)
+        if len(held_back):
+            where = np.searchsorted(offsets, held_back, side="right") - 1
+            needed = sorted(set(where.tolist()))
+            decoded = {k: chunk for k, chunk in zip(needed, self._pyarrow_chunks([order[k] for k in needed]))}
+            base, at = {}, 0
+            for k in needed:
+                base[k], at = at, at + order[k].rows
+            big = _concat([decoded[k] for k in needed])
+            positions = np.array([base[k] for k in where.tolist()]) + (held_back - offsets[where])
+            snap.pending = [_take(big, positions)]
+        return first, snap, snap.emitted
 
     def full_pass(self, batch_size: int | None = None) -> Iterator[Batch]:
         """Every row of the shard once, in order, last batch partial: for evaluation."""

@@ -20,12 +20,13 @@ from ..errors import SparkzooError, TrainingError
 log = logging.getLogger("sparkzoo.train")
 
 
-def check_slots(spark, exp: Experiment) -> None:
+def check_slots(spark, exp: Experiment, num_proc: int | None = None) -> None:
     """horovod.spark.run needs one task slot per rank at once, or it waits until its start timeout."""
     slots = spark.sparkContext.defaultParallelism
-    if exp.train.num_proc > slots:
+    num_proc = num_proc or exp.train.num_proc
+    if num_proc > slots:
         raise TrainingError(
-            f"train.num_proc={exp.train.num_proc} ranks need {exp.train.num_proc} Spark task slots at once, but this "
+            f"train.num_proc={num_proc} ranks need {num_proc} Spark task slots at once, but this "
             f"Spark application has {slots}; lower train.num_proc or give Spark more cores "
             f"(spark.master local[{exp.train.num_proc}], or more executors)")
 
@@ -41,31 +42,35 @@ def executor_python(spark) -> str:
     return spark.conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON") or sys.executable
 
 
-def launch(exp: Experiment, ctx: dict[str, Any], spark=None) -> list[dict[str, Any]]:
+def launch(exp: Experiment, ctx: dict[str, Any], spark=None, num_proc: int | None = None,
+           start_timeout: int = 600) -> list[dict[str, Any]]:
+    """Run ``num_proc`` ranks (default ``train.num_proc``; a relaunch may use fewer); ``start_timeout``:
+    how long Horovod waits for every rank's Spark task to start."""
     from .loop import train_rank
 
+    num_proc = num_proc or exp.train.num_proc
     args = (exp.to_dict(), ctx)
     try:
         if exp.train.backend == "horovod_spark":
             import horovod.spark
 
-            check_slots(spark, exp)
+            check_slots(spark, exp, num_proc)
             with devices.ranks_hold_gpus(spark, exp.train.gpus_per_rank, exp.train.backend):
-                results = horovod.spark.run(train_rank, args=args, num_proc=exp.train.num_proc, use_gloo=True,
-                                            start_timeout=600, verbose=1, executable=executor_python(spark))
+                results = horovod.spark.run(train_rank, args=args, num_proc=num_proc, use_gloo=True,
+                                            start_timeout=start_timeout, verbose=1, executable=executor_python(spark))
         elif exp.train.backend == "torch_distributor":
             from pyspark.ml.torch.distributor import TorchDistributor
 
-            check_slots(spark, exp)
+            check_slots(spark, exp, num_proc)
             local = spark.sparkContext.master.startswith("local")
             use_gpu = devices.torch_distributor_gpus(spark, exp.train.gpus_per_rank)
-            distributor = TorchDistributor(num_processes=exp.train.num_proc, local_mode=local, use_gpu=use_gpu)
+            distributor = TorchDistributor(num_processes=num_proc, local_mode=local, use_gpu=use_gpu)
             results = [distributor.run(_torch_rank, *args)]   # TorchDistributor returns rank 0's result only
         else:
             from horovod.runner import run as horovod_run
 
-            results = horovod_run(train_rank, args=args, np=exp.train.num_proc,
-                                  hosts=f"localhost:{exp.train.num_proc}", use_gloo=True, verbose=1)
+            results = horovod_run(train_rank, args=args, np=num_proc, hosts=f"localhost:{num_proc}", use_gloo=True,
+                                  verbose=1)
     except SparkzooError:
         raise
     except Exception as exc:
@@ -85,7 +90,13 @@ def _torch_rank(exp_dict: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]
 
 
 def _explain(exc: Exception) -> SparkzooError:
-    """Find the root cause in a rank's traceback text (Spark and Horovod wrap it several times)."""
+    """Find the root cause in a rank's traceback text (Spark and Horovod wrap it several times).
+
+    A sparkzoo error a rank raised on purpose comes back as itself (not retried); anything else is a
+    crash, a ``RankFailure`` that names the rank and exit code (``recovery`` retries it).
+    """
+    from .recovery import RankFailure, describe
+
     text = str(exc)
     for cls_name in ("DataError", "ConfigError", "TrainingError"):
         m = re.search(rf"sparkzoo\.pipelines\.errors\.{cls_name}: (.+)", text) or re.search(rf"{cls_name}: (.+)", text)
@@ -93,9 +104,5 @@ def _explain(exc: Exception) -> SparkzooError:
             from .. import errors
 
             return getattr(errors, cls_name)(m.group(1).strip())
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    tail = lines[-1] if lines else type(exc).__name__
-    m = re.search(r"[Pp]rocess.*?(\d+).*?exit(?:ed)? (?:with )?(?:code |status )?(-?\d+)", text)
-    where = f" (a rank process exited with code {m.group(2)})" if m else ""
-    return TrainingError(f"training failed{where}: {tail[:500]}; re-run the same command to resume from the last "
-                         f"checkpoint")
+    why = describe(exc)
+    return RankFailure(f"training failed: {why}; re-run the same command to resume from the last checkpoint", why)

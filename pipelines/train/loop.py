@@ -59,8 +59,12 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     manifest = ctx["manifest"]
     shape = manifest["shape"]
     model_spec = build_model_spec(exp, manifest, model_task(exp.model.name))
-    model = get_model(exp.model.name, input_spec({**model_spec, "lengths": manifest.get("lengths")}),
-                      **exp.model.params).to(device)
+    try:
+        model = get_model(exp.model.name, input_spec({**model_spec, "lengths": manifest.get("lengths")}),
+                          **exp.model.params).to(device)
+    except (TypeError, ValueError) as exc:   # the user's params: a ConfigError is never retried
+        raise _config_error(f"model.params {exp.model.params} do not fit model {exp.model.name}: {exc}; "
+                            f"see docs/MODEL_ZOO.md for its parameters") from None
     task = make_spec_task(model_spec)
     if rank == 0 and exp.model.init_from:
         _init_from(exp, model, ctx["init_from"], exp.model.init_exclude, (manifest.get("vocab") or {}).get("text") or [])   # other ranks get these weights from the broadcast below
@@ -108,19 +112,42 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     model, opt = comm.prepare(model, opt, fp16_compression=tc.fp16_compression, backward_passes_per_step=every)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)   # on the wrapped optimizer, so steps count
 
-    start_epoch, history, best, stale = 0, [], None, 0
+    base_lrs = list(scheduler.base_lrs)   # this world size's rates, whatever a checkpoint was trained with
+    start_epoch, start_step, history, best, stale, partial = 0, 0, [], None, 0, None
+    saved_at = ctx.get("first_launched_at")   # what a restart before any checkpoint lost: all since launch
     if rank == 0 and ctx.get("resume_from"):
         state = checkpoint.load(ctx["resume_from"])
         comm.unwrap(model).load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        best, stale = state.get("best"), state.get("stale", 0)
-        checkpoint.set_rng_state(state["rng"])
+        history, best, stale = state["history"], state.get("best"), state.get("stale", 0)
+        saved_at = state.get("saved_at", saved_at)
+        if state.get("step") is None:   # an epoch end
+            start_epoch = state["epoch"] + 1
+            checkpoint.set_rng_state(state["rng"])
+        else:                           # mid-epoch: every rank's RNG and partial sums come back too
+            start_epoch, start_step = state["epoch"], state["step"]
+            partial = {"size": state["size"], "ranks": state["ranks"]}
     comm.sync_state(model, opt)
-    start_epoch, history, last, best, stale = comm.broadcast_object(
-        (start_epoch, history, scheduler.last_epoch, best, stale), name="resume")
+    start_epoch, start_step, history, last, best, stale, partial, saved_at = comm.broadcast_object(
+        (start_epoch, start_step, history, scheduler.last_epoch, best, stale, partial, saved_at), name="resume")
+    own = None   # this rank's share of a mid-epoch checkpoint: torch RNG state and partial epoch sums
+    if partial is not None and partial["size"] == size:
+        own = partial["ranks"][rank]
+    elif partial is not None:
+        # Another world size (an elastic relaunch): other shards, so not the same batches. The epoch
+        # continues at the same share of its samples; the old ranks' sums go to rank 0 (metrics are sums).
+        start_step = min(steps, start_step * partial["size"] // size) // every * every
+        last = (start_epoch * steps + start_step) // every
+        own = _merged_partial(partial["ranks"], task) if rank == 0 else None
+        if rank == 0:
+            print(f"[sparkzoo] world size {partial['size']} -> {size}: epoch {start_epoch + 1} continues at step "
+                  f"{start_step}/{steps} on new shards, lr {tc.lr * (size if tc.scale_lr_by_world_size else 1):g}",
+                  flush=True)
+    scheduler.base_lrs = base_lrs
     scheduler.last_epoch = last
+    for group, base in zip(opt.param_groups, base_lrs):   # the rate the schedule gives at this step
+        group["initial_lr"], group["lr"] = base, base * lr_factor(last)
 
     def autocast():
         import contextlib
@@ -193,6 +220,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
 
     ckpt_dir = ctx["checkpoint_dir"]
     fault = tuple(ctx["fault"]) if ctx.get("fault") else None   # (rank, epoch, step) to kill, tests only
+    cadence = StepCheckpoints(tc.checkpoint_every_steps, tc.checkpoint_every_seconds)
     first_step_at = None
     started = time.time()
     samples_seen = 0
@@ -201,18 +229,24 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     from sparkzoo.pipelines.train.progress import note as progress_note
 
     for epoch in range(start_epoch, tc.epochs):
-        torch.manual_seed(exp.seed + 1000 * epoch + rank)  # dropout differs per rank; same after a resume
+        first = start_step if epoch == start_epoch else 0
+        mine = own if epoch == start_epoch else None
+        if mine is not None and mine.get("rng") is not None:
+            torch.set_rng_state(mine["rng"])   # this rank's dropout continues where it stopped
+        else:
+            torch.manual_seed(exp.seed + 1000 * epoch + rank + first)  # dropout differs per rank; same after a resume
         model.train()
-        sums = task.empty_sums()
-        norms: dict[str, float] = {}
-        measured = 0
+        sums = dict(mine["sums"]) if mine else task.empty_sums()
+        norms: dict[str, float] = dict(mine["norms"]) if mine else {}
+        measured = mine["measured"] if mine else 0
         bar = EpochProgress(epoch, tc.epochs, steps, tc.batch_size * size, enabled=rank == 0 and tc.progress,
                             address=ctx.get("progress"))
         t0 = time.time()
         opt.zero_grad()
-        for step, batch in enumerate(train_reader.epoch(epoch, steps=steps)):
-            if fault is not None and fault == (rank, epoch + 1, step):
-                os.kill(os.getpid(), 9)   # fault injection for the resume test: this rank dies, no goodbye
+        for step, batch in enumerate(train_reader.epoch(epoch, steps=steps, skip=first), start=first):
+            if fault is not None and fault == (rank, epoch + 1, step) and _fault_fires(ckpt_dir, epoch, step, steps,
+                                                                                      tc.batch_size * size):
+                os.kill(os.getpid(), 9)   # fault injection for the restart tests: this rank dies, no goodbye
             if first_step_at is None:
                 first_step_at = time.time()
             x, y = task.tensors(batch, device)
@@ -233,15 +267,25 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             with torch.no_grad():
                 _add(sums, task.metric_sums(task.as_float(out, detach=True), y))
             bar.update(float(loss.detach()))
+            if (step + 1) % every == 0 and cadence.due(comm) and step + 1 < steps:
+                mine = {"rng": torch.get_rng_state(), "sums": sums, "norms": norms, "measured": measured}
+                ranks_state = comm.gather_object(mine, name="step_checkpoint")
+                if rank == 0:
+                    state = {"model": comm.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step + 1, "size": size,
+                             "ranks": ranks_state, "history": history, "best": best, "stale": stale,
+                             "rng": checkpoint.rng_state(), "saved_at": time.time()}
+                    checkpoint.save(ckpt_dir, epoch, state, step=step + 1)
+                    checkpoint.prune(ckpt_dir, tc.keep_checkpoints, keep_epochs=tc.restore_best)
         bar.close()
         epoch_seconds = time.time() - t0
         train_seconds += epoch_seconds
-        samples_seen += steps * tc.batch_size * size
+        samples_seen += (steps - first) * tc.batch_size * size
         train_metrics = task.finish(allreduce_sums(sums)[0])
         val_metrics, _ = evaluate("val") if manifest["splits"]["val"]["rows"] else ({}, None)
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_metrics.items()},
                   **{f"val_{k}": v for k, v in val_metrics.items()},
-                  "epoch_seconds": epoch_seconds, "samples_per_second": steps * tc.batch_size * size / epoch_seconds,
+                  "epoch_seconds": epoch_seconds, "samples_per_second": (steps - first) * tc.batch_size * size / epoch_seconds,
                   "lr": scheduler.get_last_lr()[0],
                   **{f"{GRAD_NORM_PREFIX}{k}": v / max(measured, 1) for k, v in sorted(norms.items())}}
         history.append(record)
@@ -254,9 +298,13 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
             stale += 1
         if rank == 0:
             _log_epoch(exp, ctx, record, epoch)
+            if ctx.get("restart") and epoch == start_epoch:   # what the restart cost, once the ranks train again
+                _log_restart(exp, ctx, first_step_at, saved_at)
             state = {"model": comm.unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-                     "epoch": epoch, "history": history, "rng": checkpoint.rng_state(), "best": best, "stale": stale}
+                     "epoch": epoch, "step": None, "size": size, "history": history, "rng": checkpoint.rng_state(),
+                     "best": best, "stale": stale, "saved_at": time.time()}
             path = checkpoint.save(ckpt_dir, epoch, state)
+            checkpoint.prune(ckpt_dir, tc.keep_checkpoints, keep_epochs=tc.restore_best)
             _log_checkpoint(exp, ctx, state)
             m = task.metric
             line = (f"epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
@@ -289,6 +337,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
               "gradient_exchange": comm.exchange, "device": choice.device, "gpus": choice.addresses,
               "seen_as": devices.seen_as(choice),
               "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
+              "first_step_at": first_step_at, "resumed_at": (start_epoch, start_step),
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
         result.update(_finish(exp, ctx, comm.unwrap(model), task, history, test_metrics, test_conf,
@@ -429,6 +478,86 @@ def _freeze(model, prefixes: list[str]) -> None:
     for name, p in model.named_parameters():
         if any(name.startswith(pre) for pre in prefixes):
             p.requires_grad_(False)
+
+
+class StepCheckpoints:
+    """When to write a mid-epoch checkpoint, decided alike on every rank without a collective per step.
+
+    ``every_steps`` is a count; ``every_seconds`` becomes one: after ``CALIBRATE`` optimizer steps of this
+    launch rank 0's measured seconds per step is broadcast (one collective, at the same step on every
+    rank) and the interval is ``every_seconds / that``. The smaller of the two intervals wins.
+    """
+
+    CALIBRATE = 8   # optimizer steps timed before the seconds interval is fixed (the first is left out)
+
+    def __init__(self, every_steps: int | None, every_seconds: float | None) -> None:
+        self.every_steps, self.every_seconds = every_steps, every_seconds
+        self.interval = every_steps
+        self.done = 0          # optimizer steps in this launch
+        self.since = 0         # ... since the last step checkpoint
+        self.t_first = 0.0
+
+    def due(self, comm) -> bool:
+        self.done += 1
+        self.since += 1
+        if self.every_seconds is not None and self.done == 1:
+            self.t_first = time.time()
+        if self.every_seconds is not None and self.done == self.CALIBRATE:
+            per_step = comm.broadcast_object((time.time() - self.t_first) / (self.CALIBRATE - 1), name="step_seconds")
+            by_time = max(1, int(self.every_seconds / max(per_step, 1e-9)))
+            self.interval = min(self.interval or by_time, by_time)
+        if self.interval and self.since >= self.interval:
+            self.since = 0
+            return True
+        return False
+
+
+def _merged_partial(ranks: list[dict[str, Any]], task) -> dict[str, Any]:
+    """The partial epoch of every old rank added up (for rank 0 after the world size changed)."""
+    sums, norms = task.empty_sums(), {}
+    for r in ranks:
+        _add(sums, r["sums"])
+        _add_norms(norms, r["norms"])
+    return {"rng": None, "sums": sums, "norms": norms, "measured": max(r["measured"] for r in ranks)}
+
+
+def _fault_fires(ckpt_dir: str, epoch: int, step: int, steps: int, global_batch: int) -> bool:
+    """The test fault fires once per run: a marker in the checkpoint folder (with the kill's time and
+    position, which bench/recovery.py reads) keeps the restarted rank from dying again."""
+    import json
+
+    from sparkzoo.pipelines import paths
+    from sparkzoo.pipelines.train.checkpoint import FAULT_MARKER
+
+    marker = paths.join(ckpt_dir, FAULT_MARKER)
+    if paths.exists(marker):
+        return False
+    fs, inner = paths.filesystem(marker)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(inner) as fh:
+        fh.write(json.dumps({"killed_at": time.time(), "epoch": epoch, "step": step, "steps_per_epoch": steps,
+                             "global_batch": global_batch}).encode())
+    return True
+
+
+def _log_restart(exp, ctx: dict[str, Any], first_step_at: float | None, saved_at: float | None) -> None:
+    """Rank 0, after the first epoch of a relaunch: the wall time the failure cost, as MLflow metrics
+    (step = restart number): ``restart_lost_seconds`` from the checkpoint it resumed to its first step
+    again (work redone plus relaunch), ``restart_relaunch_seconds`` from the driver seeing the failure."""
+    from sparkzoo.pipelines import track
+
+    info = ctx["restart"]
+    now = first_step_at or time.time()
+    metrics = {"restart_relaunch_seconds": now - info["failed_at"]}
+    if saved_at is not None:
+        metrics["restart_lost_seconds"] = now - saved_at
+    track.log_metrics(exp, ctx["run_id"], metrics, step=info["number"])
+
+
+def _config_error(message: str) -> Exception:
+    from sparkzoo.pipelines.errors import ConfigError
+
+    return ConfigError(message)
 
 
 def _training_error(message: str) -> Exception:
