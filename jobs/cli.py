@@ -203,7 +203,7 @@ def cmd_lineage(args) -> int:
     from sparkzoo.pipelines import lineage
 
     exp = _load(args)
-    chains = lineage.trace(exp, args.id)
+    chains = lineage.trace(exp, args.id) if args.id is not None else lineage.trace_row(exp, args.row)
     print(lineage.print_json(chains) if args.json else lineage.render(chains))
     return 0
 
@@ -395,7 +395,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "doctor": (cmd_doctor, "check Java, Spark, Horovod (Gloo + torch), petastorm, the MLflow store and free disk"),
     "config": (cmd_config, "print the merged, validated config (defaults + file + --set) as YAML"),
     "lineage": (cmd_lineage, "where a prediction came from: partition -> model version -> MLflow run -> dataset "
-                             "-> source file and its sha256 (--id ID, --json)"),
+                             "-> source file and its sha256 (--id ID or --row PATH[#N], --json)"),
 }
 STAGES = ("prepare", "replicate", "train", "score", "promote", "run", "baseline")   # --dry-run applies
 
@@ -432,7 +432,12 @@ def _extra_args(name: str, p: argparse.ArgumentParser) -> None:
                        help="start a new MLflow run even if an unfinished run of this config could be resumed "
                             "(same as --set train.resume=never)")
     elif name == "lineage":
-        p.add_argument("--id", required=True, help="the prediction's id (the id column of the scoring output)")
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("--id", help="the prediction's id (the id column of the scoring output)")
+        which.add_argument("--row", metavar="PATH[#N]",
+                           help="one row of a predictions Parquet file or partition folder "
+                                "(<score.output>/model_version=V/run_date=D): row N counting from 0, the "
+                                "folder's files in name order; no #N: the first row")
         p.add_argument("--json", action="store_true", help="the chain as JSON, for machines")
     if name in STAGES:
         p.add_argument("--dry-run", action="store_true",

@@ -1,4 +1,5 @@
-"""spark-submit entry point: `spark-submit jobs/lineage.py -c conf/<experiment>.yaml --id <prediction id> [--json]`."""
+"""spark-submit entry point: `spark-submit jobs/lineage.py -c conf/<experiment>.yaml --id <prediction id> [--json]`,
+or `--row <predictions Parquet file or partition folder>[#N]` instead of `--id`."""
 
 import sys
 

@@ -5,7 +5,9 @@ run date; the partition's ``_manifest.json`` (``scoring_record`` below) the scor
 snapshot, the model URI it resolved and the config hash; the version its MLflow run; the run its dataset
 version and commit; the prepared dataset its ``source_files`` index with every source file's sha256.
 ``trace`` walks them for one id without Spark (a filtered Arrow scan finds the row), so a person on call
-gets the chain in seconds and a machine gets it as JSON.
+gets the chain in seconds and a machine gets it as JSON. ``trace_row`` starts from one row of a
+predictions Parquet file or partition folder instead (``sparkzoo lineage --row <file or folder>[#N]``):
+the file footers say which row group holds row N, and only that row group is read.
 """
 
 from __future__ import annotations
@@ -182,42 +184,117 @@ def trace(exp: Experiment, prediction_id: str) -> list[dict[str, Any]]:
                            f"(e.g. a prepared row id like '<dataset>/<file>')")
     rows.sort(key=lambda r: (str(r.get("scored_at")), str(r.get("run_date"))), reverse=True)
     c = track.client(exp)
-    chains = []
-    for row in rows:
-        name, version, date = row["model_name"], int(row["model_version"]), str(_plain(row["run_date"]))
-        folder = partition_dir(out, version, date)
-        manifest_path = paths.join(folder, "_manifest.json")
-        part = paths.read_json(manifest_path) if paths.exists(manifest_path) else {}
-        chain: dict[str, Any] = {
-            "prediction": {k: _plain(v) for k, v in row.items()},
-            "partition": {"path": folder, "manifest": manifest_path, "run_date": date,
-                          "committed_at": part.get("committed_at"), "rows": part.get("rows"),
-                          "complete": paths.is_complete(folder), "config_hash": part.get("config_hash"),
-                          "input": part.get("input")},
-        }
+    return [_chain(exp, c, row, partition_dir(out, int(row["model_version"]), str(_plain(row["run_date"]))))
+            for row in rows]
+
+
+ROW_FIELDS = ("id", "model_name", "model_version", "run_date")   # what a scoring output row carries
+
+
+def trace_row(exp: Experiment, where: str) -> list[dict[str, Any]]:
+    """The chain of one prediction Parquet row: ``<file or partition folder>[#N]`` (N from 0; a folder's
+    files in name order, as Spark and ``list_files`` order them; no ``#N``: the first row)."""
+    row, folder = read_row(where)
+    missing = [k for k in ROW_FIELDS if row.get(k) is None]
+    if missing:
+        raise LineageError(f"--row {where}: the row has no {', '.join(missing)}, so it is not a scoring output row; "
+                           f"point --row at a file or folder under score.output (<output>/model_version=N/run_date=D)")
+    return [_chain(exp, track.client(exp), row, folder)]
+
+
+def read_row(where: str) -> tuple[dict[str, Any], str]:
+    """``<file or folder>[#N]`` -> (row N with the hive partition values of its path, its folder).
+
+    The Parquet footers give each row group's row count, so only the row group holding row N is read
+    (a few thousand rows at most), never the whole file or partition.
+    """
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    path, number = where, 0
+    head, sep, tail = where.rpartition("#")
+    if sep and not paths.exists(where):
+        if not tail.isdigit():
+            raise LineageError(f"--row {where}: after '#' comes a row number (0 is the first row), not {tail!r}")
+        path, number = head, int(tail)
+    fs, inner = paths.filesystem(path)
+    kind = fs.get_file_info(inner).type
+    if kind == pafs.FileType.NotFound:
+        raise LineageError(f"--row {path} does not exist; give a predictions Parquet file or a partition folder "
+                           f"(<score.output>/model_version=N/run_date=D), optionally with #N for row N")
+    path = path.rstrip("/") if paths.is_uri(path) else inner   # local: absolute, as the chain prints it
+    files = [path] if kind == pafs.FileType.File else paths.list_files(path, ".parquet")
+    if not files:
+        raise LineageError(f"--row {path} holds no Parquet file; give a predictions Parquet file or a partition "
+                           f"folder (<score.output>/model_version=N/run_date=D)")
+    seen = 0
+    for file in files:
+        try:
+            with fs.open_input_file(paths.filesystem(file)[1]) as fh:
+                pf = pq.ParquetFile(fh)
+                for g in range(pf.metadata.num_row_groups):
+                    rows = pf.metadata.row_group(g).num_rows
+                    if number < seen + rows:
+                        row = pf.read_row_group(g).slice(number - seen, 1).to_pylist()[0]   # small: one row
+                        return _with_partition_values(row, file), file.rsplit("/", 1)[0]
+                    seen += rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise LineageError(f"--row {file} cannot be read as Parquet ({exc})") from None
+    raise LineageError(f"--row {where}: row {number} asked for, but {path} holds {seen} rows "
+                       f"({len(files)} Parquet file{'s' if len(files) != 1 else ''}); rows count from 0")
+
+
+def _with_partition_values(row: dict[str, Any], file: str) -> dict[str, Any]:
+    """Spark writes partition columns into the path (``model_version=3/run_date=...``), not the file."""
+    for part in file.split("/")[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key not in row:
+            row[key] = value
+    return row
+
+
+def _chain(exp: Experiment, c, row: dict[str, Any], folder: str) -> dict[str, Any]:
+    """One prediction row and its partition folder -> the chain: partition, model, run, datasets, source."""
+    name, version, date = row["model_name"], int(row["model_version"]), str(_plain(row["run_date"]))
+    prediction_id = str(row["id"])
+    manifest_path = paths.join(folder, "_manifest.json")
+    part = paths.read_json(manifest_path) if paths.exists(manifest_path) else {}
+    chain: dict[str, Any] = {
+        "prediction": {k: _plain(v) for k, v in row.items()},
+        "partition": {"path": folder, "manifest": manifest_path, "run_date": date,
+                      "committed_at": part.get("committed_at"), "rows": part.get("rows"),
+                      "complete": paths.is_complete(folder), "config_hash": part.get("config_hash"),
+                      "input": part.get("input")},
+    }
+    from mlflow.exceptions import MlflowException
+
+    try:
         mv = c.get_model_version(name, str(version))
-        chain["model"] = {"name": name, "version": version, "uri": f"models:/{name}/{version}",
-                          "requested_uri": (part.get("model") or {}).get("requested_uri"),
-                          "aliases_at_scoring": (part.get("model") or {}).get("aliases"),
-                          "aliases_now": sorted(getattr(mv, "aliases", []) or []), "run_id": mv.run_id,
-                          "description": mv.description}
-        run = c.get_run(mv.run_id)
-        tags = run.data.tags
-        chain["run"] = {"run_id": mv.run_id, "experiment_id": run.info.experiment_id, "status": run.info.status,
-                        "git_commit": tags.get("sparkzoo.git_commit"), "config_hash": tags.get(track.CONFIG_HASH_TAG),
-                        "dataset": tags.get("sparkzoo.dataset"), "dataset_version": tags.get("sparkzoo.dataset_version"),
-                        "metrics": dict(sorted(run.data.metrics.items())), "params": dict(sorted(run.data.params.items())),
-                        "inputs": [{"name": d.dataset.name, "digest": d.dataset.digest,
-                                    "context": {t.key: t.value for t in d.tags}.get("mlflow.data.context")}
-                                   for d in (run.inputs.dataset_inputs if run.inputs else [])]}
-        if chain["run"]["dataset"] and chain["run"]["dataset_version"]:
-            train_dir = paths.join(paths.resolve(exp, exp.data.root), chain["run"]["dataset"],
-                                   chain["run"]["dataset_version"])
-            chain["training_data"] = (_dataset(train_dir)[0] if paths.exists(paths.join(train_dir, MANIFEST))
-                                      else {"path": train_dir, "note": "not on disk any more"})
-        chain["scored_row"] = _scored_row(part.get("input") or {}, prediction_id)
-        chains.append(chain)
-    return chains
+    except MlflowException:
+        raise LineageError(f"{name} v{version} (from {folder}) is not in the model registry "
+                           f"{track.registry_uri(exp)}; use the config (-c) that scored it") from None
+    chain["model"] = {"name": name, "version": version, "uri": f"models:/{name}/{version}",
+                      "requested_uri": (part.get("model") or {}).get("requested_uri"),
+                      "aliases_at_scoring": (part.get("model") or {}).get("aliases"),
+                      "aliases_now": sorted(getattr(mv, "aliases", []) or []), "run_id": mv.run_id,
+                      "description": mv.description}
+    run = c.get_run(mv.run_id)
+    tags = run.data.tags
+    chain["run"] = {"run_id": mv.run_id, "experiment_id": run.info.experiment_id, "status": run.info.status,
+                    "git_commit": tags.get("sparkzoo.git_commit"), "config_hash": tags.get(track.CONFIG_HASH_TAG),
+                    "dataset": tags.get("sparkzoo.dataset"), "dataset_version": tags.get("sparkzoo.dataset_version"),
+                    "metrics": dict(sorted(run.data.metrics.items())), "params": dict(sorted(run.data.params.items())),
+                    "inputs": [{"name": d.dataset.name, "digest": d.dataset.digest,
+                                "context": {t.key: t.value for t in d.tags}.get("mlflow.data.context")}
+                               for d in (run.inputs.dataset_inputs if run.inputs else [])]}
+    if chain["run"]["dataset"] and chain["run"]["dataset_version"]:
+        train_dir = paths.join(paths.resolve(exp, exp.data.root), chain["run"]["dataset"],
+                               chain["run"]["dataset_version"])
+        chain["training_data"] = (_dataset(train_dir)[0] if paths.exists(paths.join(train_dir, MANIFEST))
+                                  else {"path": train_dir, "note": "not on disk any more"})
+    chain["scored_row"] = _scored_row(part.get("input") or {}, prediction_id)
+    return chain
 
 
 def _scored_row(snapshot: dict[str, Any], prediction_id: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Lineage on real parts: a folder of real Tux Paint PNGs is prepared, a model trained and registered in a
 real SQLite MLflow store, the test split scored in Spark; `sparkzoo lineage --id` then names the exact
 source file with its sha256 and the version that scored it, and after the champion alias moves and a
-re-score, the new partition's chain names the new version."""
+re-score, the new partition's chain names the new version; `--row <file or partition folder>#N` walks the
+same chain from one row of the prediction Parquet."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sparkzoo.pipelines import paths, prepare, promote, score, track, train
-from sparkzoo.pipelines.lineage import LineageError, trace
+from sparkzoo.pipelines.lineage import LineageError, trace, trace_row
 
 from .conftest import ROOT, run_cli
 
@@ -47,11 +48,11 @@ def _ids(out: Path, version: int, date: str) -> list[str]:
     return pq.read_table(out / f"model_version={version}" / f"run_date={date}", columns=["id"]).column("id").to_pylist()
 
 
-def _lineage(sets: list[str], pid: str, *flags: str):
+def _lineage(sets: list[str], pid: str, *flags: str, by: str = "--id"):
     args: list[str] = []
     for s in sets:
         args += ["--set", s]
-    return run_cli("lineage", "-c", str(CONF), *args, "--id", pid, *flags, timeout=300)
+    return run_cli("lineage", "-c", str(CONF), *args, by, pid, *flags, timeout=300)
 
 
 def test_prediction_to_source_file_and_model_version(stamp_folder, spark, tmp_path):
@@ -118,6 +119,32 @@ def test_prediction_to_source_file_and_model_version(stamp_folder, spark, tmp_pa
     first_block = text.stdout.split("\n\n")[0]
     assert f"models:/{exp.model_name}/{second.model_version}" in first_block and expected_sha in first_block
     assert str(expected_file) in first_block and "run_date 2026-05-02" in first_block
+
+    # from a prediction Parquet row: the last row of a file of day 2's partition, through the CLI
+    part2 = out / f"model_version={second.model_version}" / "run_date=2026-05-02"
+    file = sorted(part2.glob("*.parquet"))[0]
+    in_file = pq.read_table(file, columns=["id"]).column("id").to_pylist()
+    by_row = _lineage(sets, f"{file}#{len(in_file) - 1}", "--json", by="--row")
+    assert by_row.returncode == 0, by_row.stderr[-2000:]
+    [chain] = json.loads(by_row.stdout)
+    last = in_file[-1]
+    assert chain["prediction"]["id"] == last and chain["partition"]["path"] == str(part2)
+    assert chain["model"]["version"] == second.model_version and chain["run"]["run_id"] == second.run_id
+    assert chain["scored_row"]["source_file"]["sha256"] == hashlib.sha256(
+        (stamp_folder / last.split("/", 1)[1]).read_bytes()).hexdigest()
+    # a partition folder: its files in name order (the order `list_files` and Spark's part numbers give)
+    part1 = out / f"model_version={first.model_version}" / "run_date=2026-05-01"
+    ordered = [i for f in sorted(part1.glob("*.parquet")) for i in pq.read_table(f, columns=["id"]).column("id").to_pylist()]
+    k = ordered.index(pid)
+    [chain] = trace_row(config.load(CONF, sets), f"{part1}#{k}")
+    assert chain["prediction"]["id"] == pid and chain["model"]["version"] == first.model_version
+    assert chain["scored_row"]["source_file"]["sha256"] == expected_sha
+    assert trace_row(config.load(CONF, sets), str(part1))[0]["prediction"]["id"] == ordered[0]   # no #N: row 0
+    for bad, said in ((f"{part1}#{len(ordered)}", f"holds {len(ordered)} rows"), (f"{part1}#last", "row number"),
+                      (f"{tmp_path}/nowhere#0", "does not exist"), (str(stamp_folder), "holds no Parquet file"),
+                      (paths.join(prepared.path, "test"), "not a scoring output row")):
+        with pytest.raises(LineageError, match=said):
+            trace_row(config.load(CONF, sets), bad)
 
     # a source file edited after prepare is reported as changed, not silently trusted
     expected_file.write_bytes(expected_file.read_bytes() + b"\0")
