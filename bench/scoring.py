@@ -211,7 +211,8 @@ def compare_drift(args) -> None:
     spark = get_spark(exp)
     version = registered_version(exp, spark)
     run_id = track.client(exp).get_model_version(MODEL, str(version)).run_id
-    if monitoring.load_reference(exp, run_id) is None:   # a bench model trained before drift profiles existed
+    ref = monitoring.load_reference(exp, run_id)
+    if ref is None or "embedding_directions" not in ref:   # trained before drift profiles (or embedding directions)
         monitoring.log_reference(exp, spark, run_id, MODEL, version, ds)
     path = replicated_input(spark, ds, args.rows)
     print(f"== drift profiling cost: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}, {args.rows:,} rows, "
