@@ -154,11 +154,12 @@ def _pooled(t) -> np.ndarray:
     return t.reshape(t.shape[0], -1).cpu().numpy()
 
 
-def _embeddings(frames, model_file: str, key: str, directions: list[list[float]] | None):
+def _embeddings(frames, model_file: str, key: str, directions: list[list[float]] | None,
+                keep_vectors: bool = False):
     """mapInPandas body: the input of the classifier head per row (the last ``Linear`` to run in a
     forward: the penultimate layer's output), summarised as norm, mean, active fraction and max, plus
-    either its projections on ``directions`` or (no directions: the reference pass that fits them) the
-    vector itself. Eager model, cached per worker."""
+    its projections on ``directions`` (if any) or, with ``keep_vectors`` (the reference pass that fits
+    the directions), the vector itself. Eager model, cached per worker."""
     import pandas as pd
     import torch
 
@@ -171,7 +172,7 @@ def _embeddings(frames, model_file: str, key: str, directions: list[list[float]]
     calls: list[tuple[Any, Any]] = []
     hooks = [m.register_forward_hook(lambda m, inp, _out: calls.append((m, inp[0]))) for m in linears]
     head = None
-    axes = None if directions is None else np.asarray(directions, dtype=np.float32).T   # (d, k)
+    axes = np.asarray(directions, dtype=np.float32).T if directions else None   # (d, k)
     try:
         for frame in frames:
             calls.clear()
@@ -187,9 +188,9 @@ def _embeddings(frames, model_file: str, key: str, directions: list[list[float]]
             out = pd.DataFrame({"embedding_norm": np.linalg.norm(e, axis=1), "embedding_mean": e.mean(axis=1),
                                 "embedding_active": (e > 0).mean(axis=1), "embedding_max": e.max(axis=1)},
                                dtype="float64")
-            if axes is None:
+            if keep_vectors:
                 out["embedding"] = list(e)
-            else:
+            elif axes is not None:
                 for i, name in enumerate(direction_names(axes.shape[1])):
                     out[name] = (e @ axes[:, i]).astype("float64")
             yield out
@@ -258,7 +259,7 @@ def embedding_features(df, spec: dict[str, Any], model: tuple[str, str] | None, 
         names = [*EMBEDDING_FEATURES, *direction_names(len(vectors or []))]
         schema = ", ".join(f"{n} double" for n in names)
         return sample.mapInPandas(lambda it: _embeddings(it, file, key, vectors), schema), names, directions, None
-    raw = sample.mapInPandas(lambda it: _embeddings(it, file, key, None), f"{scalars}, embedding array<float>")
+    raw = sample.mapInPandas(lambda it: _embeddings(it, file, key, None, True), f"{scalars}, embedding array<float>")
     raw = raw.persist(StorageLevel.MEMORY_AND_DISK)   # ~EMBEDDING_SAMPLE vectors: read by the fit and the counts
     fitted = fit_directions(raw)
     if fitted is None:

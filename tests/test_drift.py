@@ -67,6 +67,12 @@ def test_fashion_mnist_no_drift_then_inverted_and_brighter(trained, make_exp, sp
     part = json.loads((out / f"model_version={same.model_version}" / "run_date=2026-06-01" / "_manifest.json").read_text())
     assert part["drift"]["moved"] == [] and part["drift"]["rows"] == same.scored_rows
     page = Path(block["report"]).read_text()
+    # a reference logged before the directions existed: compared on the four summaries, nothing breaks
+    shipped = score.ship_model(spark, exp, exp.model_name, same.model_version)
+    old = {k: v for k, v in drift.edges_of(ref).items() if k not in dirs}
+    sample = spark.read.parquet(open_prepared(exp).split_dir("test"))
+    legacy = drift.profile(sample, None, shipped.spec, old, model=(shipped.file, shipped.key), rows=same.scored_rows)
+    assert set(drift.EMBEDDING_FEATURES) <= set(legacy["features"]) and not set(dirs) & set(legacy["features"])
     assert "no feature moved" in page and "pixel_mean" in page and "<svg" in page and "src=" not in page and "<link" not in page
 
     test_dir = open_prepared(exp).split_dir("test")
