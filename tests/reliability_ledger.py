@@ -22,9 +22,12 @@ DOC_ENV = "SPARKZOO_RELIABILITY_DOC"
 
 # Cases that tests outside this suite already check; listed so the table is the whole picture.
 ELSEWHERE = [
-    ("fault", "training rank SIGKILLed mid-epoch", "TrainingError naming the rank and 'resume'; re-run resumes the "
-     "same MLflow run from the last checkpoint and ends with the uninterrupted run's metrics",
-     "tests/test_engine.py::test_killed_rank_fails_clearly_and_resume_matches"),
+    ("fault", "training rank SIGKILLed mid-epoch", "the same command relaunches the ranks from the step checkpoint "
+     "in the same MLflow run (one restart logged) and ends with the uninterrupted run's metrics",
+     "tests/test_engine.py::test_killed_rank_restarts_in_the_same_run_and_matches"),
+    ("fault", "a whole worker (Worker JVM, executor, ranks) killed for good mid-epoch (standalone cluster)",
+     "min_ranks 1: finishes on the other worker with 1 rank and says so; min_ranks 2: one error after the "
+     "failure budget naming the slots", "tests/test_recovery.py::test_lost_worker_with_min_ranks_1_finishes_on_the_other"),
     ("input", "YAML with an unknown key", "ConfigError naming key, file and 'did you mean'",
      "tests/test_config.py::test_unknown_key_names_key_file_and_choices"),
     ("input", "YAML with a wrong type", "ConfigError naming key and file",

@@ -2,7 +2,8 @@
 under score, outputs whose commit never finished, and the MLflow tracking server stopped in the middle
 of training. All real: a fresh local[2,3] Spark job, a real tmpfs of a few hundred kB, a real
 `sparkzoo ui` server process killed and started again. The training-rank kill is
-tests/test_engine.py::test_killed_rank_fails_clearly_and_resume_matches."""
+tests/test_engine.py::test_killed_rank_restarts_in_the_same_run_and_matches
+(and a lost worker, tests/test_recovery.py)."""
 
 from __future__ import annotations
 

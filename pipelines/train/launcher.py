@@ -48,8 +48,11 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None, num_proc: int | Non
     how long Horovod waits for every rank's Spark task to start."""
     from .loop import train_rank
 
+    from .recovery import clear_rank_errors, rank_error
+
     num_proc = num_proc or exp.train.num_proc
     args = (exp.to_dict(), ctx)
+    clear_rank_errors(ctx["checkpoint_dir"])
     try:
         if exp.train.backend == "horovod_spark":
             import horovod.spark
@@ -74,7 +77,7 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None, num_proc: int | Non
     except SparkzooError:
         raise
     except Exception as exc:
-        raise _explain(exc) from exc
+        raise (rank_error(ctx["checkpoint_dir"]) or _explain(exc)) from exc
     results = sorted(results, key=lambda r: r["rank"])
     if all("seen_as" in r for r in results):   # TorchDistributor returns rank 0's result only
         log.info("training ran on %s", devices.summarise({r["seen_as"] for r in results}) + "; " + ", ".join(

@@ -25,7 +25,23 @@ def _seed_everything(seed: int) -> None:
 
 
 def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "horovod") -> dict[str, Any]:
-    """Train on this rank's shard; rank 0 returns the run summary, others a small status dict."""
+    """Train on this rank's shard; rank 0 returns the run summary, others a small status dict.
+
+    A SparkzooError (the user's config or data, a deliberate message) is also left in the checkpoint
+    folder for the driver, which otherwise learns only an exit code and would retry it.
+    """
+    from sparkzoo.pipelines.errors import SparkzooError
+
+    try:
+        return _train_rank(exp_dict, ctx, comm_kind)
+    except SparkzooError as exc:
+        from sparkzoo.pipelines.train.recovery import report_rank_error
+
+        report_rank_error(ctx["checkpoint_dir"], int(os.environ.get("HOROVOD_RANK", os.environ.get("RANK", 0))), exc)
+        raise
+
+
+def _train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str) -> dict[str, Any]:
     import torch
 
     from sparkzoo.models import count_parameters, get_model, model_task
@@ -268,6 +284,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                 _add(sums, task.metric_sums(task.as_float(out, detach=True), y))
             bar.update(float(loss.detach()))
             if (step + 1) % every == 0 and cadence.due(comm) and step + 1 < steps:
+                ckpt_t0 = time.time()
                 mine = {"rng": torch.get_rng_state(), "sums": sums, "norms": norms, "measured": measured}
                 ranks_state = comm.gather_object(mine, name="step_checkpoint")
                 if rank == 0:
@@ -277,6 +294,8 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
                              "rng": checkpoint.rng_state(), "saved_at": time.time()}
                     checkpoint.save(ckpt_dir, epoch, state, step=step + 1)
                     checkpoint.prune(ckpt_dir, tc.keep_checkpoints, keep_epochs=tc.restore_best)
+                cadence.spent += time.time() - ckpt_t0   # the others wait this long at the next allreduce
+                cadence.written += 1
         bar.close()
         epoch_seconds = time.time() - t0
         train_seconds += epoch_seconds
@@ -338,6 +357,7 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
               "seen_as": devices.seen_as(choice),
               "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
               "first_step_at": first_step_at, "resumed_at": (start_epoch, start_step),
+              "step_checkpoints": cadence.written, "step_checkpoint_seconds": cadence.spent,
               "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
     if rank == 0:
         result.update(_finish(exp, ctx, comm.unwrap(model), task, history, test_metrics, test_conf,
@@ -496,6 +516,8 @@ class StepCheckpoints:
         self.done = 0          # optimizer steps in this launch
         self.since = 0         # ... since the last step checkpoint
         self.t_first = 0.0
+        self.written = 0       # step checkpoints written in this launch ...
+        self.spent = 0.0       # ... and the seconds they took (gather, save, prune): bench/recovery.py
 
     def due(self, comm) -> bool:
         self.done += 1

@@ -50,6 +50,53 @@ class Restart:
     resumed_from: str | None = None
 
 
+ERROR_PREFIX = "rank-error-"   # <checkpoint dir>/rank-error-<rank>.json: a rank's own SparkzooError
+
+
+def report_rank_error(directory: str, rank: int, exc: BaseException) -> None:
+    """A rank that raises a SparkzooError leaves it beside the checkpoints before it exits.
+
+    Why: horovod.spark.run tells the driver only "process N exited with code 1"; the message a user
+    needs (and whether the failure is theirs, so not worth retrying) is in the rank's stderr alone.
+    """
+    import json
+
+    from .. import paths
+
+    path = paths.join(directory, f"{ERROR_PREFIX}{rank}.json")
+    fs, inner = paths.filesystem(path)
+    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(inner) as fh:
+        fh.write(json.dumps({"class": type(exc).__name__, "message": str(exc)}).encode())
+
+
+def rank_error(directory: str) -> SparkzooError | None:
+    """The SparkzooError a rank of the last launch reported (the lowest rank's), rebuilt, or None."""
+    import json
+
+    from .. import errors, paths
+
+    if not paths.exists(directory):
+        return None
+    for path in paths.list_files(directory, ".json"):
+        if path.rsplit("/", 1)[-1].startswith(ERROR_PREFIX):
+            found = paths.read_json(path)
+            cls = getattr(errors, found["class"], None)
+            if isinstance(cls, type) and issubclass(cls, SparkzooError):
+                return cls(found["message"])
+    return None
+
+
+def clear_rank_errors(directory: str) -> None:
+    from .. import paths
+
+    if paths.exists(directory):
+        for path in paths.list_files(directory, ".json"):
+            if path.rsplit("/", 1)[-1].startswith(ERROR_PREFIX):
+                fs, inner = paths.filesystem(path)
+                fs.delete_file(inner)
+
+
 def retried(exc: BaseException) -> bool:
     """Crashes are retried; the user's mistakes and deliberate messages are not."""
     if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -62,7 +109,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, RankFailure):
         return exc.reason
     text = str(exc)
-    m = re.search(r"Process name:\s*(\S+)\s*Exit code:\s*(-?\d+)", text)
+    m = re.search(r"Process name:\s*(\S+)\s*Exit code:\s*(\S+)", text)
+    if m and not re.fullmatch(r"-?\d+", m.group(2)):   # Horovod lost the process with its executor or host
+        return f"rank {m.group(1)} was lost without an exit code (its executor or host went away)"
     if m:
         code = int(m.group(2))
         sig = SIGNALS.get(-code if code < 0 else code - 128 if code > 128 else 0)
@@ -85,10 +134,14 @@ def available_slots(spark) -> int:
 
 
 def relaunch_size(exp: Experiment, spark, sleep: Callable[[float], None] = time.sleep) -> int:
-    """Ranks for a relaunch: Spark's free slots within [min_ranks, max_ranks]; fixed size without Spark."""
+    """Ranks for a relaunch: Spark's free slots within [min_ranks, max_ranks]; fixed size without Spark.
+
+    Without min/max_ranks the size is fixed, and a lost executor still fails here after
+    ``rank_wait_seconds`` with the slot count, not after Horovod's start timeout with a generic message.
+    """
     tc = exp.train
     low, high = tc.min_ranks or tc.num_proc, tc.max_ranks or tc.num_proc
-    if spark is None or tc.backend == "horovodrun" or low == high:
+    if spark is None or tc.backend == "horovodrun":
         return tc.num_proc
     deadline = time.time() + tc.rank_wait_seconds
     while True:
