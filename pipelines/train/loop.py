@@ -332,6 +332,7 @@ def _train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str) -
             print(f"[sparkzoo] {line}; checkpoint {os.path.basename(path)}", flush=True)   # the rank's log
             if tc.progress:
                 progress_note(ctx.get("progress"), line)   # the driver's terminal
+        cadence.since = 0   # an epoch end checkpointed too: the interval counts from here (every rank alike)
         if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
             break
 
