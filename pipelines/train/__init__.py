@@ -127,12 +127,15 @@ RELAUNCH_START_TIMEOUT_S = 60  # a relaunch: the slots were counted just before;
 def _log_restart(exp: Experiment, run_id: str, restart: recovery.Restart) -> None:
     """On the run: how many restarts so far, and for each which rank failed, why, and from where it went on."""
     where = restart.resumed_from.rsplit("/", 1)[-1] if restart.resumed_from else "the start (no checkpoint yet)"
-    c = track.client(exp)
-    c.set_tag(run_id, "sparkzoo.restarts", str(restart.number))
-    c.set_tag(run_id, f"sparkzoo.restart.{restart.number}",
-              f"{restart.reason}; resumed from {where} with {restart.world_size} rank(s)")
+    try:
+        c = track.client(exp)
+        c.set_tag(run_id, "sparkzoo.restarts", str(restart.number))
+        c.set_tag(run_id, f"sparkzoo.restart.{restart.number}",
+                  f"{restart.reason}; resumed from {where} with {restart.world_size} rank(s)")
+    except Exception as exc:   # a tracking outage must not turn a healable failure into a fatal one
+        log.warning("could not tag restart %d on MLflow run %s: %s", restart.number, run_id, exc)
     track.log_metrics(exp, run_id, {"restarts": restart.number, "restart_world_size": restart.world_size},
-                      step=restart.number)
+                      step=restart.number)   # kept in the outbox while the server is away
 
 
 def check_model_params(exp: Experiment) -> None:
