@@ -76,8 +76,7 @@ def prune(directory: str, keep: int, keep_epochs: bool = False) -> list[str]:
     found = _all(directory)
     gone = [p for p in found[:-keep] if not (keep_epochs and position(p)[1] == float("inf"))]
     for p in gone:
-        fs, inner = paths.filesystem(p)
-        fs.delete_file(inner)
+        paths.delete_file(p)
     return gone
 
 

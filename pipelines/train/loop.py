@@ -547,19 +547,14 @@ def _merged_partial(ranks: list[dict[str, Any]], task) -> dict[str, Any]:
 def _fault_fires(ckpt_dir: str, epoch: int, step: int, steps: int, global_batch: int) -> bool:
     """The test fault fires once per run: a marker in the checkpoint folder (with the kill's time and
     position, which bench/recovery.py reads) keeps the restarted rank from dying again."""
-    import json
-
     from sparkzoo.pipelines import paths
     from sparkzoo.pipelines.train.checkpoint import FAULT_MARKER
 
     marker = paths.join(ckpt_dir, FAULT_MARKER)
     if paths.exists(marker):
         return False
-    fs, inner = paths.filesystem(marker)
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(inner) as fh:
-        fh.write(json.dumps({"killed_at": time.time(), "epoch": epoch, "step": step, "steps_per_epoch": steps,
-                             "global_batch": global_batch}).encode())
+    paths.write_json(marker, {"killed_at": time.time(), "epoch": epoch, "step": step, "steps_per_epoch": steps,
+                              "global_batch": global_batch})
     return True
 
 

@@ -59,42 +59,37 @@ def report_rank_error(directory: str, rank: int, exc: BaseException) -> None:
     Why: horovod.spark.run tells the driver only "process N exited with code 1"; the message a user
     needs (and whether the failure is theirs, so not worth retrying) is in the rank's stderr alone.
     """
-    import json
-
     from .. import paths
 
-    path = paths.join(directory, f"{ERROR_PREFIX}{rank}.json")
-    fs, inner = paths.filesystem(path)
-    fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(inner) as fh:
-        fh.write(json.dumps({"class": type(exc).__name__, "message": str(exc)}).encode())
+    paths.write_json(paths.join(directory, f"{ERROR_PREFIX}{rank}.json"),
+                     {"class": type(exc).__name__, "message": str(exc)})
 
 
 def rank_error(directory: str) -> SparkzooError | None:
     """The SparkzooError a rank of the last launch reported (the lowest rank's), rebuilt, or None."""
-    import json
-
     from .. import errors, paths
 
-    if not paths.exists(directory):
-        return None
-    for path in paths.list_files(directory, ".json"):
-        if path.rsplit("/", 1)[-1].startswith(ERROR_PREFIX):
-            found = paths.read_json(path)
-            cls = getattr(errors, found["class"], None)
-            if isinstance(cls, type) and issubclass(cls, SparkzooError):
-                return cls(found["message"])
+    for path in _rank_error_files(directory):
+        found = paths.read_json(path)
+        cls = getattr(errors, found["class"], None)
+        if isinstance(cls, type) and issubclass(cls, SparkzooError):
+            return cls(found["message"])
     return None
 
 
 def clear_rank_errors(directory: str) -> None:
     from .. import paths
 
-    if paths.exists(directory):
-        for path in paths.list_files(directory, ".json"):
-            if path.rsplit("/", 1)[-1].startswith(ERROR_PREFIX):
-                fs, inner = paths.filesystem(path)
-                fs.delete_file(inner)
+    for path in _rank_error_files(directory):
+        paths.delete_file(path)
+
+
+def _rank_error_files(directory: str) -> list[str]:
+    from .. import paths
+
+    if not paths.exists(directory):
+        return []
+    return [p for p in paths.list_files(directory, ".json") if p.rsplit("/", 1)[-1].startswith(ERROR_PREFIX)]
 
 
 def retried(exc: BaseException) -> bool:
