@@ -243,12 +243,12 @@ def embedding_features(df, spec: dict[str, Any], model: tuple[str, str] | None, 
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from sparkzoo.models.tasks import CLASSIFIER_TASKS
+    from sparkzoo.models.tasks import TASKS
 
     from .score import model_input_columns
 
     wanted = model_input_columns(spec, df.columns)
-    if model is None or spec.get("task") not in CLASSIFIER_TASKS or not set(wanted) <= set(df.columns):
+    if model is None or not (spec.get("task") in TASKS and TASKS[spec["task"]].classifier) or not set(wanted) <= set(df.columns):
         return None, [], None, None
     every = max(1, int(rows) // EMBEDDING_SAMPLE)
     sample = df.filter(F.pmod(F.xxhash64("id"), F.lit(every)) == 0).select("id", *wanted)

@@ -38,8 +38,10 @@ def _sources() -> dict[str, str]:
     here = os.path.dirname(os.path.abspath(__file__))
     zoo = os.path.dirname(os.path.abspath(models.__file__))
     files = {f"pipelines/{name}.py": os.path.join(here, f"{name}.py") for name in PIPELINE_MODULES}
-    files.update({f"models/{name}": os.path.join(zoo, name) for name in sorted(os.listdir(zoo))
-                  if name.endswith(".py")})
+    for folder, _, names in sorted(os.walk(zoo)):
+        rel = os.path.relpath(folder, zoo).replace(os.sep, "/")
+        prefix = "models/" if rel == "." else f"models/{rel}/"
+        files.update({prefix + name: os.path.join(folder, name) for name in sorted(names) if name.endswith(".py")})
     return files
 
 
@@ -144,16 +146,16 @@ def signature(spec: dict[str, Any], example: pd.DataFrame, output: pd.DataFrame)
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
 
-    from ..models.tasks import TASKS
+    from ..models.tasks import task_class
 
     unknown = [c for c in example.columns if c not in _INPUT_TYPES]
     if unknown:
         raise ValueError(f"no signature type for input column(s) {unknown}; known: {sorted(_INPUT_TYPES)}")
     inputs = Schema([ColSpec(getattr(DataType, _INPUT_TYPES[c]), c) for c in example.columns])
-    outputs = output_schema(TASKS[spec["task"]].output_schema)
+    outputs = output_schema(task_class(spec["task"]).output_schema)
     if sorted(output.columns) != sorted(outputs.input_names()):
         raise ValueError(f"the {spec['task']} model answers with columns {list(output.columns)}, but its task declares "
-                         f"{outputs.input_names()} (models/tasks.py output_schema)")
+                         f"{outputs.input_names()} (the task's output_schema in models/tasks/)")
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 

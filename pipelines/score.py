@@ -73,17 +73,17 @@ class ShippedModel:
 
     @property
     def is_classifier(self) -> bool:
-        from sparkzoo.models.tasks import CLASSIFIER_TASKS
+        from sparkzoo.models.tasks import task_class
 
-        return self.spec["task"] in CLASSIFIER_TASKS
+        return task_class(self.spec["task"]).classifier
 
 
 def model_input_columns(spec: dict[str, Any], columns: list[str]) -> list[str]:
     """The input columns a model scores from: pixels, log-mel frames, token ids, or (for a text model
     whose table has no ``token_ids``) raw ``text`` that the model tokenises itself."""
-    from sparkzoo.models.tasks import TASKS
+    from sparkzoo.models.tasks import task_class
 
-    wanted = list(TASKS[spec["task"]].input_columns)
+    wanted = list(task_class(spec["task"]).input_columns)
     if wanted == ["token_ids"] and "token_ids" not in columns and "text" in columns:
         return ["text"]
     return wanted
@@ -226,9 +226,9 @@ def ship_model(spark, exp: Experiment, name: str, version: int) -> ShippedModel:
 
 def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
     """Rows (id, model inputs, *keep) that fit the model -> id, the task's output columns, *keep."""
-    from sparkzoo.models.tasks import TASKS
+    from sparkzoo.models.tasks import task_class
 
-    schema = f"id string, {TASKS[shipped.spec['task']].output_schema}" + "".join(
+    schema = f"id string, {task_class(shipped.spec['task']).output_schema}" + "".join(
         f", {c} {dict(df.dtypes)[c]}" for c in keep)
     model_file = shipped.file
     options = {**options, "model_key": shipped.key}

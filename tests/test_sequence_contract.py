@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sparkzoo import models
-from sparkzoo.models.sequence_tasks import PAD, aligned_pairs, strip_ids
+from sparkzoo.models.tasks.sequence import PAD, aligned_pairs, strip_ids
 
 SEQUENCE_TASKS = ("text_classification", "language_model", "seq2seq", "captioning", "ctc")
 SEQUENCE_FAMILIES = [n for n in models.list_models() if models.model_task(n) in SEQUENCE_TASKS]

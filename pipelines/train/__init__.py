@@ -158,39 +158,24 @@ def check_model_params(exp: Experiment) -> None:
                               f"its parameters: {', '.join(known) or 'none'}")
 
 
-# What each task needs of the prepared data: its modality and the columns it reads.
-TASK_DATA: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "classification": ("image", ("image", "label"), "an image set with labels"),
-    "reconstruction": ("image", ("image",), "an image set"),
-    "segmentation": ("image", ("image", "mask"), "images with masks (data.source.mask: alpha or file, see "
-                                                 "conf/tuxpaint_masks.yaml)"),
-    "captioning": ("image", ("image", "caption_ids"), "images with captions (data.source.caption_sidecar or "
-                                                      "caption_column, see conf/tuxpaint_captions.yaml)"),
-    "text_classification": ("text", ("token_ids", "label"), "a labelled text table (see conf/pang_lee_polarity.yaml)"),
-    "language_model": ("text", ("token_ids",), "a text table; labels are not read (data.source.label_column: null, "
-                                               "see conf/pang_lee_reviews_lm.yaml)"),
-    "seq2seq": ("text", ("token_ids", "target_ids"), "text pairs (source kind text_pairs, see conf/cmudict_g2p.yaml)"),
-    "ctc": ("audio", ("features", "target_ids"), "audio with transcripts (see conf/klettres_spelling.yaml)"),
-}
-
-
 def check_task(exp: Experiment, manifest: dict[str, Any]) -> None:
     """The family's task must fit the prepared data; say what to change before any rank starts."""
     from ...models import model_task
-    from ...models.tasks import CLASSIFIER_TASKS
+    from ...models.tasks import task_class
 
     task = model_task(exp.model.name)
+    spec = task_class(task)
     columns = {c["name"] for c in manifest.get("schema", [])}
     modality = manifest.get("modality", "image")
-    want_modality, want_columns, what = TASK_DATA[task]
-    if modality != want_modality:
-        raise TrainingError(f"model {exp.model.name} ({task}) trains on {want_modality} data but {manifest['dataset']} "
-                            f"holds {modality} data; pick a family for {modality} (docs/MODEL_ZOO.md) or prepare {what}")
-    missing = [c for c in want_columns if c not in columns]
+    if modality != spec.modality:
+        raise TrainingError(f"model {exp.model.name} ({task}) trains on {spec.modality} data but {manifest['dataset']} "
+                            f"holds {modality} data; pick a family for {modality} (docs/MODEL_ZOO.md) or prepare "
+                            f"{spec.data_hint}")
+    missing = [c for c in spec.required_columns() if c not in columns]
     if missing:
         raise TrainingError(f"model {exp.model.name} ({task}) cannot train on {manifest['dataset']}: it has no "
-                            f"{', '.join(missing)} column; prepare {what}")
-    if task in CLASSIFIER_TASKS and manifest.get("num_classes", 0) < 2:
+                            f"{', '.join(missing)} column; prepare {spec.data_hint}")
+    if spec.classifier and manifest.get("num_classes", 0) < 2:
         raise TrainingError(f"model {exp.model.name} classifies but {manifest['dataset']} has "
                             f"{manifest.get('num_classes', 0)} classes; set data.source.label_level or label_names, "
                             f"or pick a reconstruction family (autoencoder) for unlabelled images")

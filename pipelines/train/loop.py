@@ -415,31 +415,30 @@ def example_frame(task, manifest: dict[str, Any]):
     return pd.DataFrame({"text": [joiner.join(words[:5]), words[0]]})
 
 
-SEQUENCE_OUTPUT_TASKS = ("seq2seq", "captioning", "ctc")
-
-
 def build_model_spec(exp, manifest: dict[str, Any], task: str) -> dict[str, Any]:
     """The spec logged with the model: what rebuilds it and, for sequence models, the vocabularies,
     decoding settings and text normalisation that scoring needs."""
+    from sparkzoo.models.tasks import task_class
     from sparkzoo.pipelines.modelspec import build_spec, target_vocab
 
+    kind = task_class(task)
     text_cfg = ((manifest.get("prepare_config") or {}).get("data") or {}).get("text") or {}
     vocab = manifest.get("vocab") or None
     decode, text = None, None
-    if task in SEQUENCE_OUTPUT_TASKS:
-        how = {"seq2seq": text_cfg.get("target_tokenizer"), "captioning": text_cfg.get("tokenizer")}.get(task, "char")
+    if kind.writes_sequences:
+        how = text_cfg.get(kind.target_tokenizer) if kind.target_tokenizer else "char"
         lengths = manifest.get("lengths") or {}
         longest = max([int(v.get("max", 0)) for k, v in lengths.items() if k in ("target", "caption")] + [0])
         decode = {"beam": exp.model.beam, "joiner": "" if how == "char" else " ",
                   "max_decode": exp.model.max_decode_length or longest + 8}
-        if task != "ctc":
+        if kind.decode_top_k:
             decode["top_k"] = exp.model.beam
     if vocab and "text" in vocab:
         text = {k: text_cfg.get(k) for k in ("tokenizer", "lowercase", "max_length")}
     spec = build_spec(family=exp.model.name, params=exp.model.params, task=task, shape=manifest["shape"],
                       stats=manifest["stats"], label_names=manifest["label_names"], dataset=manifest["dataset"],
                       dataset_version=manifest["version"], vocab=vocab, decode=decode, text=text)
-    if task in SEQUENCE_OUTPUT_TASKS and not target_vocab(spec):
+    if kind.writes_sequences and not target_vocab(spec):
         raise _training_error(f"model {exp.model.name} writes sequences but {manifest['dataset']} has no target "
                               f"vocabulary; prepare it with text pairs, captions or transcripts")
     return spec

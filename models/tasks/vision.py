@@ -1,14 +1,10 @@
-"""Per task: how a batch becomes tensors, the loss, the metrics, and the columns scoring writes.
+"""Image tasks: classification, reconstruction (autoencoders) and segmentation.
 
-Training, evaluation and the logged MLflow model all call these same objects, so a model scored in
-Spark sees exactly the pre-processing it was trained with. A task knows what its model returns:
+What each model returns and what scoring writes:
 
 - classification: logits (n, classes) -> ``prediction``, ``confidence``, ``probability``
 - reconstruction: {"reconstruction", "code"[, "kl"]} -> ``code`` (the bottleneck) and ``error`` (pixel MSE)
 - segmentation: foreground logits (n, 1, h, w) -> ``mask`` (h*w bytes of 0/1) and ``foreground`` (share)
-
-Metric sums are sums, not means, with fixed keys (``empty_sums``), so ranks allreduce them and divide
-once in ``finish``, and a rank whose shard ran dry still takes part in the allreduce.
 """
 
 from __future__ import annotations
@@ -20,93 +16,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluation import calibration_sums, confusion, expected_calibration_error, mask_iou_sums
-
-Batch = dict[str, np.ndarray]
-
-
-def images_to_tensor(pixels: np.ndarray, mean: float, std: float, device: torch.device | str | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W).
-
-    With a ``device`` the uint8 pixels move first (a quarter of the float bytes) and are normalised there.
-    The result keeps the NHWC memory order (channels-last strides), which is what oneDNN/cuDNN convolutions
-    prefer anyway.
-    """
-    x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float()
-    return (x / 255.0 - mean) / std
+from ..evaluation import calibration_sums, confusion, expected_calibration_error, mask_iou_sums
+from .base import Batch, Task, register_task
 
 
-@dataclass(frozen=True)
-class Task:
-    """The contract the training loop, the evaluator and the scorer rely on (see the module docstring)."""
-
-    num_classes: int
-    mean: float = 0.0
-    std: float = 1.0
-    name: ClassVar[str] = "task"
-    metric: ClassVar[str] = "loss"            # watched for early stopping and reported as the headline
-    higher_is_better: ClassVar[bool] = False
-    columns: ClassVar[tuple[str, ...]] = ("image", "label")   # Parquet columns a rank reads
-    input_columns: ClassVar[tuple[str, ...]] = ("image",)     # what scoring needs of a row besides ``id``
-    sort_key: ClassVar[str | None] = None    # a length column to bucket batches by (sequence tasks)
-    output_schema: ClassVar[str] = ""        # Spark DDL of the columns scoring writes after ``id``
-
-    def inputs(self, pixels: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-        return images_to_tensor(pixels, self.mean, self.std, device)
-
-    def tensors(self, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def loss(self, out: Any, target: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def predict(self, net: Any, x: Any) -> Any:
-        """The outputs evaluation and scoring work from; decoding tasks add their decoded hypotheses."""
-        return net(x)
-
-    def empty_sums(self) -> dict[str, float]:
-        raise NotImplementedError
-
-    def metric_sums(self, out: Any, target: torch.Tensor) -> dict[str, float]:
-        raise NotImplementedError
-
-    def finish(self, sums: dict[str, float], arrays: dict[str, np.ndarray] | None = None) -> dict[str, float]:
-        raise NotImplementedError
-
-    def empty_arrays(self) -> dict[str, np.ndarray]:
-        """Fixed-shape evaluation sums beyond the metrics (confusion, calibration); none by default."""
-        return {}
-
-    def detail_arrays(self, out: Any, target: torch.Tensor) -> dict[str, np.ndarray]:
-        return {}
-
-    def samples(self, out: Any, batch: Batch, n: int) -> dict[str, np.ndarray]:
-        """The first ``n`` rows with what the model made of them, for a picture in the report."""
-        return {"image": np.array(batch["image"][:n])}
-
-    def outputs(self, out: Any, inputs: torch.Tensor) -> dict[str, np.ndarray]:
-        """The scored columns for a batch; ``inputs`` are the normalised tensors the model was given."""
-        raise NotImplementedError
-
-    @staticmethod
-    def as_float(out: Any, detach: bool = False) -> Any:
-        """Model output in float32 (out of bf16 autocast); a dict of tensors for autoencoders and sequence
-        models, whose integer entries (decoded ids, lengths) stay integers."""
-        def conv(t: torch.Tensor) -> torch.Tensor:
-            t = t.detach() if detach else t
-            return t.float() if t.is_floating_point() else t
-
-        return {k: conv(v) for k, v in out.items()} if isinstance(out, dict) else conv(out)
-
-
+@register_task
 @dataclass(frozen=True)
 class ClassificationTask(Task):
     """Softmax classification: cross-entropy loss, accuracy, prediction + class probabilities."""
 
     name: ClassVar[str] = "classification"
+    data_hint: ClassVar[str] = "an image set with labels"
+    classifier: ClassVar[bool] = True
+    plots: ClassVar[tuple[str, ...]] = ("confusion", "reliability", "samples")
+    baseline: ClassVar[str | None] = "logistic_regression"
     metric: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
     output_schema: ClassVar[str] = "prediction long, confidence float, probability array<float>"
@@ -157,6 +80,7 @@ class ClassificationTask(Task):
                 "probability": prob.numpy().astype(np.float32)}
 
 
+@register_task
 @dataclass(frozen=True)
 class ReconstructionTask(Task):
     """Autoencoders: give back the (clean) input. Loss is the per-row summed squared error in normalised
@@ -164,6 +88,9 @@ class ReconstructionTask(Task):
     pixel on the 0..1 scale, the scale PCA baselines are reported on."""
 
     name: ClassVar[str] = "reconstruction"
+    needs: ClassVar[tuple[str, ...] | None] = ("image",)
+    plots: ClassVar[tuple[str, ...]] = ("reconstructions",)
+    baseline: ClassVar[str | None] = "pca"
     metric: ClassVar[str] = "mse"
     higher_is_better: ClassVar[bool] = False
     output_schema: ClassVar[str] = "code array<float>, error float"
@@ -212,12 +139,16 @@ class ReconstructionTask(Task):
         return {"code": code.cpu().numpy().astype(np.float32), "error": err.cpu().numpy().astype(np.float32)}
 
 
+@register_task
 @dataclass(frozen=True)
 class SegmentationTask(Task):
     """Binary foreground segmentation: per-pixel logistic loss; foreground IoU (over all pixels of the
     split, and the mean per image) and pixel accuracy."""
 
     name: ClassVar[str] = "segmentation"
+    data_hint: ClassVar[str] = "images with masks (data.source.mask: alpha or file, see conf/tuxpaint_masks.yaml)"
+    plots: ClassVar[tuple[str, ...]] = ("mask_overlays",)
+    baseline: ClassVar[str | None] = "colour_threshold"
     metric: ClassVar[str] = "iou"
     higher_is_better: ClassVar[bool] = True
     columns: ClassVar[tuple[str, ...]] = ("image", "mask")
@@ -254,29 +185,3 @@ class SegmentationTask(Task):
     def outputs(self, logits: torch.Tensor, inputs: torch.Tensor) -> dict[str, np.ndarray]:
         pred = (logits.float() > 0).squeeze(1).cpu().numpy().astype(np.uint8)
         return {"mask": pred.reshape(len(pred), -1), "foreground": pred.reshape(len(pred), -1).mean(1).astype(np.float32)}
-
-
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ClassificationTask, ReconstructionTask, SegmentationTask)}
-
-from .sequence_tasks import SEQUENCE_TASKS  # noqa: E402  (they build on the classes above)
-
-TASKS.update(SEQUENCE_TASKS)
-
-# Tasks that answer with one class per row: their scoring writes label/probabilities, promotion and
-# score.optimize compare accuracy, and training needs two classes or more.
-CLASSIFIER_TASKS: tuple[str, ...] = ("classification", "text_classification")
-
-
-def make_task(task: str, num_classes: int, *, mean: float = 0.0, std: float = 1.0, **options: Any) -> Task:
-    """The task object for a family's task name, normalising with the dataset's statistics.
-
-    ``options`` are task fields (target vocabulary, beam width, decoding limit); those a task does not
-    have are ignored, so one call site serves every task.
-    """
-    import dataclasses
-
-    if task not in TASKS:
-        raise ValueError(f"unknown task '{task}'; choose one of: {', '.join(sorted(TASKS))}")
-    cls = TASKS[task]
-    known = {f.name for f in dataclasses.fields(cls)}
-    return cls(num_classes=num_classes, mean=mean, std=std, **{k: v for k, v in options.items() if k in known})

@@ -5,6 +5,7 @@ a dict of padded tensors (see the sequence families' ``forward``). The loader pa
 chunk's longest row and puts the true lengths beside them as ``<column>__len``; ``tensors`` trims each
 batch to its own longest row, so a batch of short sentences costs little even in a long-tailed set.
 
+Each class registers itself (``@register_task``) and declares its data, plots and decoding (see ``base``).
 Decoding tasks (seq2seq, captioning, CTC) evaluate with real decoding (greedy, or beam search with
 ``beam`` > 1), not teacher forcing: the error rate and BLEU they report are what a user of the
 registered model gets.
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sequence_metrics import bleu, bleu_sums, error_rate_sums
-from .tasks import Batch, ClassificationTask, Task, images_to_tensor
+from ..sequence_metrics import bleu, bleu_sums, error_rate_sums
+from .base import Batch, Task, images_to_tensor, register_task
+from .vision import ClassificationTask
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
@@ -49,12 +51,17 @@ def join_tokens(ids: list[int], vocab: tuple[str, ...], joiner: str) -> str:
     return joiner.join(vocab[i] if 0 <= i < len(vocab) else "<unk>" for i in ids)
 
 
+@register_task
 @dataclass(frozen=True)
 class TextClassificationTask(ClassificationTask):
     """Many-to-one: a token sequence -> a class (sentence polarity). Metrics and scored columns are those
     of image classification; the input is token ids with their lengths."""
 
     name: ClassVar[str] = "text_classification"
+    modality: ClassVar[str] = "text"
+    data_hint: ClassVar[str] = "a labelled text table (see conf/pang_lee_polarity.yaml)"
+    plots: ClassVar[tuple[str, ...]] = ("confusion", "reliability")
+    baseline: ClassVar[str | None] = "tfidf_logistic_regression"
     columns: ClassVar[tuple[str, ...]] = ("token_ids", "label")
     sort_key: ClassVar[str | None] = "token_ids__len"
     input_columns: ClassVar[tuple[str, ...]] = ("token_ids",)
@@ -72,6 +79,7 @@ class TextClassificationTask(ClassificationTask):
                 "prediction": pred.cpu().numpy(), "confidence": confidence.cpu().numpy().astype(np.float64)}
 
 
+@register_task
 @dataclass(frozen=True)
 class LanguageModelTask(Task):
     """Unsupervised pre-training on raw text: predict each word from its context (no labels read).
@@ -83,6 +91,9 @@ class LanguageModelTask(Task):
     """
 
     name: ClassVar[str] = "language_model"
+    modality: ClassVar[str] = "text"
+    data_hint: ClassVar[str] = ("a text table; labels are not read (data.source.label_column: null, "
+                                "see conf/pang_lee_reviews_lm.yaml)")
     metric: ClassVar[str] = "perplexity"
     higher_is_better: ClassVar[bool] = False
     columns: ClassVar[tuple[str, ...]] = ("token_ids",)
@@ -134,6 +145,8 @@ class _DecodingTask(Task):
     top_k: int = 1
     metric: ClassVar[str] = "error_rate"
     higher_is_better: ClassVar[bool] = False
+    writes_sequences: ClassVar[bool] = True
+    decode_top_k: ClassVar[bool] = True
     output_schema: ClassVar[str] = ("prediction_text string, prediction_ids array<int>, score float, "
                                     "top_k_text array<string>, top_k_scores array<float>")
     target_column: ClassVar[str] = "target_ids"
@@ -234,11 +247,16 @@ def _object_rows(rows: list[Any]) -> np.ndarray:
     return arr
 
 
+@register_task
 @dataclass(frozen=True)
 class Seq2SeqTask(_DecodingTask):
     """Many-to-many (grapheme to phoneme, translation): an encoder-decoder writes the target sequence."""
 
     name: ClassVar[str] = "seq2seq"
+    modality: ClassVar[str] = "text"
+    data_hint: ClassVar[str] = "text pairs (source kind text_pairs, see conf/cmudict_g2p.yaml)"
+    target_tokenizer: ClassVar[str | None] = "target_tokenizer"
+    plots: ClassVar[tuple[str, ...]] = ("attention",)
     columns: ClassVar[tuple[str, ...]] = ("token_ids", "target_ids")
     sort_key: ClassVar[str | None] = "token_ids__len"
     input_columns: ClassVar[tuple[str, ...]] = ("token_ids",)
@@ -248,11 +266,16 @@ class Seq2SeqTask(_DecodingTask):
         return {"tokens": tokens, "lengths": lengths}
 
 
+@register_task
 @dataclass(frozen=True)
 class CaptioningTask(_DecodingTask):
     """One-to-many: an image encoder and a decoder that writes a caption, looking at image regions."""
 
     name: ClassVar[str] = "captioning"
+    data_hint: ClassVar[str] = ("images with captions (data.source.caption_sidecar or caption_column, "
+                                "see conf/tuxpaint_captions.yaml)")
+    target_tokenizer: ClassVar[str | None] = "tokenizer"
+    plots: ClassVar[tuple[str, ...]] = ("caption_attention",)
     metric: ClassVar[str] = "bleu"
     higher_is_better: ClassVar[bool] = True
     columns: ClassVar[tuple[str, ...]] = ("image", "caption_ids")
@@ -276,6 +299,7 @@ class CaptioningTask(_DecodingTask):
         return out
 
 
+@register_task
 @dataclass(frozen=True)
 class CTCTask(Task):
     """Speech recognition with CTC: log-mel frames -> per-frame label distributions -> characters.
@@ -288,6 +312,10 @@ class CTCTask(Task):
     joiner: str = ""
     beam: int = 1
     name: ClassVar[str] = "ctc"
+    modality: ClassVar[str] = "audio"
+    data_hint: ClassVar[str] = "audio with transcripts (see conf/klettres_spelling.yaml)"
+    writes_sequences: ClassVar[bool] = True
+    plots: ClassVar[tuple[str, ...]] = ("char_confusion",)
     metric: ClassVar[str] = "cer"
     higher_is_better: ClassVar[bool] = False
     columns: ClassVar[tuple[str, ...]] = ("features", "target_ids")
@@ -390,7 +418,3 @@ def aligned_pairs(hyp: list[int], ref: list[int]) -> list[tuple[int | None, int 
             pairs.append((None, hyp[j - 1]))
             j -= 1
     return pairs[::-1]
-
-
-SEQUENCE_TASKS: dict[str, type[Task]] = {t.name: t for t in (TextClassificationTask, LanguageModelTask, Seq2SeqTask,
-                                                            CaptioningTask, CTCTask)}
