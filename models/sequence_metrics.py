@@ -1,75 +1,98 @@
 """Error rates and BLEU as sums, so ranks can allreduce them and divide once (as ``evaluation`` does).
 
-Sequences are lists (or 1-d arrays) of token ids; ``PAD``/``BOS``/``EOS`` are stripped by the caller.
-Numpy and plain Python only: the ranks, the scorer and the tests share these.
+The counting is done by well-kept libraries, imported lazily inside the functions that evaluation calls:
+edit distances by jiwer (``process_words``), BLEU by sacreBLEU. Everything under ``models/`` travels
+inside every logged MLflow model, which must load and score where only torch and numpy exist, so no
+module here imports either library at its top, and scoring (``Task.outputs``) never calls these.
+
+Error rates work on token-id lists (``PAD``/``BOS``/``EOS`` stripped by the caller). BLEU works on
+detokenised text (the ids joined to strings with the task's vocabulary and joiner), as sacreBLEU
+figures are computed: per batch the 10 corpus statistics sacreBLEU sums over segments, in its order
+``[sys_len, ref_len, correct_1..4, total_1..4]``; the ranks add those arrays, and ``bleu`` turns the
+sum into sacreBLEU's corpus score (0-100) with ``BLEU.compute_bleu``.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-from typing import Sequence
+from functools import lru_cache
+from typing import Any, Sequence
 
 import numpy as np
 
 BLEU_ORDER = 4
+BLEU_SMOOTH = "exp"        # sacrebleu.corpus_bleu's default, so our figure equals its figure
 
 
-def edit_distance(hyp: Sequence[int], ref: Sequence[int]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1); one numpy row per ref token."""
-    hyp, ref = list(hyp), list(ref)
-    if not ref:
-        return len(hyp)
-    if not hyp:
-        return len(ref)
-    h = np.asarray(hyp)
-    prev = np.arange(len(h) + 1)
-    for i, r in enumerate(ref, start=1):
-        sub = prev[:-1] + (h != r)
-        cur = np.empty_like(prev)
-        cur[0] = i
-        cur[1:] = np.minimum(sub, prev[1:] + 1)
-        # insertions run left to right; a cumulative min over (cur[j] - j) resolves them in one pass
-        cur = np.minimum.accumulate(cur - np.arange(len(cur))) + np.arange(len(cur))
-        prev = cur
-    return int(prev[-1])
+def _words(seq: Sequence[int]) -> str:
+    """One sentence of ids as a string of distinct words jiwer can align (``t12 t7 t7``): reversible."""
+    return " ".join(f"t{int(t)}" for t in seq)
 
 
 def error_rate_sums(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Token error rate pieces (edits over reference tokens) and whole-sequence errors (WER on words)."""
-    edits = tokens = wrong = 0
-    for hyp, ref in zip(hyps, refs):
-        d = edit_distance(hyp, ref)
-        edits += d
-        tokens += len(ref)
-        wrong += int(d > 0)
-    return {"edits": float(edits), "ref_tokens": float(tokens), "seq_errors": float(wrong), "seqs": float(len(refs))}
+    """Token error rate pieces (edits over reference tokens) and whole-sequence errors (WER on words).
 
-
-def bleu_sums(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]], order: int = BLEU_ORDER) -> np.ndarray:
-    """Corpus BLEU pieces: clipped n-gram matches and totals per order, hypothesis and reference lengths.
-
-    One float64 array of length ``2 * order + 2`` so it allreduces like the confusion matrix.
+    ``edits`` is the Levenshtein distance summed over rows (substitutions, deletions, insertions, each
+    cost 1), computed by ``jiwer.process_words`` on the ids written as words; ``seq_errors`` counts rows
+    with any edit. The same keys and values as a hand-written Levenshtein (tests/test_metric_libraries.py).
     """
-    out = np.zeros(2 * order + 2)
-    for hyp, ref in zip(hyps, refs):
-        hyp, ref = list(hyp), list(ref)
-        for n in range(1, order + 1):
-            h = Counter(tuple(hyp[i:i + n]) for i in range(len(hyp) - n + 1))
-            r = Counter(tuple(ref[i:i + n]) for i in range(len(ref) - n + 1))
-            out[n - 1] += sum(min(c, r[g]) for g, c in h.items())
-            out[order + n - 1] += max(len(hyp) - n + 1, 0)
-        out[2 * order] += len(hyp)
-        out[2 * order + 1] += len(ref)
+    out = {"edits": 0.0, "ref_tokens": 0.0, "seq_errors": 0.0, "seqs": float(len(refs))}
+    if not len(refs):
+        return out
+    import jiwer
+
+    got = jiwer.process_words([_words(r) for r in refs], [_words(h) for h in hyps])
+    out["edits"] = float(got.substitutions + got.deletions + got.insertions)
+    out["ref_tokens"] = float(sum(len(r) for r in refs))
+    out["seq_errors"] = float(sum(any(c.type != "equal" for c in row) for row in got.alignments))
     return out
 
 
-def bleu(sums: np.ndarray, order: int = BLEU_ORDER) -> float:
-    """Corpus BLEU-``order`` (Papineni et al. 2002) with the brevity penalty; 0 when any order has no match."""
-    matches, totals = sums[:order], sums[order:2 * order]
-    hyp_len, ref_len = sums[2 * order], sums[2 * order + 1]
-    if hyp_len == 0 or np.any(matches == 0):
-        return 0.0
-    log_p = float(np.mean(np.log(matches / np.maximum(totals, 1))))
-    brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return brevity * math.exp(log_p)
+def bleu_tokenize(joiner: str) -> str:
+    """sacreBLEU's tokenizer for a task's output text.
+
+    Word-level output (joiner ``" "``) uses sacreBLEU's default ``13a``, the one published figures use.
+    Character-level output (joiner ``""``, e.g. a char tokenizer's captions) has no spaces to split
+    words on; ``13a`` would make each sentence one "word" and BLEU all-or-nothing, so it uses ``char``
+    (BLEU over character n-grams): comparable with other char-tokenised sacreBLEU figures only, which the
+    signature (``tok:char``) says.
+    """
+    return "13a" if joiner else "char"
+
+
+@lru_cache(maxsize=None)
+def _metric(tokenize: str) -> Any:
+    from sacrebleu.metrics import BLEU
+
+    # force: our references are the prepared tokens joined again, so "text that looks tokenised" is expected
+    return BLEU(tokenize=tokenize, smooth_method=BLEU_SMOOTH, max_ngram_order=BLEU_ORDER, force=True)
+
+
+def bleu_sums(hyps: Sequence[str], refs: Sequence[str], tokenize: str = "13a") -> np.ndarray:
+    """sacreBLEU's corpus statistics of detokenised hypotheses against one reference each.
+
+    One float64 array ``[sys_len, ref_len, correct_1..4, total_1..4]`` (sacreBLEU's order): sums over
+    sentences, so halves of a corpus add up to the whole and the array allreduces like the confusion matrix.
+    """
+    if not len(refs):
+        return np.zeros(2 * BLEU_ORDER + 2)
+    score = _metric(tokenize).corpus_score(list(hyps), [list(refs)])
+    return np.asarray([score.sys_len, score.ref_len, *score.counts, *score.totals], dtype=np.float64)
+
+
+def bleu(sums: np.ndarray) -> float:
+    """sacreBLEU corpus BLEU-4 (0-100, exponential smoothing, brevity penalty) of summed ``bleu_sums``."""
+    from sacrebleu.metrics import BLEU
+
+    sums = np.asarray(sums)
+    return float(BLEU.compute_bleu(correct=[int(c) for c in sums[2:2 + BLEU_ORDER]],
+                                   total=[int(t) for t in sums[2 + BLEU_ORDER:2 + 2 * BLEU_ORDER]],
+                                   sys_len=int(sums[0]), ref_len=int(sums[1]), smooth_method=BLEU_SMOOTH,
+                                   max_ngram_order=BLEU_ORDER).score)
+
+
+def bleu_signature(joiner: str = " ") -> str:
+    """sacreBLEU's signature of the BLEU ``bleu`` reports for a task with this joiner, e.g.
+    ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0``: log it beside the figure."""
+    metric = _metric(bleu_tokenize(joiner))
+    metric.corpus_score(["a"], [["a"]])       # the signature needs one scored corpus (it records nrefs)
+    return str(metric.get_signature())

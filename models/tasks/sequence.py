@@ -8,7 +8,9 @@ batch to its own longest row, so a batch of short sentences costs little even in
 Each class registers itself (``@register_task``) and declares its data, plots and decoding (see ``base``).
 Decoding tasks (seq2seq, captioning, CTC) evaluate with real decoding (greedy, or beam search with
 ``beam`` > 1), not teacher forcing: the error rate and BLEU they report are what a user of the
-registered model gets.
+registered model gets. Error rates come from jiwer, BLEU from sacreBLEU on the detokenised text (0-100,
+signature from ``sequence_metrics.bleu_signature(task.joiner)``); both libraries are imported only when a
+metric is computed, never when a logged model is loaded or scores.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..sequence_metrics import bleu, bleu_sums, error_rate_sums
+from ..sequence_metrics import bleu, bleu_signature, bleu_sums, bleu_tokenize, error_rate_sums
 from .base import Batch, Task, images_to_tensor, register_task
 from .vision import ClassificationTask
 
@@ -202,9 +204,19 @@ class _DecodingTask(Task):
         return {"bleu": np.zeros(10)}
 
     def detail_arrays(self, out: dict[str, torch.Tensor], target: torch.Tensor) -> dict[str, np.ndarray]:
+        """sacreBLEU's corpus statistics of this batch, on the ids joined to text with the target vocabulary."""
         if "gen_ids" not in out:
             return {}
-        return {"bleu": bleu_sums(*self._hyps_refs(out, target))}
+        hyps, refs = self._hyps_refs(out, target)
+        if self.target_vocab:
+            text = lambda rows: [join_tokens(r, self.target_vocab, self.joiner) for r in rows]  # noqa: E731
+            return {"bleu": bleu_sums(text(hyps), text(refs), bleu_tokenize(self.joiner))}
+        words = lambda rows: [" ".join(map(str, r)) for r in rows]  # noqa: E731   no vocabulary: ids as words
+        return {"bleu": bleu_sums(words(hyps), words(refs), "13a")}
+
+    def metric_params(self) -> dict[str, str]:
+        """What to log beside the metrics as run parameters: sacreBLEU's signature of ``bleu``."""
+        return {"bleu_signature": bleu_signature(self.joiner)}
 
     def finish(self, sums: dict[str, float], arrays: dict[str, np.ndarray] | None = None) -> dict[str, float]:
         tokens = max(sums["tokens"], 1.0)
@@ -212,7 +224,7 @@ class _DecodingTask(Task):
         if sums["seqs"]:
             out["error_rate"] = sums["edits"] / max(sums["ref_tokens"], 1.0)
             out["sequence_error_rate"] = sums["seq_errors"] / sums["seqs"]
-        if arrays and "bleu" in arrays and arrays["bleu"][8] > 0:
+        if arrays and "bleu" in arrays and arrays["bleu"][0] > 0:     # [0]: words (or chars) decoded
             out["bleu"] = bleu(arrays["bleu"])
         return out
 
@@ -295,7 +307,7 @@ class CaptioningTask(_DecodingTask):
     def finish(self, sums: dict[str, float], arrays: dict[str, np.ndarray] | None = None) -> dict[str, float]:
         out = super().finish(sums, arrays)
         if sums["seqs"] and "bleu" not in out:
-            out["bleu"] = 0.0   # decoded, but no 4-gram matched: BLEU-4 is 0, not missing
+            out["bleu"] = 0.0   # decoded, but every caption empty: BLEU is 0, not missing
         return out
 
 
