@@ -1,4 +1,5 @@
 # The two commands: `make demo` (install + run the whole pipeline) and `make test`.
+# `make test-fast`: the unit, contract and config tests only (no Spark, no Horovod, no training; < 3 minutes).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SPARKZOO := $(VENV)/bin/sparkzoo
@@ -6,7 +7,7 @@ CONF ?= conf/fashion_mnist_cnn.yaml
 PYTEST_ARGS ?=
 README_NOTE ?=
 
-.PHONY: setup demo readme-figures test ui run prepare train score baseline zoo-vision zoo-sequence clean
+.PHONY: setup demo readme-figures test test-fast ui run prepare train score baseline zoo-vision zoo-sequence clean
 
 setup:
 	bash scripts/setup.sh
@@ -21,6 +22,10 @@ readme-figures: demo
 
 test: setup
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) tests
+
+# What is slow: tests/conftest.py (heavy fixtures, SLOW_MODULES, @pytest.mark.slow); docs/DEVELOPMENT.md.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS) tests
 
 ui:
 	$(SPARKZOO) ui -c $(CONF)

@@ -71,6 +71,7 @@ def test_missing_data_path(tmp_path):
                           "/no/such/dir", "does not exist", "dataset-fashion-mnist")
 
 
+@pytest.mark.slow   # a real prepare: Spark starts
 def test_truncated_idx_file(tmp_path):
     src = tmp_path / "fmnist"
     shutil.copytree(FASHION, src)
@@ -181,6 +182,7 @@ def test_zoo_is_a_maintainer_script_not_a_user_command():
     assert script.returncode == 0 and "--family" in script.stdout and "docs/MODEL_ZOO.md" in script.stdout
 
 
+@pytest.mark.slow   # spark-submit starts a JVM
 def test_spark_submit_conf_wins_over_the_yaml_for_the_same_key(tmp_path):
     """spark-submit --conf k=v and the YAML's spark.conf k: the operator's command line wins; the YAML
     still sets what spark-submit left alone."""

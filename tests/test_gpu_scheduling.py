@@ -46,6 +46,7 @@ def _stage_profiles(events: Path) -> tuple[dict[int, dict[str, float]], list[tup
     return profiles, stages
 
 
+@pytest.mark.slow   # a standalone cluster, 4 Horovod ranks, scoring
 def test_ranks_and_scoring_tasks_use_the_gpus_spark_assigns(tmp_path):
     ws, report, events = tmp_path / "ws", tmp_path / "devices", tmp_path / "events"
     events.mkdir()
