@@ -72,17 +72,17 @@ def _build(spec: InputSpec, **given) -> Autoencoder:
     return Autoencoder(spec, AutoencoderConfig(**{k: v for k, v in given.items() if v is not None}))
 
 
-@register("autoencoder", task="reconstruction")
+@register("autoencoder", task="reconstruction", config=AutoencoderConfig)
 def autoencoder(spec: InputSpec, *, code: int | None = None, hidden: list[int] | None = None) -> Autoencoder:
     return _build(spec, code=code, hidden=hidden)
 
 
-@register("denoising_autoencoder", task="reconstruction")
+@register("denoising_autoencoder", task="reconstruction", config=AutoencoderConfig)
 def denoising_autoencoder(spec: InputSpec, *, code: int | None = None, hidden: list[int] | None = None,
                           noise_std: float = 0.5) -> Autoencoder:
     return _build(spec, code=code, hidden=hidden, noise_std=noise_std)
 
 
-@register("vae", task="reconstruction")
+@register("vae", task="reconstruction", config=AutoencoderConfig)
 def vae(spec: InputSpec, *, code: int | None = None, hidden: list[int] | None = None, beta: float = 1.0) -> Autoencoder:
     return _build(spec, code=code, hidden=hidden, variational=True, beta=beta)

@@ -11,6 +11,7 @@ pooled conv features say *what* is in a region but barely *where* it is, and cap
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -25,7 +26,7 @@ class CaptionConfig:
     widths: tuple[int, ...] = (16, 32, 64)   # ResNet trunk stages
     blocks: int = 1
     grid: int = 4              # regions per side the decoder attends over (grid * grid in all)
-    cell: str = "lstm"         # gru | lstm
+    cell: Literal["lstm", "gru"] = "lstm"
     hidden: int = 128
     embed: int = 64
     attention: int = 0         # additive attention size; 0 = hidden
@@ -69,7 +70,7 @@ def _create_caption(spec: InputSpec, **params) -> CaptionAttention:
     return CaptionAttention(spec, CaptionConfig(**params))
 
 
-@register("caption_attention", task="captioning")
+@register("caption_attention", task="captioning", config=CaptionConfig)
 def caption_attention(spec: InputSpec, *, widths: list[int] | None = None, blocks: int | None = None,
                       grid: int | None = None, cell: str | None = None, hidden: int | None = None,
                       embed: int | None = None, attention: int | None = None,

@@ -52,7 +52,7 @@ def _create_lenet(spec: InputSpec, **params) -> LeNet:
     return LeNet(spec, LeNetConfig(**params))
 
 
-@register("lenet", task="classification")
+@register("lenet", task="classification", config=LeNetConfig)
 def lenet(spec: InputSpec, *, conv1: int | None = None, conv2: int | None = None, hidden: int | None = None,
           dropout: float | None = None) -> LeNet:
     params = {"conv1": conv1, "conv2": conv2, "hidden": hidden, "dropout": dropout}

@@ -244,7 +244,7 @@ def _create_ctc(spec: InputSpec, **params) -> CTCBiRNN:
     return CTCBiRNN(spec, CTCConfig(**params))
 
 
-@register("ctc_bilstm", task="ctc")
+@register("ctc_bilstm", task="ctc", config=CTCConfig)
 def ctc_bilstm(spec: InputSpec, *, cell: str | None = None, hidden: int | None = None, layers: int | None = None,
                dropout: float | None = None, subsample: int | None = None, conv_channels: int | None = None,
                input_norm: str | None = None, freq_masks: int | None = None, freq_mask_width: int | None = None,

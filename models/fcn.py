@@ -55,6 +55,6 @@ class FCN(nn.Module):
         return self.classify(x)
 
 
-@register("fcn", task="segmentation")
+@register("fcn", task="segmentation", config=FCNConfig)
 def fcn(spec: InputSpec, *, widths: list[int] | None = None) -> FCN:
     return FCN(spec, FCNConfig(widths=tuple(widths)) if widths else FCNConfig())

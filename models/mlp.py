@@ -35,14 +35,14 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-@register("mlp", task="classification")
+@register("mlp", task="classification", config=MLPConfig)
 def mlp(spec: InputSpec, *, hidden: list[int] | None = None, dropout: float | None = None) -> MLP:
     cfg = MLPConfig(**{k: v for k, v in {"hidden": tuple(hidden) if hidden else None, "dropout": dropout}.items()
                        if v is not None})
     return MLP(spec, cfg)
 
 
-@register("logreg", task="classification")
+@register("logreg", task="classification", config=MLPConfig)
 def logreg(spec: InputSpec) -> MLP:
     """One neuron per class over the raw pixels: the talk's point that a neuron is logistic regression."""
     return MLP(spec, MLPConfig(hidden=(), dropout=0.0))

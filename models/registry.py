@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch.nn as nn
 
@@ -33,6 +37,7 @@ class InputSpec:
 class _Entry:
     builder: Callable[..., nn.Module]
     task: str
+    config: type | None = None    # the family's config dataclass: what ``model.params`` values must fit
 
 
 _MODELS: dict[str, _Entry] = {}
@@ -42,11 +47,19 @@ class UnknownModelError(KeyError):
     """Raised by ``get_model`` with the list of valid names (pipelines turn it into a ConfigError)."""
 
 
-def register(name: str, *, task: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+class ParamsError(TypeError, ValueError):
+    """``model.params`` that do not fit the family: an unknown key or a value its config rejects (a
+    TypeError like an unexpected keyword, and a ValueError like a bad choice)."""
+
+
+def register(name: str, *, task: str, config: type | None = None
+             ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a builder ``fn(spec, **params)`` under ``name`` for a task (``models.tasks``); ``config``
+    is the dataclass its params fill, whose field types (``Literal`` choices included) are checked."""
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _MODELS:
             raise ValueError(f"model '{name}' is registered twice")
-        _MODELS[name] = _Entry(fn, task)
+        _MODELS[name] = _Entry(fn, task, config)
         return fn
 
     return wrap
@@ -73,9 +86,68 @@ def model_task(name: str) -> str:
     return _entry(name).task
 
 
+def param_names(name: str) -> list[str] | None:
+    """The keywords ``model.params`` may hold for a family (None: the builder takes any)."""
+    sig = inspect.signature(_entry(name).builder)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return [n for n, p in list(sig.parameters.items())[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def check_params(name: str, params: dict[str, Any]) -> None:
+    """Raise ``ParamsError`` (one line: the key, the value, what fits) unless every key is a parameter of
+    the family and every value fits its config field: the type, and for ``Literal`` fields one of the
+    choices, so ``cell: lstmm`` fails before a model is built instead of quietly building a GRU."""
+    known = param_names(name)
+    for key in params:
+        if known is not None and key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            more = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise ParamsError(f"unknown key 'model.params.{key}' for model {name}{more}; "
+                              f"its parameters: {', '.join(known) or 'none'}")
+    config = _entry(name).config
+    if config is None:
+        return
+    hints = typing.get_type_hints(config)
+    fields = {f.name for f in dataclasses.fields(config)}
+    for key, value in params.items():
+        if key in hints and value is not None and not _fits(value, hints[key]):
+            raise ParamsError(f"model.params.{key}: {value!r} does not fit model {name}; {_describe(hints[key])}")
+    try:   # the config's own checks (__post_init__: d_model a multiple of heads, a known cell ...)
+        config(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in fields and v is not None})
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"model.params do not fit model {name}: {exc}") from None
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """A YAML value against a config field's type: scalars, Literal choices, lists/tuples of scalars."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin in (tuple, list):
+        inner = [a for a in args if a is not Ellipsis]
+        return isinstance(value, (list, tuple)) and all(any(_fits(v, a) for a in inner) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "choose one of: " + ", ".join(str(a) for a in typing.get_args(hint))
+    return f"expected {getattr(hint, '__name__', None) or hint}"
+
+
 def get_model(name: str, spec: InputSpec, **params: Any) -> nn.Module:
     """Build a registered family; ``None`` params are dropped so an unset option keeps its default."""
     clean = {k: v for k, v in params.items() if v is not None}
+    check_params(name, clean)
     return _entry(name).builder(spec, **clean)
 
 

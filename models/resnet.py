@@ -64,7 +64,7 @@ class ResNet(nn.Module):
         return self.head(self.features(x))
 
 
-@register("resnet", task="classification")
+@register("resnet", task="classification", config=ResNetConfig)
 def resnet(spec: InputSpec, *, widths: list[int] | None = None, blocks: int | None = None,
            dropout: float | None = None) -> ResNet:
     given = {"widths": tuple(widths) if widths else None, "blocks": blocks, "dropout": dropout}

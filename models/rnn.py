@@ -10,6 +10,7 @@ same prediction whatever it was batched with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -22,7 +23,7 @@ CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 @dataclass(frozen=True)
 class RecurrentConfig:
-    cell: str = "lstm"
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
     bidirectional: bool = False
     embed: int = 128
     hidden: int = 128
@@ -108,7 +109,7 @@ def _builder(cell: str, bidirectional: bool):
 
 for _name, _cell, _bi in (("rnn", "rnn", False), ("lstm", "lstm", False), ("gru", "gru", False),
                           ("birnn", "rnn", True), ("bilstm", "lstm", True), ("bigru", "gru", True)):
-    register(_name, task="text_classification")(_builder(_cell, _bi))
+    register(_name, task="text_classification", config=RecurrentConfig)(_builder(_cell, _bi))
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ class BidirectionalLanguageModel(nn.Module):
         return {"nll": nll, "predicted": predicted, "correct": correct}
 
 
-@register("bilstm_lm", task="language_model")
+@register("bilstm_lm", task="language_model", config=LanguageModelConfig)
 def bilstm_lm(spec: InputSpec, *, embed: int | None = None, hidden: int | None = None, layers: int | None = None,
               dropout: float | None = None, output_vocab: int | None = None, chunk: int | None = None,
               embed_init: float | None = None) -> BidirectionalLanguageModel:

@@ -10,6 +10,7 @@ captioning family.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -21,7 +22,7 @@ from .registry import InputSpec, register
 
 @dataclass(frozen=True)
 class Seq2SeqConfig:
-    cell: str = "gru"          # gru | lstm, for encoder and decoder
+    cell: Literal["gru", "lstm"] = "gru"   # for encoder and decoder
     hidden: int = 128          # per direction in the encoder; the decoder state
     embed: int = 64
     layers: int = 1            # encoder layers
@@ -71,7 +72,7 @@ def _create_seq2seq(spec: InputSpec, **params) -> Seq2SeqAttention:
     return Seq2SeqAttention(spec, Seq2SeqConfig(**params))
 
 
-@register("seq2seq_attention", task="seq2seq")
+@register("seq2seq_attention", task="seq2seq", config=Seq2SeqConfig)
 def seq2seq_attention(spec: InputSpec, *, cell: str | None = None, hidden: int | None = None,
                       embed: int | None = None, layers: int | None = None, attention: int | None = None,
                       dropout: float | None = None) -> Seq2SeqAttention:

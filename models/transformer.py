@@ -149,7 +149,7 @@ def _given(**params) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
-@register("transformer_classifier", task="text_classification")
+@register("transformer_classifier", task="text_classification", config=TransformerConfig)
 def transformer_classifier(spec: InputSpec, *, d_model: int | None = None, heads: int | None = None,
                            layers: int | None = None, ff: int | None = None,
                            dropout: float | None = None) -> TransformerClassifier:
@@ -157,7 +157,7 @@ def transformer_classifier(spec: InputSpec, *, d_model: int | None = None, heads
                                                                      ff=ff, dropout=dropout))
 
 
-@register("transformer_seq2seq", task="seq2seq")
+@register("transformer_seq2seq", task="seq2seq", config=TransformerConfig)
 def transformer_seq2seq(spec: InputSpec, *, d_model: int | None = None, heads: int | None = None,
                         layers: int | None = None, ff: int | None = None,
                         dropout: float | None = None) -> TransformerSeq2Seq:

@@ -139,23 +139,15 @@ def _log_restart(exp: Experiment, run_id: str, restart: recovery.Restart) -> Non
 
 
 def check_model_params(exp: Experiment) -> None:
-    """model.params must be keywords the family's builder takes: a typo fails here, before any rank starts,
-    as one ConfigError naming the key and the family's parameters (not as N rank tracebacks)."""
-    import difflib
-    import inspect
+    """model.params must fit the family: known keywords, values of its config's types and choices. A typo
+    fails here, before any rank starts, as one ConfigError naming the key, the file and what fits (not as N
+    rank tracebacks, and not as a quietly different model)."""
+    from ...models.registry import ParamsError, check_params
 
-    from ...models.registry import builder
-
-    sig = inspect.signature(builder(exp.model.name))
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    known = [n for n, p in list(sig.parameters.items())[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    for key in exp.model.params:
-        if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            more = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise ConfigError(f"unknown key 'model.params.{key}' for model {exp.model.name} in {exp.source_file}{more}; "
-                              f"its parameters: {', '.join(known) or 'none'}")
+    try:
+        check_params(exp.model.name, exp.model.params)
+    except ParamsError as exc:
+        raise ConfigError(f"{exc} (in {exp.source_file})") from None
 
 
 def check_task(exp: Experiment, manifest: dict[str, Any]) -> None:

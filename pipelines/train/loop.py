@@ -2,18 +2,31 @@
 
 Driver code ships plain values (the config as a dict, a context dict of paths and ids); everything
 heavy is imported here, inside the rank. Only rank 0 talks to MLflow and writes checkpoints.
+
+``RankRun`` holds one rank's training in four steps, each its own method: build (device, model,
+transfer, readers, optimizer), ``resume`` (from the newest checkpoint, any world size), ``epochs`` (the
+lock-step loop with step checkpoints) and ``test`` (best epoch back, test metrics, other beams);
+evaluation lives in ``evaluate``, transfer learning in ``transfer``, and what rank 0 writes to MLflow
+(epoch metrics, checkpoints, plots, report, the logged model) in ``finish``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
-import tempfile
+import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from ..errors import ConfigError, TrainingError
+from .evaluate import Evaluator, add, allreduce_sums
+from .finish import build_model_spec, example_frame, finish, log_checkpoint, log_epoch, log_restart  # noqa: F401
+
+log = logging.getLogger("sparkzoo.train")
 
 
 def _seed_everything(seed: int) -> None:
@@ -24,6 +37,18 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_logging() -> None:
+    """A rank is a fresh Python (a Spark task or a horovodrun child) with no logging set up: its
+    ``sparkzoo`` lines go to its stdout, which Horovod forwards to the driver's log, prefixed as the CLI's."""
+    ours = logging.getLogger("sparkzoo")
+    if not ours.hasHandlers():
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[sparkzoo] %(message)s"))
+        ours.addHandler(handler)
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)
+
+
 def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "horovod") -> dict[str, Any]:
     """Train on this rank's shard; rank 0 returns the run summary, others a small status dict.
 
@@ -32,8 +57,12 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
     """
     from sparkzoo.pipelines.errors import SparkzooError
 
+    rank_logging()
     try:
-        return _train_rank(exp_dict, ctx, comm_kind)
+        run = RankRun(exp_dict, ctx, comm_kind)
+        run.resume()
+        run.epochs()
+        return run.test()
     except SparkzooError as exc:
         from sparkzoo.pipelines.train.recovery import report_rank_error
 
@@ -41,330 +70,354 @@ def train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str = "
         raise
 
 
-def _train_rank(exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str) -> dict[str, Any]:
-    import torch
+class RankRun:
+    """One rank's training run; attributes are what the steps hand each other (see the module docstring)."""
 
-    from sparkzoo.models import count_parameters, get_model, model_task
-    from sparkzoo.pipelines.modelspec import input_spec, make_spec_task
-    from sparkzoo.pipelines.config import from_dict
-    from sparkzoo.pipelines import paths
-    from sparkzoo.pipelines.train import checkpoint
-    from sparkzoo.pipelines.train.comm import make_comm
-    from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
-    from sparkzoo.pipelines.train.metrics import GRAD_NORM_PREFIX
+    def __init__(self, exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str) -> None:
+        import torch
 
-    from sparkzoo.pipelines import devices
+        from sparkzoo.models import get_model, model_task
+        from sparkzoo.pipelines import devices
+        from sparkzoo.pipelines.config import from_dict
+        from sparkzoo.pipelines.modelspec import input_spec, make_spec_task
 
-    exp = from_dict(exp_dict)
-    tc = exp.train
-    claimed = devices.claim_rank_gpus(tc.device, tc.backend, tc.gpus_per_rank)   # before CUDA initialises
-    comm = make_comm(comm_kind, tc.gradient_exchange,
-                     on_gpu=devices.would_use_gpu(tc.device, tc.backend, claimed))
-    rank, size = comm.rank, comm.size
-    choice = devices.for_rank(tc.device, tc.backend, rank, comm.local_rank, tc.gpus_per_rank, claimed)
-    devices.report("rank", choice, rank=rank, local_rank=comm.local_rank, size=size)
-    if rank == 0:
-        print(f"[sparkzoo] {choice.note}", flush=True)
-    torch.set_num_threads(tc.threads_per_rank)
-    _seed_everything(exp.seed)
-    device = torch.device(choice.device)
-    use_cuda = device.type == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(device)
+        from .comm import make_comm
+        from .transfer import freeze, init_from
 
-    manifest = ctx["manifest"]
-    shape = manifest["shape"]
-    model_spec = build_model_spec(exp, manifest, model_task(exp.model.name))
-    try:
-        model = get_model(exp.model.name, input_spec({**model_spec, "lengths": manifest.get("lengths")}),
-                          **exp.model.params).to(device)
-    except (TypeError, ValueError) as exc:   # the user's params: a ConfigError is never retried
-        raise _config_error(f"model.params {exp.model.params} do not fit model {exp.model.name}: {exc}; "
-                            f"see docs/MODEL_ZOO.md for its parameters") from None
-    task = make_spec_task(model_spec)
-    if rank == 0 and exp.model.init_from:
-        _init_from(exp, model, ctx["init_from"], exp.model.init_exclude, (manifest.get("vocab") or {}).get("text") or [])   # other ranks get these weights from the broadcast below
-    _freeze(model, exp.model.freeze)
+        self.exp = exp = from_dict(exp_dict)
+        self.ctx = ctx
+        self.tc = tc = exp.train
+        claimed = devices.claim_rank_gpus(tc.device, tc.backend, tc.gpus_per_rank)   # before CUDA initialises
+        self.comm = comm = make_comm(comm_kind, tc.gradient_exchange,
+                                     on_gpu=devices.would_use_gpu(tc.device, tc.backend, claimed))
+        self.rank, self.size = comm.rank, comm.size
+        self.choice = devices.for_rank(tc.device, tc.backend, self.rank, comm.local_rank, tc.gpus_per_rank, claimed)
+        devices.report("rank", self.choice, rank=self.rank, local_rank=comm.local_rank, size=self.size)
+        if self.rank == 0:
+            log.info("%s", self.choice.note)
+        torch.set_num_threads(tc.threads_per_rank)
+        _seed_everything(exp.seed)
+        self.device = torch.device(self.choice.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
 
-    def files(split: str) -> list[dict[str, Any]]:
-        return [{"path": ctx["dataset_path"] + "/" + f["path"], "row_groups": f["row_groups"]}
-                for f in manifest["splits"][split]["files"]]
+        self.manifest = manifest = ctx["manifest"]
+        model_spec = build_model_spec(exp, manifest, model_task(exp.model.name))
+        try:
+            model = get_model(exp.model.name, input_spec({**model_spec, "lengths": manifest.get("lengths")}),
+                              **exp.model.params).to(self.device)
+        except (TypeError, ValueError) as exc:   # the user's params: a ConfigError is never retried
+            raise ConfigError(f"model.params {exp.model.params} do not fit model {exp.model.name}: {exc}; "
+                              f"see docs/MODEL_ZOO.md for its parameters") from None
+        self.task = make_spec_task(model_spec)
+        if self.rank == 0 and exp.model.init_from:   # other ranks get these weights from the first broadcast
+            init_from(exp, model, ctx["init_from"], exp.model.init_exclude, (manifest.get("vocab") or {}).get("text") or [])
+        freeze(model, exp.model.freeze)
 
-    slices = tc.test_slices
+        self.train_reader = self.reader("train")
+        self.every = every = tc.backward_passes_per_step
+        steps = self._steps()
+        self.steps = steps
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = self._optimizer()
+        self.model, self.opt = comm.prepare(model, opt, fp16_compression=tc.fp16_compression,
+                                            backward_passes_per_step=every)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: self.lr_factor(step))   # wrapped: steps count
+        self.evaluate = Evaluator(comm, self.model, self.reader, self.device, self.autocast, tc.test_slices,
+                                  tc.batch_size)
 
-    def reader(split: str, extra: tuple[str, ...] = ()) -> ShardReader:
-        return ShardReader(files(split), rank, size, shape=shape, batch_size=tc.batch_size, seed=exp.seed,
-                           columns=task.columns + extra, shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
-                           dataset_dir=ctx["dataset_path"] + "/" + split,
+    # ---- build ---------------------------------------------------------------------------------------
+
+    def files(self, split: str) -> list[dict[str, Any]]:
+        from sparkzoo.pipelines import paths
+
+        return [{"path": paths.join(self.ctx["dataset_path"], f["path"]), "row_groups": f["row_groups"]}
+                for f in self.manifest["splits"][split]["files"]]
+
+    def reader(self, split: str, extra: tuple[str, ...] = ()):
+        from sparkzoo.pipelines import paths
+
+        from .data import ShardReader
+
+        tc, task = self.tc, self.task
+        return ShardReader(self.files(split), self.rank, self.size, shape=self.manifest["shape"],
+                           batch_size=tc.batch_size, seed=self.exp.seed, columns=task.columns + extra,
+                           shuffle_buffer=tc.shuffle_buffer, prefetch_batches=tc.prefetch_batches, reader=tc.reader,
+                           dataset_dir=paths.join(self.ctx["dataset_path"], split),
                            sort_key=task.sort_key if tc.bucket_by_length else None)
 
-    train_reader = reader("train")
-    every = tc.backward_passes_per_step
-    steps = steps_per_epoch(files("train"), size, tc.batch_size, tc.max_steps_per_epoch)
-    steps -= steps % every                       # whole optimizer steps only
-    if steps == 0:
-        raise _training_error(f"the train split has too few rows for {size} ranks x batch_size {tc.batch_size}; "
-                              f"lower train.batch_size or train.num_proc, or prepare more data")
+    def _steps(self) -> int:
+        """Batches per epoch on this world size, whole optimizer steps only."""
+        from .data import steps_per_epoch
 
-    lr = tc.lr * (size if tc.scale_lr_by_world_size else 1)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if tc.optimizer == "adam":
-        opt = torch.optim.Adam(trainable, lr=lr, weight_decay=tc.weight_decay)
-    else:
-        opt = torch.optim.SGD(trainable, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    warmup_steps = int(tc.warmup_epochs * steps / every)
-    total_steps = max(1, tc.epochs * steps // every)
+        tc = self.tc
+        steps = steps_per_epoch(self.files("train"), self.size, tc.batch_size, tc.max_steps_per_epoch)
+        steps -= steps % self.every
+        if steps == 0:
+            raise TrainingError(f"the train split has too few rows for {self.size} ranks x batch_size {tc.batch_size}; "
+                                f"lower train.batch_size or train.num_proc, or prepare more data")
+        return steps
 
-    def lr_factor(step: int) -> float:
-        # Horovod's recipe: start from the single-process rate and ramp up to lr * size.
+    def _optimizer(self):
+        import torch
+
+        tc = self.tc
+        lr = tc.lr * (self.size if tc.scale_lr_by_world_size else 1)
+        if tc.optimizer == "adam":
+            return torch.optim.Adam(self.trainable, lr=lr, weight_decay=tc.weight_decay)
+        return torch.optim.SGD(self.trainable, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+
+    def lr_factor(self, step: int) -> float:
+        """Horovod's recipe: warm up from the single-process rate to lr * size; then flat or cosine to 0."""
+        tc = self.tc
+        warmup_steps = int(tc.warmup_epochs * self.steps / self.every)
+        total_steps = max(1, tc.epochs * self.steps // self.every)
         if warmup_steps > 0 and step < warmup_steps:
-            start = 1.0 / size if tc.scale_lr_by_world_size else 0.0
+            start = 1.0 / self.size if tc.scale_lr_by_world_size else 0.0
             return start + (1.0 - start) * step / warmup_steps
         if tc.lr_schedule == "cosine":   # decay to 0 over the remaining steps: better final weights, no tuning
             done = (step - warmup_steps) / max(1, total_steps - warmup_steps)
             return 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
         return 1.0
 
-    model, opt = comm.prepare(model, opt, fp16_compression=tc.fp16_compression, backward_passes_per_step=every)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)   # on the wrapped optimizer, so steps count
-
-    base_lrs = list(scheduler.base_lrs)   # this world size's rates, whatever a checkpoint was trained with
-    start_epoch, start_step, history, best, stale, partial = 0, 0, [], None, 0, None
-    saved_at = ctx.get("first_launched_at")   # what a restart before any checkpoint lost: all since launch
-    if rank == 0 and ctx.get("resume_from"):
-        state = checkpoint.load(ctx["resume_from"])
-        comm.unwrap(model).load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, best, stale = state["history"], state.get("best"), state.get("stale", 0)
-        saved_at = state.get("saved_at", saved_at)
-        if state.get("step") is None:   # an epoch end
-            start_epoch = state["epoch"] + 1
-            checkpoint.set_rng_state(state["rng"])
-        else:                           # mid-epoch: every rank's RNG and partial sums come back too
-            start_epoch, start_step = state["epoch"], state["step"]
-            partial = {"size": state["size"], "ranks": state["ranks"]}
-    comm.sync_state(model, opt)
-    start_epoch, start_step, history, last, best, stale, partial, saved_at = comm.broadcast_object(
-        (start_epoch, start_step, history, scheduler.last_epoch, best, stale, partial, saved_at), name="resume")
-    own = None   # this rank's share of a mid-epoch checkpoint: torch RNG state and partial epoch sums
-    if partial is not None and partial["size"] == size:
-        own = partial["ranks"][rank]
-    elif partial is not None:
-        # Another world size (an elastic relaunch): other shards, so not the same batches. The epoch
-        # continues at the same share of its samples; the old ranks' sums go to rank 0 (metrics are sums).
-        start_step = min(steps, start_step * partial["size"] // size) // every * every
-        last = (start_epoch * steps + start_step) // every
-        own = _merged_partial(partial["ranks"], task) if rank == 0 else None
-        if rank == 0:
-            print(f"[sparkzoo] world size {partial['size']} -> {size}: epoch {start_epoch + 1} continues at step "
-                  f"{start_step}/{steps} on new shards, lr {tc.lr * (size if tc.scale_lr_by_world_size else 1):g}",
-                  flush=True)
-    scheduler.base_lrs = base_lrs
-    scheduler.last_epoch = last
-    for group, base in zip(opt.param_groups, base_lrs):   # the rate the schedule gives at this step
-        group["initial_lr"], group["lr"] = base, base * lr_factor(last)
-
-    def autocast():
+    def autocast(self):
         import contextlib
 
-        if use_cuda and tc.amp:   # bf16 needs no loss scaling, so it composes with any optimizer wrapper
+        import torch
+
+        if self.device.type == "cuda" and self.tc.amp:   # bf16 needs no loss scaling: any optimizer wrapper
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def allreduce_sums(sums: dict[str, float], extra: np.ndarray | None = None):
-        keys = sorted(sums)
-        total = dict(zip(keys, comm.allreduce_sum(np.array([sums[k] for k in keys]), name=f"sums.{len(keys)}").tolist()))
-        if extra is not None:
-            extra = comm.allreduce_sum(extra, name="confusion").astype(np.int64)
-        return total, extra
+    # ---- resume --------------------------------------------------------------------------------------
 
-    def evaluate(split: str, task=task, sliced: bool = False):
-        """Task metrics summed over ranks, plus an ``EvalDetail``: the task's arrays and rank 0's samples.
+    def state(self, epoch: int, step: int | None = None, ranks: list[Any] | None = None) -> dict[str, Any]:
+        """The checkpoint: an epoch end (``step`` None) or mid-epoch, with every rank's own share (``ranks``)."""
+        from . import checkpoint
 
-        ``sliced`` (test with ``train.test_slices``): each batch's rows are split by slice before the
-        forward pass, so every slice gets its own sums and arrays; the overall figures are their sums.
-        """
-        from sparkzoo.pipelines.train.data import _rows, _take
-        from sparkzoo.pipelines.train.metrics import EvalDetail
+        state = {"model": self.comm.unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "epoch": epoch, "step": step, "size": self.size,
+                 "history": self.history, "best": self.best, "stale": self.stale, "rng": checkpoint.rng_state(),
+                 "saved_at": time.time()}
+        if ranks is not None:
+            state["ranks"] = ranks
+        return state
 
-        net = comm.unwrap(model)   # no collectives inside the forward pass: shards may be uneven
-        net.eval()
-        names = slices.names() if sliced else []
-        parts = {name: (task.empty_sums(), task.empty_arrays()) for name in names or [""]}
-        samples = None
-        rows_seen = {name: 0 for name in parts}
-        extra = (slices.column,) if sliced else ()
-        with torch.inference_mode():
-            for batch in reader(split, extra).full_pass(batch_size=max(tc.batch_size, 512)):
-                if sliced:
-                    label = slices.labels(batch.pop(slices.column))
-                    groups = [(name, _take(batch, label == i)) for i, name in enumerate(names) if (label == i).any()]
-                else:
-                    groups = [("", batch)]
-                for name, rows in groups:
-                    x, y = task.tensors(rows, device)
-                    with autocast():
-                        out = task.as_float(task.predict(net, x))
-                    _add(parts[name][0], task.metric_sums(out, y))
-                    _add(parts[name][1], task.detail_arrays(out, y))
-                    rows_seen[name] += _rows(rows)
-                    if samples is None and rank == 0:
-                        samples = task.samples(out, rows, EvalDetail.SAMPLES)
-        reduced = {}
-        for name, (sums, arrays) in parts.items():   # same names in the same order on every rank
-            total, _ = allreduce_sums(sums)
-            arrays = {k: comm.allreduce_sum(v, name=f"detail.{name}.{k}").astype(v.dtype) for k, v in sorted(arrays.items())}
-            reduced[name] = (total, arrays)
-        if not sliced:
-            total, arrays = reduced[""]
-            return task.finish(total, arrays), EvalDetail(arrays=arrays, samples=samples)
-        total = task.empty_sums()
-        arrays = task.empty_arrays()
-        for part_sums, part_arrays in reduced.values():
-            _add(total, part_sums)
-            _add(arrays, part_arrays)
-        metrics = task.finish(total, arrays)
-        counts = comm.allreduce_sum(np.array([rows_seen[name] for name in names], dtype=np.float64), name="slice_rows")
-        per_slice = {}
-        for (name, (part_sums, part_arrays)), n in zip(reduced.items(), counts.tolist()):
-            if n > 0:   # a slice with no test rows reports nothing
-                metrics.update({f"{k}_{name}": v for k, v in task.finish(part_sums, part_arrays).items()})
-                metrics[f"rows_{name}"] = n
-                per_slice[name] = part_arrays
-        return metrics, EvalDetail(arrays=arrays, samples=samples, slices=per_slice)
+    def resume(self) -> None:
+        """Rank 0 loads the newest checkpoint (if the driver named one) and every rank takes its position;
+        after an elastic relaunch with another world size the epoch continues at the same share."""
+        from . import checkpoint
 
-    ckpt_dir = ctx["checkpoint_dir"]
-    fault = tuple(ctx["fault"]) if ctx.get("fault") else None   # (rank, epoch, step) to kill, tests only
-    cadence = StepCheckpoints(tc.checkpoint_every_steps, tc.checkpoint_every_seconds)
-    first_step_at = None
-    started = time.time()
-    samples_seen = 0
-    train_seconds = 0.0
-    from sparkzoo.pipelines.train.progress import EpochProgress
-    from sparkzoo.pipelines.train.progress import note as progress_note
+        comm, rank, size, every, steps = self.comm, self.rank, self.size, self.every, self.steps
+        base_lrs = list(self.scheduler.base_lrs)   # this world size's rates, whatever a checkpoint used
+        start_epoch, start_step, history, best, stale, partial = 0, 0, [], None, 0, None
+        saved_at = self.ctx.get("first_launched_at")   # a restart before any checkpoint lost all since launch
+        if rank == 0 and self.ctx.get("resume_from"):
+            state = checkpoint.load(self.ctx["resume_from"])
+            comm.unwrap(self.model).load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            history, best, stale = state["history"], state.get("best"), state.get("stale", 0)
+            saved_at = state.get("saved_at", saved_at)
+            if state.get("step") is None:   # an epoch end
+                start_epoch = state["epoch"] + 1
+                checkpoint.set_rng_state(state["rng"])
+            else:                           # mid-epoch: every rank's RNG and partial sums come back too
+                start_epoch, start_step = state["epoch"], state["step"]
+                partial = {"size": state["size"], "ranks": state["ranks"]}
+        comm.sync_state(self.model, self.opt)
+        start_epoch, start_step, history, last, best, stale, partial, saved_at = comm.broadcast_object(
+            (start_epoch, start_step, history, self.scheduler.last_epoch, best, stale, partial, saved_at), name="resume")
+        own = None   # this rank's share of a mid-epoch checkpoint: torch RNG state and partial epoch sums
+        if partial is not None and partial["size"] == size:
+            own = partial["ranks"][rank]
+        elif partial is not None:
+            # Another world size (an elastic relaunch): other shards, so not the same batches. The epoch
+            # continues at the same share of its samples; the old ranks' sums go to rank 0 (metrics are sums).
+            start_step = min(steps, start_step * partial["size"] // size) // every * every
+            last = (start_epoch * steps + start_step) // every
+            own = _merged_partial(partial["ranks"], self.task) if rank == 0 else None
+            if rank == 0:
+                log.info("world size %d -> %d: epoch %d continues at step %d/%d on new shards, lr %g", partial["size"],
+                         size, start_epoch + 1, start_step, steps,
+                         self.tc.lr * (size if self.tc.scale_lr_by_world_size else 1))
+        self.scheduler.base_lrs = base_lrs
+        self.scheduler.last_epoch = last
+        for group, base in zip(self.opt.param_groups, base_lrs):   # the rate the schedule gives at this step
+            group["initial_lr"], group["lr"] = base, base * self.lr_factor(last)
+        self.start_epoch, self.start_step, self.own, self.saved_at = start_epoch, start_step, own, saved_at
+        self.history, self.best, self.stale = history, best, stale
 
-    for epoch in range(start_epoch, tc.epochs):
-        first = start_step if epoch == start_epoch else 0
-        mine = own if epoch == start_epoch else None
+    # ---- the epochs ----------------------------------------------------------------------------------
+
+    def epochs(self) -> None:
+        """The lock-step loop: every rank trains its shard, sums go through one allreduce per epoch, rank 0
+        validates, logs and checkpoints; step checkpoints on the ``StepCheckpoints`` cadence."""
+        from .progress import EpochProgress
+        from .progress import note as progress_note
+
+        tc, ctx = self.tc, self.ctx
+        self.cadence = StepCheckpoints(tc.checkpoint_every_steps, tc.checkpoint_every_seconds)
+        self.first_step_at = None
+        self.started = time.time()
+        self.samples_seen, self.train_seconds = 0, 0.0
+        global_batch = tc.batch_size * self.size
+        for epoch in range(self.start_epoch, tc.epochs):
+            first = self.start_step if epoch == self.start_epoch else 0
+            bar = EpochProgress(epoch, tc.epochs, self.steps, global_batch, enabled=self.rank == 0 and tc.progress,
+                                address=ctx.get("progress"))
+            t0 = time.time()
+            sums, norms, measured = self._train_epoch(epoch, first, bar)
+            bar.close()
+            epoch_seconds = time.time() - t0
+            self.train_seconds += epoch_seconds
+            self.samples_seen += (self.steps - first) * global_batch
+            record = self._record(epoch, sums, norms, measured, epoch_seconds, (self.steps - first) * global_batch)
+            if self.rank == 0:
+                line = self._end_epoch(epoch, record)
+                if tc.progress:
+                    progress_note(ctx.get("progress"), line)   # the driver's terminal
+            self.cadence.since = 0   # an epoch end checkpointed too: the interval counts from here (every rank)
+            if tc.early_stopping_patience and self.stale >= tc.early_stopping_patience:
+                break
+
+    def _train_epoch(self, epoch: int, first: int, bar) -> tuple[dict[str, float], dict[str, float], int]:
+        import torch
+
+        from . import checkpoint
+
+        tc, task, comm, rank, every = self.tc, self.task, self.comm, self.rank, self.every
+        mine = self.own if epoch == self.start_epoch else None
         if mine is not None and mine.get("rng") is not None:
             torch.set_rng_state(mine["rng"])   # this rank's dropout continues where it stopped
         else:
-            torch.manual_seed(exp.seed + 1000 * epoch + rank + first)  # dropout differs per rank; same after a resume
-        model.train()
+            torch.manual_seed(self.exp.seed + 1000 * epoch + rank + first)  # differs per rank; same after a resume
+        self.model.train()
         sums = dict(mine["sums"]) if mine else task.empty_sums()
         norms: dict[str, float] = dict(mine["norms"]) if mine else {}
         measured = mine["measured"] if mine else 0
-        bar = EpochProgress(epoch, tc.epochs, steps, tc.batch_size * size, enabled=rank == 0 and tc.progress,
-                            address=ctx.get("progress"))
-        t0 = time.time()
-        opt.zero_grad()
-        for step, batch in enumerate(train_reader.epoch(epoch, steps=steps, skip=first), start=first):
-            if fault is not None and fault == (rank, epoch + 1, step) and _fault_fires(ckpt_dir, epoch, step, steps,
-                                                                                      tc.batch_size * size):
+        ckpt_dir = self.ctx["checkpoint_dir"]
+        fault = tuple(self.ctx["fault"]) if self.ctx.get("fault") else None   # (rank, epoch, step): tests only
+        self.opt.zero_grad()
+        for step, batch in enumerate(self.train_reader.epoch(epoch, steps=self.steps, skip=first), start=first):
+            if fault is not None and fault == (rank, epoch + 1, step) and _fault_fires(
+                    ckpt_dir, epoch, step, self.steps, tc.batch_size * self.size):
                 os.kill(os.getpid(), 9)   # fault injection for the restart tests: this rank dies, no goodbye
-            if first_step_at is None:
-                first_step_at = time.time()
-            x, y = task.tensors(batch, device)
-            with comm.accumulation_context(model, step, every), autocast():
-                out = task.as_float(model(x))
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
+            x, y = task.tensors(batch, self.device)
+            with comm.accumulation_context(self.model, step, every), self.autocast():
+                out = task.as_float(self.model(x))
                 loss = task.loss(out, y)
                 (loss / every).backward()
             if (step + 1) % every == 0:
-                comm.reduce_gradients(opt)
+                comm.reduce_gradients(self.opt)
                 if step % GRAD_NORM_EVERY < every:
-                    _add_norms(norms, grad_norms(comm.unwrap(model)))
+                    _add_norms(norms, grad_norms(comm.unwrap(self.model)))
                     measured += 1
                 if tc.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip)
-                comm.step(opt)
-                scheduler.step()
-                opt.zero_grad()
+                    torch.nn.utils.clip_grad_norm_(self.trainable, tc.grad_clip)
+                comm.step(self.opt)
+                self.scheduler.step()
+                self.opt.zero_grad()
             with torch.no_grad():
-                _add(sums, task.metric_sums(task.as_float(out, detach=True), y))
+                add(sums, task.metric_sums(task.as_float(out, detach=True), y))
             bar.update(float(loss.detach()))
-            if (step + 1) % every == 0 and cadence.due(comm) and step + 1 < steps:
+            if (step + 1) % every == 0 and self.cadence.due(comm) and step + 1 < self.steps:
                 ckpt_t0 = time.time()
-                mine = {"rng": torch.get_rng_state(), "sums": sums, "norms": norms, "measured": measured}
-                ranks_state = comm.gather_object(mine, name="step_checkpoint")
+                share = {"rng": torch.get_rng_state(), "sums": sums, "norms": norms, "measured": measured}
+                ranks_state = comm.gather_object(share, name="step_checkpoint")
                 if rank == 0:
-                    state = {"model": comm.unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                             "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step + 1, "size": size,
-                             "ranks": ranks_state, "history": history, "best": best, "stale": stale,
-                             "rng": checkpoint.rng_state(), "saved_at": time.time()}
-                    checkpoint.save(ckpt_dir, epoch, state, step=step + 1)
+                    checkpoint.save(ckpt_dir, epoch, self.state(epoch, step + 1, ranks_state), step=step + 1)
                     checkpoint.prune(ckpt_dir, tc.keep_checkpoints, keep_epochs=tc.restore_best)
-                cadence.spent += time.time() - ckpt_t0   # the others wait this long at the next allreduce
-                cadence.written += 1
-        bar.close()
-        epoch_seconds = time.time() - t0
-        train_seconds += epoch_seconds
-        samples_seen += (steps - first) * tc.batch_size * size
-        train_metrics = task.finish(allreduce_sums(sums)[0])
-        val_metrics, _ = evaluate("val") if manifest["splits"]["val"]["rows"] else ({}, None)
+                self.cadence.spent += time.time() - ckpt_t0   # the others wait this long at the next allreduce
+                self.cadence.written += 1
+        return sums, norms, measured
+
+    def _record(self, epoch: int, sums: dict[str, float], norms: dict[str, float], measured: int,
+                epoch_seconds: float, samples: int) -> dict[str, float]:
+        """The epoch's history row (train metrics over all ranks, val metrics) and the early-stopping count."""
+        from .metrics import GRAD_NORM_PREFIX
+
+        task = self.task
+        train_metrics = task.finish(allreduce_sums(self.comm, sums))
+        val_metrics, _ = self.evaluate("val", task) if self.manifest["splits"]["val"]["rows"] else ({}, None)
         record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train_metrics.items()},
                   **{f"val_{k}": v for k, v in val_metrics.items()},
-                  "epoch_seconds": epoch_seconds, "samples_per_second": (steps - first) * tc.batch_size * size / epoch_seconds,
-                  "lr": scheduler.get_last_lr()[0],
+                  "epoch_seconds": epoch_seconds, "samples_per_second": samples / epoch_seconds,
+                  "lr": self.scheduler.get_last_lr()[0],
                   **{f"{GRAD_NORM_PREFIX}{k}": v / max(measured, 1) for k, v in sorted(norms.items())}}
-        history.append(record)
+        self.history.append(record)
         watch = val_metrics.get(task.metric)
         if watch is not None and task.higher_is_better is False:
             watch = -watch   # best/stale compare "higher is better"
-        if watch is not None and (best is None or watch > best):
-            best, stale = watch, 0
+        if watch is not None and (self.best is None or watch > self.best):
+            self.best, self.stale = watch, 0
         else:
-            stale += 1
-        if rank == 0:
-            _log_epoch(exp, ctx, record, epoch)
-            if ctx.get("restart") and epoch == start_epoch:   # what the restart cost, once the ranks train again
-                _log_restart(exp, ctx, first_step_at, saved_at)
-            state = {"model": comm.unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scheduler": scheduler.state_dict(),
-                     "epoch": epoch, "step": None, "size": size, "history": history, "rng": checkpoint.rng_state(),
-                     "best": best, "stale": stale, "saved_at": time.time()}
-            path = checkpoint.save(ckpt_dir, epoch, state)
-            checkpoint.prune(ckpt_dir, tc.keep_checkpoints, keep_epochs=tc.restore_best)
-            _log_checkpoint(exp, ctx, state)
-            m = task.metric
-            line = (f"epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
-                    f"train_{m}={record.get(f'train_{m}', float('nan')):.4f} "
-                    f"val_{m}={record.get(f'val_{m}', float('nan')):.4f} {record['samples_per_second']:.0f} samples/s")
-            print(f"[sparkzoo] {line}; checkpoint {os.path.basename(path)}", flush=True)   # the rank's log
-            if tc.progress:
-                progress_note(ctx.get("progress"), line)   # the driver's terminal
-        cadence.since = 0   # an epoch end checkpointed too: the interval counts from here (every rank alike)
-        if tc.early_stopping_patience and stale >= tc.early_stopping_patience:
-            break
+            self.stale += 1
+        return record
 
-    best_epoch = _best_epoch(history, task) if tc.restore_best else None
-    if best_epoch is not None and best_epoch != history[-1]["epoch"]:
-        # every rank loads rank 0's copy: the checkpoint folder need not be shared between hosts
-        best_state = checkpoint.load(paths.join(ckpt_dir, f"epoch-{best_epoch - 1:04d}.pt"))["model"] if rank == 0 else None
-        comm.unwrap(model).load_state_dict(comm.broadcast_object(best_state, name="best_state"))
-        if rank == 0:
-            print(f"[sparkzoo] restore_best: testing and registering epoch {best_epoch} (best val_{task.metric})", flush=True)
-    test_metrics, test_conf = (evaluate("test", sliced=slices is not None) if manifest["splits"]["test"]["rows"]
-                               else ({}, None))
-    if test_metrics and hasattr(task, "beam"):
+    def _end_epoch(self, epoch: int, record: dict[str, float]) -> str:
+        """Rank 0: the epoch's metrics and checkpoint to MLflow and disk; returns the one-line summary."""
+        from . import checkpoint
+
+        exp, ctx, tc = self.exp, self.ctx, self.tc
+        log_epoch(exp, ctx, record, epoch)
+        if ctx.get("restart") and epoch == self.start_epoch:   # what the restart cost, once the ranks train again
+            log_restart(exp, ctx, self.first_step_at, self.saved_at)
+        state = self.state(epoch)
+        path = checkpoint.save(ctx["checkpoint_dir"], epoch, state)
+        checkpoint.prune(ctx["checkpoint_dir"], tc.keep_checkpoints, keep_epochs=tc.restore_best)
+        log_checkpoint(exp, ctx, state)
+        m = self.task.metric
+        line = (f"epoch {epoch + 1}/{tc.epochs}: train_loss={record['train_loss']:.4f} "
+                f"train_{m}={record.get(f'train_{m}', float('nan')):.4f} "
+                f"val_{m}={record.get(f'val_{m}', float('nan')):.4f} {record['samples_per_second']:.0f} samples/s")
+        log.info("%s; checkpoint %s", line, os.path.basename(path))   # the rank's log
+        return line
+
+    # ---- test and finish -----------------------------------------------------------------------------
+
+    def test(self) -> dict[str, Any]:
+        """The best epoch's weights back (``restore_best``), test metrics (and other beam widths), and
+        rank 0's finish; returns the run summary on rank 0, a small status dict on the others."""
         import dataclasses
 
-        for width in exp.model.eval_beams:   # the same weights decoded greedily and with wider beams
-            if width != task.beam:
-                other, _ = evaluate("test", dataclasses.replace(task, beam=width), sliced=slices is not None)
-                test_metrics.update({f"{k}_beam{width}": v for k, v in other.items()
-                                     if k == task.metric or (slices and k.startswith(f"{task.metric}_"))})
-    result = {"rank": rank, "size": size, "rows_read": train_reader.expected_rows, "steps_per_epoch": steps,
-              "gradient_exchange": comm.exchange, "device": choice.device, "gpus": choice.addresses,
-              "seen_as": devices.seen_as(choice),
-              "first_step_seconds": (first_step_at or time.time()) - ctx.get("launched_at", started),
-              "first_step_at": first_step_at, "resumed_at": (start_epoch, start_step),
-              "step_checkpoints": cadence.written, "step_checkpoint_seconds": cadence.spent,
-              "pieces": [(p.path, p.row_group) for p in train_reader.pieces]}
-    if rank == 0:
-        result.update(_finish(exp, ctx, comm.unwrap(model), task, history, test_metrics, test_conf,
-                              count_parameters(model), train_seconds, samples_seen, time.time() - started,
-                              best_epoch))
-    return comm.finish(result)
+        from sparkzoo.models import count_parameters
+        from sparkzoo.pipelines import devices, paths
+
+        from . import checkpoint
+
+        tc, task, comm, rank, slices = self.tc, self.task, self.comm, self.rank, self.tc.test_slices
+        best_epoch = _best_epoch(self.history, task) if tc.restore_best else None
+        if best_epoch is not None and best_epoch != self.history[-1]["epoch"]:
+            # every rank loads rank 0's copy: the checkpoint folder need not be shared between hosts
+            best_state = (checkpoint.load(paths.join(self.ctx["checkpoint_dir"], f"epoch-{best_epoch - 1:04d}.pt"))["model"]
+                          if rank == 0 else None)
+            comm.unwrap(self.model).load_state_dict(comm.broadcast_object(best_state, name="best_state"))
+            if rank == 0:
+                log.info("restore_best: testing and registering epoch %d (best val_%s)", best_epoch, task.metric)
+        test_metrics, test_detail = (self.evaluate("test", task, sliced=slices is not None)
+                                     if self.manifest["splits"]["test"]["rows"] else ({}, None))
+        if test_metrics and hasattr(task, "beam"):
+            for width in self.exp.model.eval_beams:   # the same weights decoded greedily and with wider beams
+                if width != task.beam:
+                    other, _ = self.evaluate("test", dataclasses.replace(task, beam=width), sliced=slices is not None)
+                    test_metrics.update({f"{k}_beam{width}": v for k, v in other.items()
+                                         if k == task.metric or (slices and k.startswith(f"{task.metric}_"))})
+        reader, cadence = self.train_reader, self.cadence
+        result = {"rank": rank, "size": self.size, "rows_read": reader.expected_rows, "steps_per_epoch": self.steps,
+                  "gradient_exchange": comm.exchange, "device": self.choice.device, "gpus": self.choice.addresses,
+                  "seen_as": devices.seen_as(self.choice),
+                  "first_step_seconds": (self.first_step_at or time.time()) - self.ctx.get("launched_at", self.started),
+                  "first_step_at": self.first_step_at, "resumed_at": (self.start_epoch, self.start_step),
+                  "step_checkpoints": cadence.written, "step_checkpoint_seconds": cadence.spent,
+                  "pieces": [(p.path, p.row_group) for p in reader.pieces]}
+        if rank == 0:
+            result.update(finish(self.exp, self.ctx, comm.unwrap(self.model), task, self.history, test_metrics,
+                                 test_detail, count_parameters(self.model), self.train_seconds, self.samples_seen,
+                                 time.time() - self.started, best_epoch))
+        return comm.finish(result)
 
 
 def _best_epoch(history: list[dict[str, Any]], task) -> int | None:
@@ -372,11 +425,6 @@ def _best_epoch(history: list[dict[str, Any]], task) -> int | None:
     key = f"val_{task.metric}"
     scored = [(r[key] if task.higher_is_better else -r[key], -r["epoch"]) for r in history if key in r]
     return -max(scored)[1] if scored else None
-
-
-def _add(into: dict[str, Any], more: dict[str, Any]) -> None:
-    for k, v in more.items():
-        into[k] = into[k] + v
 
 
 GRAD_NORM_EVERY = 10   # steps between gradient-norm readings: cheap, and enough for a per-epoch mean
@@ -396,108 +444,6 @@ def grad_norms(model) -> dict[str, float]:
 def _add_norms(into: dict[str, float], more: dict[str, float]) -> None:
     for k, v in more.items():
         into[k] = into.get(k, 0.0) + v
-
-
-def example_frame(task, manifest: dict[str, Any]):
-    """A two-row input example in what the logged model accepts: pixels, log-mel frames, or raw text
-    (the model carries its tokeniser, so MLflow users can send sentences)."""
-    import pandas as pd
-
-    shape = manifest["shape"]
-    if "image" in task.input_columns:
-        return pd.DataFrame({"image": [bytes(shape["height"] * shape["width"] * shape["channels"])] * 2})
-    if "features" in task.input_columns:
-        return pd.DataFrame({"features": [bytes(4 * int(shape["n_mels"]) * 20)] * 2})
-    vocab = (manifest.get("vocab") or {}).get("text") or ["<pad>", "<unk>", "<bos>", "<eos>", "a"]
-    words = [t for t in vocab[4:14] if t.strip()] or ["a"]
-    text_cfg = ((manifest.get("prepare_config") or {}).get("data") or {}).get("text") or {}
-    joiner = "" if text_cfg.get("tokenizer") == "char" else " "
-    return pd.DataFrame({"text": [joiner.join(words[:5]), words[0]]})
-
-
-def build_model_spec(exp, manifest: dict[str, Any], task: str) -> dict[str, Any]:
-    """The spec logged with the model: what rebuilds it and, for sequence models, the vocabularies,
-    decoding settings and text normalisation that scoring needs."""
-    from sparkzoo.models.tasks import task_class
-    from sparkzoo.pipelines.modelspec import build_spec, target_vocab
-
-    kind = task_class(task)
-    text_cfg = ((manifest.get("prepare_config") or {}).get("data") or {}).get("text") or {}
-    vocab = manifest.get("vocab") or None
-    decode, text = None, None
-    if kind.writes_sequences:
-        how = text_cfg.get(kind.target_tokenizer) if kind.target_tokenizer else "char"
-        lengths = manifest.get("lengths") or {}
-        longest = max([int(v.get("max", 0)) for k, v in lengths.items() if k in ("target", "caption")] + [0])
-        decode = {"beam": exp.model.beam, "joiner": "" if how == "char" else " ",
-                  "max_decode": exp.model.max_decode_length or longest + 8}
-        if kind.decode_top_k:
-            decode["top_k"] = exp.model.beam
-    if vocab and "text" in vocab:
-        text = {k: text_cfg.get(k) for k in ("tokenizer", "lowercase", "max_length")}
-    spec = build_spec(family=exp.model.name, params=exp.model.params, task=task, shape=manifest["shape"],
-                      stats=manifest["stats"], label_names=manifest["label_names"], dataset=manifest["dataset"],
-                      dataset_version=manifest["version"], vocab=vocab, decode=decode, text=text)
-    if kind.writes_sequences and not target_vocab(spec):
-        raise _training_error(f"model {exp.model.name} writes sequences but {manifest['dataset']} has no target "
-                              f"vocabulary; prepare it with text pairs, captions or transcripts")
-    return spec
-
-
-def _init_from(exp, model, source: dict[str, Any], exclude: list[str], own_vocab: list[str]) -> None:
-    """Transfer learning: copy every tensor whose name and shape match the source version (the trunk);
-    the rest (a head for other classes or another input size, or what ``exclude`` names) stays fresh.
-    Word embeddings are matched by token, so a text model pre-trained on another corpus (another
-    vocabulary) passes on the rows of every word both vocabularies share."""
-    import json
-
-    import torch
-
-    from sparkzoo.pipelines import track
-    from sparkzoo.pipelines.modelpack import SPEC_FILE, WEIGHTS_FILE
-
-    with tempfile.TemporaryDirectory() as tmp:
-        files = track.download_model_files(exp, source["name"], source["version"], tmp)
-        state = torch.load(os.path.join(files, WEIGHTS_FILE), map_location="cpu", weights_only=True)
-        with open(os.path.join(files, SPEC_FILE)) as fh:
-            source_vocab = ((json.load(fh).get("vocab") or {}).get("text")) or []
-    own = model.state_dict()
-    if source_vocab and own_vocab:
-        state = _remap_embeddings(state, own, source_vocab, own_vocab)
-    taken = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
-             and not any(k.startswith(pre) for pre in exclude)}
-    if not taken:
-        raise _training_error(f"model.init_from {source['uri']} shares no tensor (same name and shape) with "
-                              f"this model; use a source of the same family")
-    model.load_state_dict(taken, strict=False)
-    fresh = sorted(set(own) - set(taken))
-    print(f"[sparkzoo] init_from {source['uri']} (v{source['version']}): {len(taken)} tensors copied, "
-          f"{len(fresh)} kept fresh ({', '.join(fresh[:6])}{', ...' if len(fresh) > 6 else ''})", flush=True)
-
-
-def _remap_embeddings(state: dict[str, Any], own: dict[str, Any], source_vocab: list[str],
-                      own_vocab: list[str]) -> dict[str, Any]:
-    """Embedding tables (rows = source vocabulary) re-indexed to this model's vocabulary: shared tokens
-    keep their learned row, new tokens keep this model's fresh row."""
-    index = {t: i for i, t in enumerate(source_vocab)}
-    rows = [(i, index[t]) for i, t in enumerate(own_vocab) if t in index]
-    out = dict(state)
-    for k, v in state.items():
-        if "embedding" in k and k in own and v.dim() == 2 and v.shape[0] == len(source_vocab) \
-                and own[k].shape == (len(own_vocab), v.shape[1]):
-            table = own[k].clone()
-            mine, theirs = zip(*rows) if rows else ((), ())
-            table[list(mine)] = v[list(theirs)]
-            out[k] = table
-            print(f"[sparkzoo] init_from: {k} mapped by token, {len(rows)} of {len(own_vocab)} words shared", flush=True)
-    return out
-
-
-def _freeze(model, prefixes: list[str]) -> None:
-    """Parameters under these name prefixes stop learning (every rank applies it before the optimizer)."""
-    for name, p in model.named_parameters():
-        if any(name.startswith(pre) for pre in prefixes):
-            p.requires_grad_(False)
 
 
 class StepCheckpoints:
@@ -538,7 +484,7 @@ def _merged_partial(ranks: list[dict[str, Any]], task) -> dict[str, Any]:
     """The partial epoch of every old rank added up (for rank 0 after the world size changed)."""
     sums, norms = task.empty_sums(), {}
     for r in ranks:
-        _add(sums, r["sums"])
+        add(sums, r["sums"])
         _add_norms(norms, r["norms"])
     return {"rng": None, "sums": sums, "norms": norms, "measured": max(r["measured"] for r in ranks)}
 
@@ -555,157 +501,3 @@ def _fault_fires(ckpt_dir: str, epoch: int, step: int, steps: int, global_batch:
     paths.write_json(marker, {"killed_at": time.time(), "epoch": epoch, "step": step, "steps_per_epoch": steps,
                               "global_batch": global_batch})
     return True
-
-
-def _log_restart(exp, ctx: dict[str, Any], first_step_at: float | None, saved_at: float | None) -> None:
-    """Rank 0, after the first epoch of a relaunch: the wall time the failure cost, as MLflow metrics
-    (step = restart number): ``restart_lost_seconds`` from the checkpoint it resumed to its first step
-    again (work redone plus relaunch), ``restart_relaunch_seconds`` from the driver seeing the failure."""
-    from sparkzoo.pipelines import track
-
-    info = ctx["restart"]
-    now = first_step_at or time.time()
-    metrics = {"restart_relaunch_seconds": now - info["failed_at"]}
-    if saved_at is not None:
-        metrics["restart_lost_seconds"] = now - saved_at
-    track.log_metrics(exp, ctx["run_id"], metrics, step=info["number"])
-
-
-def _config_error(message: str) -> Exception:
-    from sparkzoo.pipelines.errors import ConfigError
-
-    return ConfigError(message)
-
-
-def _training_error(message: str) -> Exception:
-    from sparkzoo.pipelines.errors import TrainingError
-
-    return TrainingError(message)
-
-
-def _log_epoch(exp, ctx: dict[str, Any], record: dict[str, float], epoch: int) -> None:
-    from sparkzoo.pipelines import track
-
-    metrics = {k: v for k, v in record.items() if k != "epoch"}
-    track.log_metrics(exp, ctx["run_id"], metrics, step=epoch + 1)
-
-
-def _log_checkpoint(exp, ctx: dict[str, Any], state: dict[str, Any]) -> None:
-    """The newest checkpoint also goes to the run's artefacts (one file, replaced every epoch)."""
-    import torch
-
-    from sparkzoo.pipelines import track
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "last.pt")
-        torch.save(state, path)
-        track.log_artifact(exp, ctx["run_id"], path, "checkpoints")
-
-
-def _task_plots(task, detail, test_metrics: dict[str, float], names: list[str], tmp: str,
-                manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """The pictures each task's report shows: (local file, caption)."""
-    from sparkzoo.models.tasks import CLASSIFIER_TASKS
-    from sparkzoo.pipelines.train import metrics as m
-
-    plots: list[tuple[str, str]] = []
-    s = detail.samples
-    vocab = manifest.get("vocab") or {}
-    if task.name in CLASSIFIER_TASKS:
-        plots.append((m.plot_confusion(detail.arrays["confusion"], names, os.path.join(tmp, "confusion_matrix.png")),
-                      "test confusion matrix"))
-        plots.append((m.plot_reliability(detail.arrays["calibration"], os.path.join(tmp, "reliability.png")),
-                      f"reliability diagram, test ECE {test_metrics.get('ece', float('nan')):.4f}"))
-        if s is not None and "image" in s:
-            plots.append((m.plot_samples(s["image"], s["label"], s["prediction"], s["confidence"], names,
-                                         os.path.join(tmp, "test_samples.png")), "test samples: predicted / true"))
-    elif task.name == "reconstruction" and s is not None:
-        plots.append((m.plot_reconstructions(s["image"], s["reconstruction"], os.path.join(tmp, "reconstructions.png")),
-                      f"test inputs (top) and reconstructions (below), MSE {test_metrics.get('mse', float('nan')):.4f}"))
-    elif task.name == "segmentation" and s is not None:
-        plots.append((m.plot_mask_overlays(s["image"], s["mask"], s["prediction"], os.path.join(tmp, "mask_overlays.png")),
-                      f"test images with predicted (red) and true (outline) masks, IoU {test_metrics.get('iou', float('nan')):.3f}"))
-    elif task.name == "captioning" and s is not None and "attention" in s and "image" in s:
-        plots.append((m.plot_caption_attention(s["image"], s, task.target_vocab, os.path.join(tmp, "attention.png")),
-                      "test attention maps: each decoded word's attention laid over the image regions"))
-    elif task.name in ("seq2seq", "captioning") and s is not None and "attention" in s:
-        plots.append((m.plot_attention(s, vocab.get("text", []), task.target_vocab, os.path.join(tmp, "attention.png"),
-                                       sources=s.get("source")), "test attention maps (decoded hypothesis)"))
-    elif task.name == "ctc" and "char_confusion" in detail.arrays:
-        labels = [t if t.strip() else "_" for t in task.target_vocab] + ["(none)"]
-        plots.append((m.plot_confusion(detail.arrays["char_confusion"], labels, os.path.join(tmp, "char_confusion.png"),
-                                       title="test character confusion ((none) = inserted / deleted)"),
-                      f"test character confusion along the edit alignment, CER {test_metrics.get('cer', float('nan')):.4f}"))
-    return plots
-
-
-def _slice_plots(task, detail, test_metrics: dict[str, float], names: list[str], tmp: str,
-                 manifest: dict[str, Any], slices) -> list[tuple[str, str]]:
-    """The task's pictures once more for each test slice (a held-out speaker's own letter confusion)."""
-    from sparkzoo.pipelines.train.metrics import EvalDetail
-
-    plots: list[tuple[str, str]] = []
-    for name, arrays in detail.slices.items():
-        own = os.path.join(tmp, f"slice-{name}")
-        os.makedirs(own, exist_ok=True)
-        metrics = {k.removesuffix(f"_{name}"): v for k, v in test_metrics.items() if k.endswith(f"_{name}")}
-        for path, caption in _task_plots(task, EvalDetail(arrays=arrays), metrics, names, own, manifest):
-            stem, ext = os.path.splitext(os.path.basename(path))
-            renamed = os.path.join(tmp, f"{stem}_{name}{ext}")
-            os.replace(path, renamed)
-            plots.append((renamed, f"slice {name} ({slices.column}): {caption}"))
-    return plots
-
-
-def _finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_detail, n_params: int,
-            train_seconds: float, samples: int, wall: float, best_epoch: int | None = None) -> dict[str, Any]:
-    """Rank 0: final metrics, plots, report, manifest and config artefacts, and the logged model."""
-    from sparkzoo.pipelines import track
-    from sparkzoo.pipelines.train.metrics import plot_curves, plot_grad_norms
-    from sparkzoo.pipelines.train.report import write_report
-
-    manifest = ctx["manifest"]
-    run_id = ctx["run_id"]
-    final = {f"test_{k}": v for k, v in test_metrics.items()}
-    final.update({"parameters": n_params, "train_seconds": train_seconds,
-                  "train_samples_per_second": samples / train_seconds if train_seconds else 0.0})
-    if best_epoch is not None:
-        final["best_epoch"] = best_epoch
-    track.log_metrics(exp, run_id, final, step=len(history))
-    config = track.mask_secrets(exp.model_dump(mode="json", exclude={"source_file"}))   # also goes into report.html
-    names = manifest["label_names"]
-    with tempfile.TemporaryDirectory() as tmp:
-        plots = []   # (local file, artefact path, caption)
-        if history:
-            plots.append((plot_curves(history, os.path.join(tmp, "curves.png"), metric=task.metric),
-                          f"loss and {task.metric} per epoch"))
-        if test_detail is not None:
-            plots += _task_plots(task, test_detail, test_metrics, names, tmp, manifest)
-            plots += _slice_plots(task, test_detail, test_metrics, names, tmp, manifest, exp.train.test_slices)
-        norms = plot_grad_norms(history, os.path.join(tmp, "grad_norms.png")) if history else None
-        if norms:
-            plots.append((norms, "mean gradient norm per module and epoch"))
-        plots = [(p, "plots/" + os.path.basename(p), c) for p, c in plots]
-        for local, _, _ in plots:
-            track.log_artifact(exp, run_id, local, "plots")
-        source = ctx.get("init_from")
-        report = write_report(
-            os.path.join(tmp, "report.html"), title=f"sparkzoo run {run_id}: {exp.name}",
-            meta={"experiment": exp.mlflow.experiment, "model": f"{exp.model.name} ({n_params:,} parameters)",
-                  "task": task.name,
-                  "dataset": f"{manifest['dataset']} v{manifest['version']}", "run": run_id,
-                  **({"initialised from": f"{source['uri']} (v{source['version']})"} if source else {}),
-                  "training": f"{train_seconds:.1f}s, {final['train_samples_per_second']:.0f} samples/s"},
-            final=final, history=history, images=plots, config=config, manifest=manifest,
-            artifacts=[a for _, a, _ in plots] + ["config.yaml", "dataset/manifest.json", "history.json"])
-        track.log_artifact(exp, run_id, report)
-    track.log_dict(exp, run_id, history, "history.json")
-    track.log_dict(exp, run_id, config, "config.yaml")
-    track.log_dict(exp, run_id, {k: v for k, v in manifest.items() if k != "splits"}, "dataset/manifest.json")
-    spec = build_model_spec(exp, manifest, task.name)
-    example = example_frame(task, manifest)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    model_uri = track.log_model(exp, run_id, spec, state, example)
-    return {"history": history, "test": test_metrics, "parameters": n_params, "train_seconds": train_seconds,
-            "train_samples_per_second": final["train_samples_per_second"], "wall_seconds": wall,
-            "model_uri": model_uri, "task": task.name, "metric": task.metric}
