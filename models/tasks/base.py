@@ -95,6 +95,10 @@ class Task:
     def finish(self, sums: dict[str, float], arrays: dict[str, np.ndarray] | None = None) -> dict[str, float]:
         raise NotImplementedError
 
+    def metric_params(self) -> dict[str, str]:
+        """Run parameters saying how the metrics were computed (sacreBLEU's signature); none by default."""
+        return {}
+
     def empty_arrays(self) -> dict[str, np.ndarray]:
         """Fixed-shape evaluation sums beyond the metrics (confusion, calibration); none by default."""
         return {}

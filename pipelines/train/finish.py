@@ -94,6 +94,21 @@ def log_restart(exp, ctx: dict[str, Any], first_step_at: float | None, saved_at:
     track.log_metrics(exp, ctx["run_id"], metrics, step=info["number"])
 
 
+def _log_metric_params(exp, run_id: str, params: dict[str, str]) -> None:
+    """How the metrics were computed (sacreBLEU's signature), as run parameters: a figure is comparable
+    with a published one only with the same tokenisation and smoothing."""
+    import logging
+
+    from sparkzoo.pipelines import track
+
+    try:
+        c = track.client(exp)
+        for key, value in params.items():
+            c.log_param(run_id, key, value)
+    except Exception as exc:   # an outage must not fail a finished training over a parameter
+        logging.getLogger("sparkzoo.train").warning("could not log %s on MLflow run %s: %s", ", ".join(params), run_id, exc)
+
+
 def finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_detail, n_params: int,
             train_seconds: float, samples: int, wall: float, best_epoch: int | None = None) -> dict[str, Any]:
     """Rank 0: final metrics, plots, report, manifest and config artefacts, and the logged model."""
@@ -110,6 +125,7 @@ def finish(exp, ctx: dict[str, Any], model, task, history, test_metrics, test_de
     if best_epoch is not None:
         final["best_epoch"] = best_epoch
     track.log_metrics(exp, run_id, final, step=len(history))
+    _log_metric_params(exp, run_id, task.metric_params())
     config = track.mask_secrets(exp.model_dump(mode="json", exclude={"source_file"}))   # also goes into report.html
     names = manifest["label_names"]
     with tempfile.TemporaryDirectory() as tmp:
