@@ -23,7 +23,7 @@ BLEU_ORDER = 4
 BLEU_SMOOTH = "exp"        # sacrebleu.corpus_bleu's default, so our figure equals its figure
 
 
-def _words(seq: Sequence[int]) -> str:
+def ids_as_words(seq: Sequence[int]) -> str:
     """One sentence of ids as a string of distinct words jiwer can align (``t12 t7 t7``): reversible."""
     return " ".join(f"t{int(t)}" for t in seq)
 
@@ -40,7 +40,7 @@ def error_rate_sums(hyps: Sequence[Sequence[int]], refs: Sequence[Sequence[int]]
         return out
     import jiwer
 
-    got = jiwer.process_words([_words(r) for r in refs], [_words(h) for h in hyps])
+    got = jiwer.process_words([ids_as_words(r) for r in refs], [ids_as_words(h) for h in hyps])
     out["edits"] = float(got.substitutions + got.deletions + got.insertions)
     out["ref_tokens"] = float(sum(len(r) for r in refs))
     out["seq_errors"] = float(sum(any(c.type != "equal" for c in row) for row in got.alignments))

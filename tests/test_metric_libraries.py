@@ -146,3 +146,17 @@ sys.exit(1 if loaded else 0)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_ctc_alignment_pairs_are_a_minimal_edit_alignment() -> None:
+    """The character confusion table's pairs (jiwer's alignment) cover both sequences in order and cost
+    exactly the Levenshtein distance."""
+    from sparkzoo.models.tasks.sequence import aligned_pairs
+
+    rng = np.random.default_rng(2)
+    for _ in range(300):
+        ref = rng.integers(0, 6, size=rng.integers(0, 10)).tolist()
+        hyp = rng.integers(0, 6, size=rng.integers(0, 10)).tolist()
+        pairs = aligned_pairs(hyp, ref)
+        assert [r for r, _ in pairs if r is not None] == ref and [h for _, h in pairs if h is not None] == hyp
+        assert sum(r != h for r, h in pairs) == _levenshtein(hyp, ref)

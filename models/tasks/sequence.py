@@ -409,24 +409,22 @@ class CTCTask(Task):
 
 
 def aligned_pairs(hyp: list[int], ref: list[int]) -> list[tuple[int | None, int | None]]:
-    """(reference, hypothesis) token pairs along one minimal edit alignment; None marks an insertion or
-    a deletion. Feeds the character confusion table (which letters a speaker's recordings turn into)."""
-    n, m = len(ref), len(hyp)
-    d = np.zeros((n + 1, m + 1), dtype=np.int64)
-    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            d[i, j] = min(d[i - 1, j] + 1, d[i, j - 1] + 1, d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]))
+    """(reference, hypothesis) token pairs along one minimal edit alignment (jiwer's); None marks an
+    insertion or a deletion. Feeds the character confusion table (which letters a speaker's recordings
+    turn into). Evaluation only: jiwer is imported here, never when a logged model scores."""
+    import jiwer
+
+    from ..sequence_metrics import ids_as_words
+
+    if not ref and not hyp:
+        return []
     pairs: list[tuple[int | None, int | None]] = []
-    i, j = n, m
-    while i or j:
-        if i and j and d[i, j] == d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]):
-            pairs.append((ref[i - 1], hyp[j - 1]))
-            i, j = i - 1, j - 1
-        elif i and d[i, j] == d[i - 1, j] + 1:
-            pairs.append((ref[i - 1], None))
-            i -= 1
+    for c in jiwer.process_words(ids_as_words(ref), ids_as_words(hyp)).alignments[0]:
+        r, h = ref[c.ref_start_idx:c.ref_end_idx], hyp[c.hyp_start_idx:c.hyp_end_idx]
+        if c.type in ("equal", "substitute"):
+            pairs += zip(r, h)
+        elif c.type == "delete":
+            pairs += [(t, None) for t in r]
         else:
-            pairs.append((None, hyp[j - 1]))
-            j -= 1
-    return pairs[::-1]
+            pairs += [(None, t) for t in h]
+    return pairs
