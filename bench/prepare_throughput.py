@@ -69,12 +69,12 @@ def spark_job(spark, exp, chosen: list[dict], repeats: int, modality: str) -> in
 
     src = exp.data.source
     if modality == "image":
-        ctx = images._ctx(exp, src.path)
+        ctx = images.decode_context(exp, src.path, sidecars=True, needs_label=src.label_level is not None)
         body, schema = (lambda it: images.decode_files(it, ctx)), images.ROW_SCHEMA
     else:
         ctx = {"source": src.model_dump(mode="json"), "dataset": "b", "audio": exp.data.audio.model_dump(mode="json"),
                "val_fraction": 0.1, "test_fraction": 0.1, "needs_label": False, "needs_transcript": False,
-               "root": src.path}
+               "root": src.path, "tree": True}
         body, schema = (lambda it: audio.decode_files(it, ctx)), audio.ROW_SCHEMA
     # as the job plans it (files.listed_paths), over the listing repeated: the loop reads each file
     # ``repeats`` times, so does this job

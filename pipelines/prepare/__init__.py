@@ -74,12 +74,12 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
     if spark is None:
         from ..session import get_spark
         spark = get_spark(exp)
-    module = _module(exp)
+    source = exp.data.source
 
     from pyspark import StorageLevel
     with contextlib.ExitStack() as stack:
-        fixed_names = list(getattr(exp.data.source, "label_names", []))   # spliced utterances have no classes
-        rows = _check_labels(module.read(spark, exp, listing, stack), fixed_names)
+        fixed_names = list(source.label_names)   # empty: the sorted labels found
+        rows = _check_labels(source.read(spark, exp, listing, stack), fixed_names)
         rows = _keep_train_fraction(rows, exp.data.train_fraction)
         # DISK_ONLY: prepared rows are large binary values (pixels, log-mel frames); kept in the heap they
         # filled a 2 GB driver at 20,000 spliced utterances (the columnar cache builder ran out of heap),
@@ -94,7 +94,7 @@ def run(exp: Experiment, spark=None) -> PrepareResult:
         label_names = fixed_names or sorted(
             {name for split in per_class.values() for name in split})
         good = rows.filter(F.col("reason").isNull())
-        data, extra = module.finish(spark, exp, good, label_names, totals)
+        data, extra = _finish(source)(spark, exp, good, label_names, totals)
         staging = paths.join(paths.datasets_root(exp), f".staging-{version}-{uuid.uuid4().hex[:8]}")
         try:
             manifest = _write(rows, data, exp, staging, version, listing, label_names, totals, per_class,
@@ -139,13 +139,15 @@ def _keep_train_fraction(rows, fraction: float):
     return rows.withColumn("split", F.when(drop, F.lit(UNUSED)).otherwise(F.col("split")))
 
 
-def _module(exp: Experiment):
-    """The modality module that reads and finishes this source kind (generated utterances have their own)."""
-    from . import audio, images, splice, text
+def _finish(source):
+    """Who turns the good rows into the written columns: the source itself when it knows more (IDX
+    label ids, compositions, spliced utterances), else its modality's writer module."""
+    own = getattr(source, "finish", None)
+    if own is not None:
+        return own
+    from . import audio, images, text
 
-    if exp.data.source.kind == "audio_splice":
-        return splice
-    return {"image": images, "text": text, "audio": audio}[exp.data.modality]
+    return {"image": images, "text": text, "audio": audio}[source.modality].finish
 
 
 def _check_labels(rows, names: list[str]):

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from .images import COMMON_SCHEMA, label_ids
+from .rows import COMMON_SCHEMA, label_ids
 from .quarantine import BadRecord
 from .split import assign
 
@@ -137,9 +137,10 @@ def sidecar_transcript(path: str, sidecar: dict[str, Any]) -> str | None:
     its line is missing. Undecodable bytes are a bad record, not a crash."""
     folder, name = os.path.split(path)
     stem = re.sub(sidecar["strip"], "", os.path.splitext(name)[0]) if sidecar["strip"] else os.path.splitext(name)[0]
+    from .sources.files import read_bytes
+
     try:
-        with open(os.path.join(folder, stem + sidecar["suffix"]), "rb") as fh:
-            raw = fh.read()
+        raw = read_bytes(os.path.join(folder, stem + sidecar["suffix"]))   # through pipelines/paths: S3/HDFS too
     except OSError:
         return None
     try:
@@ -153,21 +154,22 @@ def sidecar_transcript(path: str, sidecar: dict[str, Any]) -> str | None:
 
 
 def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
-    """mapInPandas body over binaryFile rows (path, content [, label_name, transcript])."""
+    """mapInPandas body over binaryFile rows (path, content [, label_name, transcript]); ``ctx["tree"]``:
+    a file tree (include/exclude pick the files, the path gives label and transcript), else an index."""
     from .sources.files import check_source, local, relative, row_content, selected
 
-    src, settings = ctx["source"], ctx["audio"]
+    src, settings, tree = ctx["source"], ctx["audio"], ctx["tree"]
     for frame in frames:
         out: dict[str, list] = {k: [] for k in ("id", "source", "label_name", "transcript", "features", "n_frames",
                                                 "duration", "reason", "detail", "sum", "sumsq", "count")}
         for row in frame.itertuples(index=False):
             path = local(row.path)
             rel = relative(path, ctx["root"])
-            if src["kind"] == "audio_folder" and not selected(rel, src["include"], src["exclude"]):
+            if tree and not selected(rel, src["include"], src["exclude"]):
                 continue
             rid = f"{ctx['dataset']}/{rel}"
             feats, reason, detail, dur = None, None, None, 0.0
-            if src["kind"] == "audio_folder":
+            if tree:
                 label, transcript = _label(rel, src)
             else:
                 label = getattr(row, "label_name", None) or None
@@ -211,43 +213,35 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
         })
 
 
-def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):
-    from pyspark.sql import functions as F
+def _context(exp, root: str, tree: bool, needs_label: bool, needs_transcript: bool) -> dict[str, Any]:
+    """What ``decode_files`` needs in the task: small, plain values (no config objects)."""
+    return {"source": exp.data.source.model_dump(mode="json"), "dataset": exp.data.dataset,
+            "audio": exp.data.audio.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
+            "test_fraction": exp.data.test_fraction, "root": root, "tree": tree, "needs_label": needs_label,
+            "needs_transcript": needs_transcript}
 
+
+def read_folder(spark, exp, listing: list[dict[str, Any]]):
+    """Clips of a file tree, decoded in Spark tasks; label and transcript from the path or a sidecar."""
     from .sources import files
 
     src = exp.data.source
-    ctx = {"source": src.model_dump(mode="json"), "dataset": exp.data.dataset,
-           "audio": exp.data.audio.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
-           "test_fraction": exp.data.test_fraction}
-    if src.kind == "audio_folder":
-        ctx["needs_label"] = src.label_level is not None or bool(src.label_regex)
-        ctx["needs_transcript"] = bool(src.transcript_regex or src.transcript_sidecar)
-        ctx["root"] = src.path
-        # paths from the driver's listing; each task reads its own files (files.row_content)
-        return files.folder_rows(spark, exp, listing, lambda it: decode_files(it, ctx), ROW_SCHEMA)
-    from .images import _attach_content
+    ctx = _context(exp, src.path, True, src.label_level is not None or bool(src.label_regex),
+                   bool(src.transcript_regex or src.transcript_sidecar))
+    # paths from the driver's listing; each task reads its own files (files.row_content)
+    return files.folder_rows(spark, exp, listing, lambda it: decode_files(it, ctx), ROW_SCHEMA)
 
-    ctx["needs_label"] = bool(src.label_column)
-    ctx["needs_transcript"] = bool(src.transcript_column)
+
+def read_index(spark, exp):
+    """Clips an index table names (relative to its folder), with label / transcript columns."""
+    from .sources import files
+
+    src = exp.data.source
     base = files.local(src.path).rsplit("/", 1)[0]
-    ctx["root"] = base
-    table = files.read_index(spark, src.path, {src.path_column: "string"}
-                             | {c: "any" for c in (src.label_column, src.transcript_column) if c})
-    cols = [files.index_path(base, src.path_column).alias("path")]
-    schema = "path string, content binary, read_error string"
-    if src.label_column:
-        cols.append(F.col(src.label_column).cast("string").alias("label_name"))
-        schema += ", label_name string"
-    if src.transcript_column:
-        cols.append(F.col(src.transcript_column).alias("transcript"))
-        schema += ", transcript string"
-    index = table.select(*cols)
-    if exp.data.max_records:
-        index = index.limit(exp.data.max_records)
-    df = index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
-        .mapInPandas(lambda it: _attach_content(it, base), schema)
-    return df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
+    ctx = _context(exp, base, False, bool(src.label_column), bool(src.transcript_column))
+    texts = {"transcript": (src.transcript_column, "any")} if src.transcript_column else {}
+    return (files.index_with_content(spark, exp, base, src.label_column, texts)
+            .mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA))
 
 
 def features_manifest(exp, good, totals) -> dict[str, Any]:

@@ -20,97 +20,13 @@ import pandas as pd
 
 from .. import faults
 from .quarantine import BadRecord
-from .split import assign
+from .rows import IMAGE_ROW_SCHEMA, bad_rows, image_rows, label_ids, pixel_sums  # noqa: F401  (the row contract)
 
-COMMON_SCHEMA = ("id string, source string, split string, label_name string, stage string, reason string, "
-                 "detail string, stat_sum double, stat_sumsq double, stat_count long")
-# Every image row, good or bad, before the writer routes it to a split or to quarantine.
-ROW_SCHEMA = (COMMON_SCHEMA + ", image binary, height int, width int, channels int, label long, mask binary, "
-              "caption string")
+# Every image row, good or bad, before the writer routes it to a split or to quarantine (rows.py).
+ROW_SCHEMA = IMAGE_ROW_SCHEMA
 DATA_COLUMNS = ["id", "source", "image", "height", "width", "channels", "label", "label_name"]
 EXT_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP", "gif": "GIF", "webp": "WEBP",
               "tif": "TIFF", "tiff": "TIFF"}
-
-
-# ---- rows ----------------------------------------------------------------------------------------
-
-def pixel_sums(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row sum and sum of squares of uint8 pixels on the 0..1 scale, for the normalisation statistics.
-
-    Exact integer sums: converting every pixel to float64 first cost a fifth of the whole decode (1.5 s
-    per 800 64x64 RGB images, against 0.02 s this way). uint32 holds a row's sum of squares up to
-    66,051 values (255^2 each); larger rows use uint64.
-    """
-    wide = np.uint32 if flat.shape[1] * 255 * 255 < 2 ** 32 else np.uint64
-    as_int = flat.astype(wide)
-    total = flat.sum(axis=1, dtype=np.uint64).astype(np.float64) / 255.0
-    squares = np.einsum("ij,ij->i", as_int, as_int).astype(np.float64) / (255.0 * 255.0)
-    return total, squares
-
-
-def image_rows(ids: list[str], sources: list[str], source_split: str, pixels: np.ndarray,
-               labels: np.ndarray, label_names: list[str], val_fraction: float, test_fraction: float = 0.0,
-               masks: list[bytes | None] | None = None, captions: list[str | None] | None = None,
-               split_ids: list[str] | None = None) -> pd.DataFrame:
-    """Good rows from uint8 (n, h, w, c) pixels; labels outside the known classes become bad rows.
-
-    ``split_ids`` (default: the ids) decide the split, so several rows made from one file share it.
-    """
-    n, h, w, c = pixels.shape if pixels.ndim == 4 else (0, 0, 0, 0)
-    flat = pixels.reshape(n, -1)
-    pixel_sum, pixel_sumsq = pixel_sums(flat)
-    known = (labels >= 0) & (labels < len(label_names)) if label_names else np.ones(n, dtype=bool)
-    names = np.array(label_names + [""], dtype=object)
-    frame = pd.DataFrame({
-        "id": ids,
-        "source": sources,
-        "split": assign(split_ids or ids, source_split, val_fraction, test_fraction),
-        "label_name": names[np.where(known, labels, len(label_names))] if label_names else [None] * n,
-        "stage": None, "reason": None, "detail": None,
-        "stat_sum": pixel_sum,
-        "stat_sumsq": pixel_sumsq,
-        "stat_count": np.full(n, h * w * c, dtype=np.int64),
-        "image": [row.tobytes() for row in flat],
-        "height": np.full(n, h, dtype=np.int32),
-        "width": np.full(n, w, dtype=np.int32),
-        "channels": np.full(n, c, dtype=np.int32),
-        "label": labels.astype(np.int64),
-        "mask": masks if masks is not None else [None] * n,
-        "caption": captions if captions is not None else [None] * n,
-    })
-    if not known.all():
-        bad = ~known
-        frame.loc[bad, "stage"] = "decode"
-        frame.loc[bad, "reason"] = "bad_label"
-        frame.loc[bad, "detail"] = [f"label {int(v)} is outside 0..{len(label_names) - 1}" for v in labels[bad]]
-    return frame
-
-
-def bad_rows(ids: list[str], sources: list[str], source_split: str, reason: str | list[str],
-             detail: str | list[str], stage: str | list[str] = "read") -> pd.DataFrame:
-    """Rows for records that could not be read: they go to quarantine, never silently away."""
-    n = len(ids)
-    as_list = lambda v: v if isinstance(v, list) else [v] * n  # noqa: E731
-    return pd.DataFrame({
-        "id": ids, "source": sources, "split": [source_split] * n, "label_name": [None] * n,
-        "stage": as_list(stage), "reason": as_list(reason), "detail": as_list(detail),
-        "stat_sum": np.zeros(n), "stat_sumsq": np.zeros(n), "stat_count": np.zeros(n, np.int64),
-        "image": [None] * n, "height": np.zeros(n, np.int32), "width": np.zeros(n, np.int32),
-        "channels": np.zeros(n, np.int32), "label": np.full(n, -1, np.int64), "mask": [None] * n,
-        "caption": [None] * n,
-    })
-
-
-def label_ids(label_names: list[str]):
-    """Spark column: the position of ``label_name`` in the class list (the manifest's label order)."""
-    from itertools import chain
-
-    from pyspark.sql import functions as F
-
-    if not label_names:   # an unlabelled set (label_column: null): an empty map literal has no key type
-        return F.lit(-1).cast("long")
-    lookup = F.create_map(*chain.from_iterable((F.lit(n), F.lit(i)) for i, n in enumerate(label_names)))
-    return F.coalesce(lookup[F.col("label_name")], F.lit(-1)).cast("long")
 
 
 # ---- the transform (pure: the benchmark's plain loop calls exactly this) ---------------------------
@@ -247,20 +163,25 @@ def _folder_label(rel: str, level: int | None) -> str | None:
 
 
 def _sidecar(path: str, suffix: str) -> bytes | None:
-    from .sources.files import local
+    """The bytes of the file beside ``path`` with ``suffix`` instead of its extension, or None; read
+    through pipelines/paths (files.read_bytes), so a tree on S3/HDFS has its sidecars too."""
+    from .sources.files import local, read_bytes
 
     side = os.path.splitext(local(path))[0] + suffix
     with contextlib.suppress(OSError):
-        with open(side, "rb") as fh:
-            return fh.read()
+        return read_bytes(side)
     return None
 
 
 def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
-    """mapInPandas body over ``binaryFile`` rows (path, content) plus optional label/mask/caption columns."""
+    """mapInPandas body over ``binaryFile`` rows (path, content) plus optional label/mask/caption columns.
+
+    ``ctx["sidecars"]``: a file tree (its include/exclude pick the files, the folder names the class,
+    masks and captions sit beside each image); else an index whose columns carry them.
+    """
     from .sources.files import check_source, local, relative, row_content, selected
 
-    root, src = ctx["root"], ctx["source"]
+    root, src, tree = ctx["root"], ctx["source"], ctx["sidecars"]
     for frame in frames:
         good: dict[str, list] = {k: [] for k in ("id", "split_id", "source", "label", "mask", "caption")}
         pixels: list[np.ndarray] = []
@@ -268,13 +189,13 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
         for row in frame.itertuples(index=False):
             path = local(row.path)
             rel = relative(path, root)
-            if ctx["kind"] == "image_folder" and not selected(rel, src["include"], src["exclude"]):
+            if tree and not selected(rel, src["include"], src["exclude"]):
                 continue
             rid = f"{ctx['dataset']}/{rel}"
             ext = os.path.splitext(path)[1].lstrip(".")
             try:
                 check_source(path, root, getattr(row, "read_error", None))
-                if ctx["kind"] == "image_folder":
+                if tree:
                     label = _folder_label(rel, src["label_level"])
                 else:
                     label = getattr(row, "label_name", None)
@@ -283,14 +204,14 @@ def decode_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterato
                 if ctx["needs_label"] and label is None:
                     raise BadRecord("missing_label", f"no label for {rel}: " + (
                         f"it is not inside a class folder (label_level {src.get('label_level')})"
-                        if ctx["kind"] == "image_folder" else f"column {src.get('label_column')} is empty"), "label")
+                        if tree else f"column {src.get('label_column')} is empty"), "label")
                 mask_bytes = None
                 if ctx["mask"] == "file":
-                    mask_bytes = (_sidecar(path, src["mask_suffix"] + ".png") if ctx["kind"] == "image_folder"
+                    mask_bytes = (_sidecar(path, src["mask_suffix"] + ".png") if tree
                                   else getattr(row, "mask_content", None))
                 caption = None
                 if ctx["caption"]:
-                    raw = (_sidecar(path, src["caption_sidecar"]) if ctx["kind"] == "image_folder"
+                    raw = (_sidecar(path, src["caption_sidecar"]) if tree
                            else (getattr(row, "caption", None) or "").encode("utf-8"))
                     caption = _caption(raw)
                 content = row_content(row, path)
@@ -338,139 +259,51 @@ def _caption(raw: bytes | None) -> str:
     return first
 
 
-def _ctx(exp, root: str) -> dict[str, Any]:
+def mask_mode(src) -> str:
+    """``none``, ``alpha`` or ``file``: what the source says about masks (image sources without a
+    ``mask_mode`` have none)."""
+    return getattr(src, "mask_mode", "none")
+
+
+def has_captions(src) -> bool:
+    """Whether the source gives every image a caption (a ``captions`` attribute; default none)."""
+    return bool(getattr(src, "captions", False))
+
+
+def decode_context(exp, root: str, sidecars: bool, needs_label: bool) -> dict[str, Any]:
+    """What ``decode_files`` needs in the task: small, plain values (no config objects)."""
     src = exp.data.source
-    d = src.model_dump(mode="json")
-    task_label = (getattr(src, "label_level", 0) is not None) if src.kind == "image_folder" else bool(
-        getattr(src, "label_column", None))
-    return {"root": root, "source": d, "kind": src.kind, "dataset": exp.data.dataset, "seed": exp.seed,
-            "image": exp.data.image.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
-            "test_fraction": exp.data.test_fraction, "needs_label": task_label,
-            "mask": d.get("mask", "file" if d.get("mask_column") else "none"),
-            "caption": bool(d.get("caption_sidecar") or d.get("caption_column")) or src.kind == "compositions",
+    return {"root": root, "source": src.model_dump(mode="json"), "sidecars": sidecars, "dataset": exp.data.dataset,
+            "seed": exp.seed, "image": exp.data.image.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
+            "test_fraction": exp.data.test_fraction, "needs_label": needs_label, "mask": mask_mode(src),
+            "caption": has_captions(src),
             "variants": exp.data.image.variants if exp.data.image.background == "texture" else 1}
-
-
-def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):
-    """Image rows (good and flagged bad) for any image source, decoded in Spark tasks."""
-    from .sources import compose, files, grid, idx, pixel_csv
-
-    src = exp.data.source
-    if src.kind == "idx":
-        return idx.read(spark, exp)
-    if src.kind == "compositions":
-        return compose.read(spark, exp)
-    if src.kind == "image_grid":
-        return grid.read(spark, exp)
-    if src.kind == "pixel_csv":
-        return pixel_csv.read(spark, exp)
-    if src.kind == "image_folder":
-        ctx = _ctx(exp, src.path)
-        # paths from the driver's listing (mask files, read as sidecars, are left out of the rows);
-        # each task reads its own files (files.row_content): no second listing, no bytes through the JVM
-        return files.folder_rows(spark, exp, listing, lambda it: decode_files(it, ctx), ROW_SCHEMA,
-                                 skip_suffix=src.mask_suffix if src.mask == "file" else None)
-    # image_index: a small table on the driver is fine (paths only); the files are read in the tasks
-    df = _index_with_content(spark, exp, stack)
-    ctx = _ctx(exp, src.path.rsplit("/", 1)[0])
-    return df.mapInPandas(lambda it: decode_files(it, ctx), ROW_SCHEMA)
-
-
-def _index_with_content(spark, exp, stack):
-    """Join the index (path, label, mask, caption) to binaryFile contents of the files it names."""
-    from pyspark.sql import functions as F
-
-    from .sources import files
-
-    src = exp.data.source
-    base = files.local(src.path).rsplit("/", 1)[0]
-    table = files.read_index(spark, src.path, {c: "string" for c in (src.path_column, src.mask_column,
-                                                                     getattr(src, "caption_column", None)) if c}
-                             | ({src.label_column: "any"} if src.label_column else {}))
-    cols = [files.index_path(base, src.path_column).alias("path")]
-    if src.label_column:
-        cols.append(F.col(src.label_column).cast("string").alias("label_name"))
-    if getattr(src, "caption_column", None):
-        cols.append(F.col(src.caption_column).alias("caption"))
-    if getattr(src, "mask_column", None):
-        cols.append(F.concat(F.lit(base + "/"), F.col(src.mask_column)).alias("mask_path"))
-    index = table.select(*cols)
-    if exp.data.max_records:
-        index = index.limit(exp.data.max_records)
-    # content is read by path in the task (so a path the index names but the disk lacks is a quarantine
-    # row, not a silently missing join partner)
-    return index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
-        .mapInPandas(lambda it: _attach_content(it, base), _index_schema(src))
-
-
-def _index_schema(src) -> str:
-    s = "path string, content binary, read_error string"
-    if src.label_column:
-        s += ", label_name string"
-    if getattr(src, "caption_column", None):
-        s += ", caption string"
-    if getattr(src, "mask_column", None):
-        s += ", mask_content binary"
-    return s
-
-
-def _attach_content(frames: Iterator[pd.DataFrame], root: str) -> Iterator[pd.DataFrame]:
-    """Read each file the index names, but never one outside ``root`` (an index is user data: it may
-    say ``../../etc/shadow``); what cannot be read is kept as ``read_error`` for the quarantine."""
-    from .sources.files import inside, read_bytes
-
-    def get(p):
-        if not inside(p, root):
-            return None, f"outside_root: {p} is outside {root}, the folder of the index; only files under it are read"
-        try:
-            return read_bytes(p), None
-        except FileNotFoundError:
-            return None, f"missing_file: the index names {p}, which does not exist"
-        except OSError as exc:
-            return None, f"unreadable: cannot read {p} ({exc})"
-
-    for frame in frames:
-        frame = frame.copy()
-        got = [get(p) for p in frame["path"]]
-        frame["content"] = [c for c, _ in got]
-        frame["read_error"] = [e for _, e in got]
-        if "mask_path" in frame:
-            frame["mask_content"] = [get(p)[0] if isinstance(p, str) else None for p in frame["mask_path"]]
-            frame = frame.drop(columns=["mask_path"])
-        yield frame
 
 
 # ---- finish: label ids, caption ids, manifest extras ----------------------------------------------
 
-def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[str, Any]]:
+def finish(spark, exp, good, label_names: list[str], totals, *, shape: dict[str, int] | None = None,
+           relabel: bool = True, columns: tuple[str, ...] = (), extra: dict[str, Any] | None = None
+           ) -> tuple[Any, dict[str, Any]]:
+    """Label ids, masks, caption ids and the manifest extras of any image source.
+
+    A source that knows more passes it in: ``shape`` (default: ``data.image``), ``relabel=False`` when
+    its rows already hold label ids, extra ``columns`` to keep and manifest ``extra`` entries. The task
+    follows from what the rows hold: masks -> segmentation, captions without classes -> captioning.
+    """
     from pyspark.sql import functions as F
 
     src = exp.data.source
-    cols = list(DATA_COLUMNS)
+    cols = [*DATA_COLUMNS, *columns]
     df = good
-    extra: dict[str, Any] = {}
-    if src.kind == "compositions":
-        from .sources import compose
-
-        df = df.withColumn("label", F.lit(-1).cast("long"))
-        shape = {"channels": 1, "height": src.canvas, "width": src.canvas}
-        cols += ["subject", "relation", "object"]
-        extra["compositions"] = {"nouns": list(src.nouns), "relations": list(src.relations), "canvas": src.canvas,
-                                 "triples": compose.summary(df)}
-    elif src.kind != "idx":
+    extra = dict(extra or {})
+    if relabel:
         df = df.withColumn("label", label_ids(label_names) if label_names else F.lit(-1).cast("long"))
-        shape = {"channels": exp.data.image.channels, "height": exp.data.image.height, "width": exp.data.image.width}
-    else:
-        from .sources import idx
-
-        shape = idx.shape(exp)
-    ctx = _ctx(exp, getattr(src, "path", ""))
-    task = "classification"
-    if ctx["mask"] != "none":
+    masks, captions = mask_mode(src) != "none", has_captions(src)
+    if masks:
         cols.append("mask")
-        task = "segmentation"
         extra["mask"] = {"values": [0, 1], "meaning": "1 = object (alpha > 127 or mask > 127)"}
-    if ctx["caption"]:
+    if captions:
         from . import text
 
         cols.append("caption")
@@ -480,7 +313,7 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
         cols.append("caption_ids")
         extra["vocab"] = {"caption": vocab}
         extra["lengths"] = {"caption": lengths}
-        task = "captioning" if task == "classification" and not label_names else task
-    extra["task"] = task
-    extra["shape"] = shape
+    extra["task"] = "segmentation" if masks else "captioning" if captions and not label_names else "classification"
+    extra["shape"] = shape or {"channels": exp.data.image.channels, "height": exp.data.image.height,
+                               "width": exp.data.image.width}
     return df.select("split", *cols), extra

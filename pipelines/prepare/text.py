@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..textnorm import normalise, tokenize  # noqa: F401  (shared with the scorer: one normalisation)
-from .images import COMMON_SCHEMA, label_ids
+from .rows import COMMON_SCHEMA, label_ids
 from .quarantine import BadRecord
 from .split import assign
 
@@ -94,8 +94,7 @@ def parse_files(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator
     """mapInPandas body: one row per file (path, rel) in, one row per record (good or flagged) out."""
     from .sources.files import read_bytes
 
-    src = ctx["source"]
-    pairs = src["kind"] == "text_pairs"
+    src, pairs = ctx["source"], ctx["pairs"]
     text_col = src["source_column"] if pairs else src["text_column"]
     other_col = src["target_column"] if pairs else src.get("label_column")
     strip = re.compile(src["source_strip"]) if pairs and src.get("source_strip") else None
@@ -186,7 +185,9 @@ def _fields(rec: dict[str, Any] | None, text_col: str, other_col: str | None, n:
     return text, other
 
 
-def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):
+def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack, *, pairs: bool = False):
+    """Text records of the listed files, parsed in Spark tasks; ``pairs``: (source, target) records for
+    seq2seq, else a text with an optional label."""
     from .sources.files import relative, selected
 
     src = exp.data.source
@@ -197,7 +198,8 @@ def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack)
     root = src.path if len(chosen) > 1 or chosen[0]["path"] != src.path else src.path.rsplit("/", 1)[0]
     tasks = pd.DataFrame({"path": [f["path"] for f in chosen],
                           "rel": [relative(f["path"], root) for f in chosen]})
-    ctx = {"source": src.model_dump(mode="json"), "dataset": exp.data.dataset, "max_records": exp.data.max_records,
+    ctx = {"source": src.model_dump(mode="json"), "pairs": pairs, "dataset": exp.data.dataset,
+           "max_records": exp.data.max_records,
            "max_record_bytes": exp.data.text.max_record_bytes,
            "lowercase": exp.data.text.lowercase,
            "lowercase_target": exp.data.text.lowercase and exp.data.text.target_tokenizer != "space",
@@ -268,16 +270,14 @@ def add_token_ids(df, exp, text_col: str, ids_col: str, how: str, specials: list
     return df, vocab, length_stats(df.filter(F.col("split") == "train"), length_col)
 
 
-def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[str, Any]]:
-    from pyspark.sql import functions as F
-
-    src = exp.data.source
+def finish(spark, exp, good, label_names: list[str], totals, *, pairs: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Token ids and vocabularies; ``pairs``: target ids too (seq2seq), else label ids (classification)."""
     df, vocab, lengths = add_token_ids(good, exp, "text", "token_ids", exp.data.text.tokenizer)
     extra: dict[str, Any] = {"vocab": {"text": vocab}, "lengths": {"text": lengths},
                              "specials": {"pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS},
                              "shape": {"max_length": exp.data.text.max_length}}
     cols = ["id", "source", "text", "token_ids", "length"]
-    if src.kind == "text_pairs":
+    if pairs:
         df, tvocab, tlengths = add_token_ids(df, exp, "target", "target_ids", exp.data.text.target_tokenizer,
                                              bos_eos=True)
         extra["vocab"]["target"] = tvocab

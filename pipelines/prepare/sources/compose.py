@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Any, Iterator
+import re
+from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 import pandas as pd
 
+from pydantic import Field, field_validator, model_validator
+
 from ...errors import DataError
+from ...source_registry import SourceConfig, register_source
 
 ITEM = 28            # Fashion-MNIST items are 28x28
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -109,7 +113,7 @@ def _pool(split: str, ctx_key: tuple) -> tuple[np.ndarray, dict[int, np.ndarray]
 
 def make_rows(batches: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     """mapInPandas body: ``spark.range`` ids in, composition rows (good and flagged bad) out."""
-    from ..images import bad_rows, image_rows
+    from ..rows import bad_rows, image_rows
 
     nouns, canvas = ctx["nouns"], ctx["canvas"]
     starts = ctx["starts"]   # split -> first global id
@@ -183,7 +187,7 @@ def plan(exp) -> dict[str, Any]:
 
 def read(spark, exp):
     """``spark.range`` over every row to make, one task per ``rows_per_task``; rows flagged good or bad."""
-    from ..images import ROW_SCHEMA
+    from ..rows import IMAGE_ROW_SCHEMA
 
     ctx = plan(exp)
     ctx["triples"] = {k: [tuple(t) for t in v] for k, v in ctx["triples"].items()}
@@ -193,7 +197,7 @@ def read(spark, exp):
         from sparkzoo.pipelines.prepare.sources.compose import make_rows
         return make_rows(batches, ctx)
 
-    return spark.range(0, ctx["total"], numPartitions=parts).mapInPandas(body, ROW_SCHEMA + EXTRA_SCHEMA)
+    return spark.range(0, ctx["total"], numPartitions=parts).mapInPandas(body, IMAGE_ROW_SCHEMA + EXTRA_SCHEMA)
 
 
 def summary(df) -> dict[str, Any]:
@@ -205,3 +209,82 @@ def summary(df) -> dict[str, Any]:
     for r in df.groupBy("split", "subject", "relation", "object").agg(F.count("*").alias("n")).collect():  # small: splits x triples rows
         got.setdefault(r["split"], {})[f"{r['subject']}|{r['relation']}|{r['object']}"] = int(r["n"])
     return {split: dict(sorted(v.items())) for split, v in sorted(got.items())}
+
+
+RELATIONS = ("left of", "right of", "above", "below")
+MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+NOUNS = 10   # one caption word per Fashion-MNIST class
+
+
+@register_source("compositions", "image")
+class CompositionSource(SourceConfig):
+    """Captioned compositions of Fashion-MNIST items ("a sneaker left of a bag"), generated in Spark
+    tasks from the IDX files at ``path``.
+
+    A relation and its mirror cannot both be on: "a bag right of a sneaker" is the same picture as "a
+    sneaker left of a bag", so the caption would stop being a function of the image and BLEU against
+    the one reference would punish a correct caption. The subject is always the item the relation
+    reads from (the left one for ``left of``, the top one for ``above``).
+    """
+
+    # caption word per Fashion-MNIST class, in the IDX label order (one token each)
+    nouns: list[str] = Field(default_factory=lambda: ["top", "trouser", "pullover", "dress", "coat", "sandal",
+                                                      "shirt", "sneaker", "bag", "boot"])
+    relations: list[Literal["left of", "right of", "above", "below"]] = Field(
+        default_factory=lambda: ["left of", "above"])
+    canvas: int = Field(64, ge=56, le=256)      # square grey canvas; items are 28x28, so two fit side by side
+    train_rows: int = Field(20000, ge=1)        # compositions per split (data.max_records caps each)
+    val_rows: int = Field(2000, ge=0)
+    test_rows: int = Field(2000, ge=1)
+    # Shares of all (subject, relation, object) triples that only val / only test ever show: the test
+    # bar is on combinations the model never saw in training.
+    held_out_val: float = Field(0.15, ge=0.0, lt=1.0)
+    held_out_test: float = Field(0.15, gt=0.0, lt=1.0)
+    rows_per_task: int = Field(2000, gt=0)      # compositions one Spark task makes
+    # (label_names is unused: compositions carry captions, not classes)
+
+    # every row has a caption; the canvas and the rows per split are the source's own, so data.image and
+    # data.test_fraction do not shape the rows
+    captions: ClassVar[bool] = True
+    unused_data_keys: ClassVar[frozenset[str]] = frozenset({"image", "test_fraction"})
+
+    @field_validator("nouns")
+    @classmethod
+    def _one_token_each(cls, value: list[str]) -> list[str]:
+        if len(value) != NOUNS:
+            raise ValueError(f"needs one noun per Fashion-MNIST class ({NOUNS}), got {len(value)}")
+        bad = [n for n in value if not re.fullmatch(r"[a-z]+", n)]
+        if bad:
+            raise ValueError(f"nouns must be single lower-case words (one caption token each): {bad}")
+        return value
+
+    @field_validator("relations")
+    @classmethod
+    def _unambiguous(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("needs at least one relation, each once")
+        both = [r for r in value if MIRROR[r] in value]
+        if both:
+            raise ValueError(f"{both[0]!r} and {MIRROR[both[0]]!r} describe the same picture two ways; keep one "
+                             f"of each pair (e.g. [left of, above]) so every image has exactly one caption")
+        return value
+
+    @model_validator(mode="after")
+    def _room_for_train(self) -> "CompositionSource":
+        if self.held_out_val + self.held_out_test >= 0.9:
+            raise ValueError("held_out_val + held_out_test must leave at least 10% of the triples to train on")
+        return self
+
+    def read(self, spark: Any, exp: Any, listing: list[dict[str, Any]], stack: Any) -> Any:
+        return read(spark, exp)
+
+    def finish(self, spark: Any, exp: Any, good: Any, label_names: list[str], totals: Any) -> tuple[Any, dict[str, Any]]:
+        from pyspark.sql import functions as F
+
+        from .. import images
+
+        extra = {"compositions": {"nouns": list(self.nouns), "relations": list(self.relations),
+                                  "canvas": self.canvas, "triples": summary(good)}}
+        return images.finish(spark, exp, good.withColumn("label", F.lit(-1).cast("long")), label_names, totals,
+                             shape={"channels": 1, "height": self.canvas, "width": self.canvas}, relabel=False,
+                             columns=("subject", "relation", "object"), extra=extra)

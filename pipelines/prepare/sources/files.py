@@ -92,6 +92,37 @@ def read_index(spark, path: str, columns: dict[str, str]):
     return table
 
 
+def index_with_content(spark, exp, base: str, label_column: str | None, texts: dict[str, tuple[str, str]],
+                       mask_column: str | None = None):
+    """An index source's rows: ``path``, ``label_name`` (when ``label_column``), each ``texts`` column
+    (row column -> (index column, the type the index must give it)) and the bytes of every file it names,
+    read in the tasks (so a path the index names but the disk lacks is a quarantine row, not a silently
+    missing join partner); ``mask_column`` adds the bytes of the mask file it names."""
+    from pyspark.sql import functions as F
+
+    src = exp.data.source
+    table = read_index(spark, src.path, {src.path_column: "string"}
+                       | {column: kind for column, kind in texts.values()}
+                       | ({mask_column: "string"} if mask_column else {})
+                       | ({label_column: "any"} if label_column else {}))
+    cols = [index_path(base, src.path_column).alias("path")]
+    schema = "path string, content binary, read_error string"
+    if label_column:
+        cols.append(F.col(label_column).cast("string").alias("label_name"))
+        schema += ", label_name string"
+    for name, (column, _) in texts.items():
+        cols.append(F.col(column).alias(name))
+        schema += f", {name} string"
+    if mask_column:
+        cols.append(F.concat(F.lit(base + "/"), F.col(mask_column)).alias("mask_path"))
+        schema += ", mask_content binary"
+    index = table.select(*cols)
+    if exp.data.max_records:
+        index = index.limit(exp.data.max_records)
+    return index.repartition(max(1, spark.sparkContext.defaultParallelism * exp.prepare.tasks_per_core)) \
+        .mapInPandas(lambda it: attach_content(it, base), schema)
+
+
 def index_path(base: str, column: str):
     """Spark column: ``<base>/<value>``; a null value gets a unique placeholder that reads as missing."""
     from pyspark.sql import functions as F
@@ -256,3 +287,28 @@ def empty_file_rows(spark, files: list[dict[str, Any]], root: str, dataset: str,
         if name not in frame:
             frame[name] = None
     return spark.createDataFrame(frame[[n for n, _ in fields]], schema=schema)
+
+
+def attach_content(frames: Iterator[Any], root: str) -> Iterator[Any]:
+    """Read each file the index names, but never one outside ``root`` (an index is user data: it may
+    say ``../../etc/shadow``); what cannot be read is kept as ``read_error`` for the quarantine."""
+
+    def get(p):
+        if not inside(p, root):
+            return None, f"outside_root: {p} is outside {root}, the folder of the index; only files under it are read"
+        try:
+            return read_bytes(p), None
+        except FileNotFoundError:
+            return None, f"missing_file: the index names {p}, which does not exist"
+        except OSError as exc:
+            return None, f"unreadable: cannot read {p} ({exc})"
+
+    for frame in frames:
+        frame = frame.copy()
+        got = [get(p) for p in frame["path"]]
+        frame["content"] = [c for c, _ in got]
+        frame["read_error"] = [e for _, e in got]
+        if "mask_path" in frame:
+            frame["mask_content"] = [get(p)[0] if isinstance(p, str) else None for p in frame["mask_path"]]
+            frame = frame.drop(columns=["mask_path"])
+        yield frame

@@ -13,21 +13,28 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
+from pydantic import Field
+
+from ... import paths
 from ...errors import DataError
+from ...source_registry import SourceConfig, register_source
+from .files import read_bytes
 
 
 def _size(path: str) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        # header only: Pillow reads what it needs from the stream that pipelines/paths opens
+        fs, inner = paths.filesystem(path)
+        with fs.open_input_file(inner) as fh, Image.open(fh) as img:
             return img.size
     except (OSError, UnidentifiedImageError) as exc:
         raise DataError(f"{path} cannot be opened as an image ({exc}); fix data.source.path") from None
 
 
 def read(spark, exp):
-    from ..images import ROW_SCHEMA
+    from ..rows import IMAGE_ROW_SCHEMA
 
     src = exp.data.source
     width, height = _size(src.path)
@@ -41,16 +48,16 @@ def read(spark, exp):
            "image": exp.data.image.model_dump(mode="json"), "val_fraction": exp.data.val_fraction,
            "test_fraction": exp.data.test_fraction, "max_records": exp.data.max_records, "seed": exp.seed}
     df = spark.createDataFrame(pd.DataFrame(tasks)).repartition(len(tasks))
-    return df.mapInPandas(lambda it: cut(it, ctx), ROW_SCHEMA)
+    return df.mapInPandas(lambda it: cut(it, ctx), IMAGE_ROW_SCHEMA)
 
 
 def cut(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     from PIL import Image
 
-    from ..images import image_rows, transform_image
+    from ..images import transform_image
+    from ..rows import image_rows
 
-    with open(ctx["path"], "rb") as fh:
-        sheet = np.asarray(Image.open(io.BytesIO(fh.read())).convert("L"))
+    sheet = np.asarray(Image.open(io.BytesIO(read_bytes(ctx["path"]))).convert("L"))
     ch, cw, cols = ctx["ch"], ctx["cw"], ctx["cols"]
     for frame in frames:
         for t in frame.itertuples(index=False):
@@ -75,3 +82,16 @@ def cut(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.Data
                 names = ctx["names"] or [str(i) for i in range(max(labels) + 1)]
                 yield image_rows(ids, sources, "all", np.stack(pix), np.array(labels), names,
                                  ctx["val_fraction"], ctx["test_fraction"])
+
+
+@register_source("image_grid", "image")
+class ImageGridSource(SourceConfig):
+    """One large image holding equal cells (the OpenCV digits sheet); class = cell row // rows_per_class."""
+
+    cell_height: int = Field(gt=0)
+    cell_width: int = Field(gt=0)
+    rows_per_class: int = Field(gt=0)
+    rows_per_task: int = Field(5, gt=0)
+
+    def read(self, spark: Any, exp: Any, listing: list[dict[str, Any]], stack: Any) -> Any:
+        return read(spark, exp)

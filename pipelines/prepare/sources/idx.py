@@ -11,13 +11,14 @@ from __future__ import annotations
 import gzip
 import struct
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import pandas as pd
 
 from ... import paths
 from ...errors import DataError
+from ...source_registry import SourceConfig, register_source
 
 # source split -> (images file, labels file): the names the Debian package and the original site use
 IDX_FILES = {
@@ -122,7 +123,7 @@ def read_range(images: str, labels: str, start: int, end: int, height: int, widt
 def iter_records(tasks: Iterator[pd.DataFrame], dataset: str, label_names: list[str],
                  val_fraction: float) -> Iterator[pd.DataFrame]:
     """mapInPandas body: task rows in, image rows (good and bad, flagged) out."""
-    from ..images import bad_rows, image_rows
+    from ..rows import bad_rows, image_rows
 
     for frame in tasks:
         for t in frame.itertuples(index=False):
@@ -139,8 +140,8 @@ def iter_records(tasks: Iterator[pd.DataFrame], dataset: str, label_names: list[
 
 
 def read(spark, exp):
-    """One Spark task per record range; rows come back flagged good or bad (images.ROW_SCHEMA)."""
-    from ..images import ROW_SCHEMA
+    """One Spark task per record range; rows come back flagged good or bad (rows.IMAGE_ROW_SCHEMA)."""
+    from ..rows import IMAGE_ROW_SCHEMA
 
     pairs = inspect(exp.data.source.path, exp.data.max_records)   # headers only, on the driver
     plan = plan_ranges(pairs, exp.prepare.records_per_task)
@@ -153,10 +154,28 @@ def read(spark, exp):
         from sparkzoo.pipelines.prepare.sources.idx import iter_records
         return iter_records(batches, dataset, names, val_fraction)
 
-    return tasks.mapInPandas(body, ROW_SCHEMA)
+    return tasks.mapInPandas(body, IMAGE_ROW_SCHEMA)
 
 
 def shape(exp) -> dict[str, int]:
     """The native image shape from the headers (IDX keeps its size: no resize)."""
     pair = inspect(exp.data.source.path, exp.data.max_records)[0]
     return {"channels": 1, "height": pair.height, "width": pair.width}
+
+
+@register_source("idx", "image")
+class IdxSource(SourceConfig):
+    """The four gzip'd IDX files of MNIST / Fashion-MNIST in one folder."""
+
+    # IDX keeps its native size and its official test split: data.image and data.test_fraction do not
+    # shape the rows, so changing them keeps the version
+    unused_data_keys: ClassVar[frozenset[str]] = frozenset({"image", "test_fraction"})
+
+    def read(self, spark: Any, exp: Any, listing: list[dict[str, Any]], stack: Any) -> Any:
+        return read(spark, exp)
+
+    def finish(self, spark: Any, exp: Any, good: Any, label_names: list[str], totals: Any) -> tuple[Any, dict[str, Any]]:
+        from .. import images
+
+        # the rows already hold the IDX label ids; the shape is the files' own
+        return images.finish(spark, exp, good, label_names, totals, shape=shape(exp), relabel=False)

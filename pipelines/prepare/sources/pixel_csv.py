@@ -12,25 +12,29 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
 from ...errors import DataError
+from ...source_registry import SourceConfig, register_source
+from .files import read_bytes
 
 
 def _lines(path: str) -> list[str]:
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rt") as fh:
-            return [line for line in fh.read().splitlines() if line.strip()]
+        raw = read_bytes(path)   # through pipelines/paths: a local file, S3 or HDFS alike
+        text = (gzip.decompress(raw) if path.endswith(".gz") else raw).decode("utf-8")
+        return [line for line in text.splitlines() if line.strip()]
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} cannot be read as a (gzip) CSV of pixel rows ({exc}); fix data.source.path") from None
 
 
 def read(spark, exp):
-    from ..images import ROW_SCHEMA
+    from ..rows import IMAGE_ROW_SCHEMA
 
     src = exp.data.source
     n = len(_lines(src.path))
@@ -44,13 +48,14 @@ def read(spark, exp):
            "names": list(src.label_names), "dataset": exp.data.dataset, "image": exp.data.image.model_dump(mode="json"),
            "val_fraction": exp.data.val_fraction, "test_fraction": exp.data.test_fraction, "seed": exp.seed}
     df = spark.createDataFrame(pd.DataFrame(tasks)).repartition(len(tasks))
-    return df.mapInPandas(lambda it: decode(it, ctx), ROW_SCHEMA)
+    return df.mapInPandas(lambda it: decode(it, ctx), IMAGE_ROW_SCHEMA)
 
 
 def decode(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     from PIL import Image
 
-    from ..images import bad_rows, image_rows, transform_image
+    from ..images import transform_image
+    from ..rows import bad_rows, image_rows
 
     lines = _lines(ctx["path"])
     h, w, top = ctx["h"], ctx["w"], float(ctx["max_value"])
@@ -90,3 +95,29 @@ def decode(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.D
             if bad:
                 yield bad_rows([b[0] for b in bad], [b[1] for b in bad], "all", "malformed", [b[2] for b in bad],
                                stage="decode")
+
+
+@register_source("pixel_csv", "image")
+class PixelCsvSource(SourceConfig):
+    """A (gzip) CSV of grey pixel rows, label last: the UCI optical-digits format. ``sklearn:<file>`` names a
+    file scikit-learn ships in ``sklearn/datasets/data`` (``sklearn:digits.csv.gz``: 1,797 8x8 digits)."""
+
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    max_value: float = Field(255.0, gt=0)   # the value that means full ink (16 in optical digits)
+    pad: int = Field(0, ge=0)               # zero pixels added on every side before the resize (a margin)
+
+    @field_validator("path")
+    @classmethod
+    def _bundled(cls, value: str) -> str:
+        if not value.startswith("sklearn:"):
+            return value
+        import importlib.util
+
+        spec = importlib.util.find_spec("sklearn")
+        if spec is None or not spec.submodule_search_locations:
+            raise ValueError(f"{value} needs scikit-learn installed (it is in requirements.txt)")
+        return os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data", value.removeprefix("sklearn:"))
+
+    def read(self, spark: Any, exp: Any, listing: list[dict[str, Any]], stack: Any) -> Any:
+        return read(spark, exp)

