@@ -1,19 +1,22 @@
 """Classical baselines on the same prepared Parquet as the nets, logged to the same MLflow experiment.
 
-The talk's lesson is that a net must show what it buys over something simple, on the same split. Per
-task of the configured family:
+The talk's lesson is that a net must show what it buys over something simple, on the same split. Each
+task class names its baseline (``baseline`` in models/tasks/) and this module registers the baselines by
+name (``@register_baseline``), so a new task picks one by name and a new baseline is one function here:
 
-- classification: multinomial logistic regression (Spark ML) on the raw pixels.
-- reconstruction: PCA with as many components as the autoencoder's code (Spark ML): reconstruction MSE
-  on the 0..1 pixel scale, and a linear probe (the same logistic regression) on the PCA code. When the
-  experiment's autoencoder is registered (``models:/<model_name>@champion``), the same probe runs on
-  its code, computed by the scorer, and is logged to that model's training run as well.
-- text classification: TF-IDF over the prepared token ids (Spark ML CountVectorizer + IDF, words seen
-  at least twice in train) and the same logistic regression.
-- segmentation: a colour threshold: the background colour is the median of each image's border, a pixel
-  is foreground when it is farther from it than a threshold chosen on the train split.
+- ``logistic_regression`` (classification): multinomial logistic regression (Spark ML) on the raw
+  pixels.
+- ``pca`` (reconstruction): PCA with as many components as the autoencoder's code (Spark ML):
+  reconstruction MSE on the 0..1 pixel scale, and a linear probe (the same logistic regression) on the
+  PCA code. When the experiment's autoencoder is registered (``models:/<model_name>@champion``), the
+  same probe runs on its code, computed by the scorer, and is logged to that model's training run too.
+- ``tfidf_logistic_regression`` (text classification): TF-IDF over the prepared token ids (Spark ML
+  CountVectorizer + IDF, words seen at least twice in train) and the same logistic regression.
+- ``colour_threshold`` (segmentation): the background colour is the median of each image's border, a
+  pixel is foreground when it is farther from it than a threshold chosen on the train split.
 
-Everything runs in Spark; only model coefficients and per-threshold sums reach the driver.
+Everything runs in Spark; only model coefficients and per-threshold sums reach the driver. The
+autoencoder's probe is scored with the scoring library (pipelines/scoring.py), not the score stage.
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
-from . import track
+from . import scoring, track
 from .config import Experiment
 from .dataset import open_prepared
-from .errors import TrainingError
+from .errors import ConfigError, TrainingError
 
 log = logging.getLogger("sparkzoo.baselines")
 
@@ -44,31 +47,59 @@ class BaselineResult:
     model_probe: dict[str, Any] | None = None   # reconstruction: the autoencoder's own probe, when registered
 
 
-def run(exp: Experiment, spark=None) -> BaselineResult:
-    from ..models import model_task
+Metrics = tuple[dict[str, float], dict[str, Any]]   # (metrics, params) as logged on the baseline's run
+Fit = Callable[[Any, Experiment, Any], Metrics]     # (spark, exp, prepared dataset) -> Metrics
+Probe = Callable[[Any, Experiment, Any], dict[str, Any] | None]   # the same -> the model's own figures
 
+
+@dataclass(frozen=True)
+class Baseline:
+    """A registered baseline: ``fit(spark, exp, ds)`` -> (metrics, params) on the prepared splits, and
+    optionally a probe of the experiment's own registered model that goes beside it (``model_probe``)."""
+
+    fit: Fit
+    model_probe: Probe | None = None
+
+
+BASELINES: dict[str, Baseline] = {}
+
+
+def register_baseline(name: str, *, model_probe: Probe | None = None) -> Callable[[Fit], Fit]:
+    """Decorator: make ``fit`` the baseline a task class names by ``name`` (its ``baseline``)."""
+    def add(fit: Fit) -> Fit:
+        if name in BASELINES:
+            raise ValueError(f"baseline '{name}' is registered twice")
+        BASELINES[name] = Baseline(fit, model_probe)
+        return fit
+    return add
+
+
+def baseline_of(model_name: str) -> tuple[str, Baseline]:
+    """The baseline a family is compared with: its task class names it, this module registers it."""
+    from ..models import model_task
+    from ..models.tasks import task_class
+
+    task = model_task(model_name)
+    kind = task_class(task).baseline
+    if kind is None:
+        raise ConfigError(f"sparkzoo baseline: {model_name} is a {task} model and {task} declares no baseline; "
+                          f"the baselines are {', '.join(sorted(BASELINES))}, for the tasks that name one")
+    if kind not in BASELINES:
+        raise TrainingError(f"task {task} names baseline '{kind}', which pipelines/baselines.py does not register "
+                            f"(registered: {', '.join(sorted(BASELINES))})")
+    return kind, BASELINES[kind]
+
+
+def run(exp: Experiment, spark=None) -> BaselineResult:
+    """``sparkzoo baseline``: the family's baseline on the prepared splits, logged as a finished run."""
     started = time.time()
+    kind, baseline = baseline_of(exp.model.name)   # before any work: a family without one fails now
     ds = open_prepared(exp)
     if spark is None:
         from .session import get_spark
         spark = get_spark(exp)
-    task = model_task(exp.model.name)
-    model_probe = None
-    if task == "classification":
-        kind = "logistic_regression"
-        metrics, params = logistic_regression(spark, exp, ds)
-    elif task == "text_classification":
-        kind = "tfidf_logistic_regression"
-        metrics, params = tfidf_logistic_regression(spark, exp, ds)
-    elif task == "reconstruction":
-        kind = "pca"
-        metrics, params = pca(spark, exp, ds)
-        model_probe = autoencoder_probe(spark, exp, ds)
-    elif task == "segmentation":
-        kind = "colour_threshold"
-        metrics, params = colour_threshold(spark, exp, ds)
-    else:   # pragma: no cover - every registered task is handled above
-        raise TrainingError(f"no baseline for task {task}")
+    metrics, params = baseline.fit(spark, exp, ds)
+    model_probe = baseline.model_probe(spark, exp, ds) if baseline.model_probe is not None else None
     seconds = time.time() - started
     metrics["train_seconds"] = seconds
     run_id = track.log_finished_run(
@@ -121,6 +152,7 @@ def _split(spark, ds, split: str):
 
 # ---- classification ----------------------------------------------------------------------------------
 
+@register_baseline("logistic_regression")
 def logistic_regression(spark, exp: Experiment, ds) -> tuple[dict[str, float], dict[str, Any]]:
     shape = ds.manifest["shape"]
     train = pixel_vectors(_split(spark, ds, "train"), shape).cache()
@@ -132,6 +164,7 @@ def logistic_regression(spark, exp: Experiment, ds) -> tuple[dict[str, float], d
                                     "features": "raw pixels (0..1)"}
 
 
+@register_baseline("tfidf_logistic_regression")
 def tfidf_logistic_regression(spark, exp: Experiment, ds) -> tuple[dict[str, float], dict[str, Any]]:
     """Bag of words with TF-IDF weights, fit on train only (vocabulary and IDF), then the linear probe."""
     from pyspark.ml import Pipeline
@@ -159,6 +192,34 @@ def _code_size(exp: Experiment) -> int:
     return int(exp.baseline.pca_components or exp.model.params.get("code", 10))
 
 
+def autoencoder_probe(spark, exp: Experiment, ds) -> dict[str, Any] | None:
+    """The same probe on the registered autoencoder's code (scored in Spark); logged to its training run."""
+    from pyspark.ml.functions import array_to_vector
+
+    try:
+        name, version = track.resolve_model_version(exp, None)
+    except Exception as exc:   # not trained yet: the PCA half still stands on its own
+        log.info("no registered %s@champion to probe (%s); run sparkzoo train first for the comparison",
+                 exp.model_name, exc)
+        return None
+    options = scoring.worker_options(exp)
+    with scoring.shipped_model(spark, exp, name, version) as shipped:
+        def codes(split: str):
+            df = _split(spark, ds, split).select("id", "image", "label")
+            return (scoring.score_frame(df, shipped, options, ["label"])
+                    .select("label", array_to_vector("code").alias("features")))
+
+        train = codes("train").cache()
+        try:
+            acc = _probe(exp, train, codes("test"))
+        finally:
+            train.unpersist()
+    mv = track.client(exp).get_model_version(name, str(version))
+    track.log_metrics(exp, mv.run_id, {"test_probe_accuracy": acc}, step=0)
+    return {"model": name, "version": version, "run_id": mv.run_id, "test_probe_accuracy": acc}
+
+
+@register_baseline("pca", model_probe=autoencoder_probe)
 def pca(spark, exp: Experiment, ds) -> tuple[dict[str, float], dict[str, Any]]:
     """PCA fit on train (Spark ML, centred covariance); test MSE of the rank-k reconstruction; code probe."""
     from pyspark.ml.feature import PCA
@@ -189,36 +250,6 @@ def pca(spark, exp: Experiment, ds) -> tuple[dict[str, float], dict[str, Any]]:
         train.unpersist()
     return ({"test_mse": mse, "test_probe_accuracy": probe, "explained_variance": explained},
             {"components": k, "probe": "multinomial logistic regression on the code"})
-
-
-def autoencoder_probe(spark, exp: Experiment, ds) -> dict[str, Any] | None:
-    """The same probe on the registered autoencoder's code (scored in Spark); logged to its training run."""
-    from pyspark.ml.functions import array_to_vector
-
-    from . import score
-
-    try:
-        name, version = track.resolve_model_version(exp, None)
-    except Exception as exc:   # not trained yet: the PCA half still stands on its own
-        log.info("no registered %s@champion to probe (%s); run sparkzoo train first for the comparison",
-                 exp.model_name, exc)
-        return None
-    shipped = score.ship_model(spark, exp, name, version)
-    options = score.worker_options(exp)
-
-    def codes(split: str):
-        df = _split(spark, ds, split).select("id", "image", "label")
-        return (score.score_frame(df, shipped, options, ["label"])
-                .select("label", array_to_vector("code").alias("features")))
-
-    train = codes("train").cache()
-    try:
-        acc = _probe(exp, train, codes("test"))
-    finally:
-        train.unpersist()
-    mv = track.client(exp).get_model_version(name, str(version))
-    track.log_metrics(exp, mv.run_id, {"test_probe_accuracy": acc}, step=0)
-    return {"model": name, "version": version, "run_id": mv.run_id, "test_probe_accuracy": acc}
 
 
 # ---- segmentation ----------------------------------------------------------------------------------
@@ -252,6 +283,7 @@ def _threshold_sums(df, shape: dict[str, int], thresholds: list[float]):
     return {int(r["t"]): r for r in out}
 
 
+@register_baseline("colour_threshold")
 def colour_threshold(spark, exp: Experiment, ds) -> tuple[dict[str, float], dict[str, Any]]:
     shape = ds.manifest["shape"]
     top = 255.0 * np.sqrt(shape["channels"])

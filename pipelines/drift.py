@@ -163,9 +163,9 @@ def _embeddings(frames, model_file: str, key: str, directions: list[list[float]]
     import pandas as pd
     import torch
 
-    from .score import _predictor
+    from .scoring import worker_predictor
 
-    pred = _predictor(model_file, {"device": "cpu", "threads": 1, "optimize": "none", "model_key": key})
+    pred = worker_predictor(model_file, {"device": "cpu", "threads": 1, "optimize": "none", "model_key": key})
     linears = [m for m in pred.module.modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
         return
@@ -245,7 +245,7 @@ def embedding_features(df, spec: dict[str, Any], model: tuple[str, str] | None, 
 
     from sparkzoo.models.tasks import TASKS
 
-    from .score import model_input_columns
+    from .scoring import model_input_columns
 
     wanted = model_input_columns(spec, df.columns)
     if model is None or not (spec.get("task") in TASKS and TASKS[spec["task"]].classifier) or not set(wanted) <= set(df.columns):

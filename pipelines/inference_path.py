@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from . import paths
 from .config import Experiment
 from .errors import ScoringError
+from .scoring import ShippedModel, check_input, model_input_columns, reject_reason
 
 log = logging.getLogger("sparkzoo.score")
 
@@ -55,7 +57,7 @@ class PathChoice:
                 "calibration_key": hashlib.sha1(self.calibration.tobytes()).hexdigest()}
 
 
-def choose(spark, exp: Experiment, shipped, df, where: str) -> PathChoice:
+def choose(spark, exp: Experiment, shipped: ShippedModel, df, where: str) -> PathChoice:
     """``score.optimize`` for this model: ``none`` as is, a named path after its accuracy check, ``auto``
     the fastest path that passes (or ``none`` when none is ``optimize_min_speedup`` times faster)."""
     wanted = exp.score.optimize
@@ -101,7 +103,7 @@ def choose(spark, exp: Experiment, shipped, df, where: str) -> PathChoice:
     return choice
 
 
-def _machine_key(exp: Experiment, shipped) -> str:
+def _machine_key(exp: Experiment, shipped: ShippedModel) -> str:
     """What an auto measurement holds for: the model version, this CPU (model and instruction set), the
     torch build, the worker thread count and the rules of the choice."""
     import platform
@@ -120,17 +122,13 @@ def _machine_key(exp: Experiment, shipped) -> str:
     return hashlib.sha1(repr(facts).encode()).hexdigest()[:16]
 
 
-def _measurements_file(exp: Experiment, shipped) -> str:
-    from . import paths
-
+def _measurements_file(exp: Experiment, shipped: ShippedModel) -> str:
     return paths.join(paths.workspace(exp), "inference_paths", f"{shipped.name}-v{shipped.version}.json")
 
 
-def _measured_before(exp: Experiment, shipped) -> dict[str, Any] | None:
+def _measured_before(exp: Experiment, shipped: ShippedModel) -> dict[str, Any] | None:
     """An earlier job's auto timings for this model version on this kind of machine: the nightly job
     times the paths once (3-4 s of the driver's time, measured) instead of every night."""
-    from . import paths
-
     where = _measurements_file(exp, shipped)
     try:
         return paths.read_json(where).get(_machine_key(exp, shipped)) if paths.exists(where) else None
@@ -144,10 +142,8 @@ def _reuse(choice: PathChoice, earlier: dict[str, Any]) -> None:
     choice.measured_at, choice.reused = earlier["measured_at"], True
 
 
-def _remember(exp: Experiment, shipped, choice: PathChoice) -> None:
+def _remember(exp: Experiment, shipped: ShippedModel, choice: PathChoice) -> None:
     import datetime as dt
-
-    from . import paths
 
     choice.measured_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     where = _measurements_file(exp, shipped)
@@ -163,13 +159,12 @@ def _remember(exp: Experiment, shipped, choice: PathChoice) -> None:
         log.warning("score.optimize=auto: cannot keep the measurement in %s (%s)", where, exc)
 
 
-def _check_rows(spark, exp: Experiment, shipped, df, where: str):
+def _check_rows(spark, exp: Experiment, shipped: ShippedModel, df, where: str):
     """Calibration pixels and the labelled check frame: from the scoring input when it is labelled,
     else from the prepared test split; calibration rows come first and are not checked on."""
     from pyspark.sql import functions as F
 
     from .dataset import open_prepared
-    from .score import check_input, model_input_columns, reject_reason
 
     if "label" in df.columns:
         sample_df = df
@@ -199,7 +194,7 @@ def _accuracy(predictor, batch: dict[str, np.ndarray], labels: np.ndarray) -> fl
     return float((predictor.predict_batch(batch)["prediction"] == labels).mean())
 
 
-def _measure_all(exp: Experiment, shipped, eager, calibration, batch, labels, choice: PathChoice) -> None:
+def _measure_all(exp: Experiment, shipped: ShippedModel, eager, calibration, batch, labels, choice: PathChoice) -> None:
     """Time eager and each candidate with the executors' thread count; keep the fastest that passes."""
     import torch
 

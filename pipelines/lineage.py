@@ -1,7 +1,7 @@
 """Where a prediction came from: prediction -> partition -> model version -> MLflow run -> dataset -> source bytes.
 
 Every link is already written down by the stages: a prediction row carries id, model name and version and
-run date; the partition's ``_manifest.json`` (``scoring_record`` below) the scored input's URI and
+run date; the partition's ``_manifest.json`` (``scoring.scoring_record``) the scored input's URI and
 snapshot, the model URI it resolved and the config hash; the version its MLflow run; the run its dataset
 version and commit; the prepared dataset its ``source_files`` index with every source file's sha256.
 ``trace`` walks them for one id without Spark (a filtered Arrow scan finds the row), so a person on call
@@ -22,83 +22,13 @@ from . import paths, track
 from .config import Experiment
 from .dataset import MANIFEST
 from .errors import DataError
+from .scoring import local_path, partition_dir
 
 log = logging.getLogger("sparkzoo.lineage")
 
 
 class LineageError(DataError):
     """A prediction id that no partition holds, or a link in its chain that is gone."""
-
-
-# ---- written at scoring time ------------------------------------------------------------------------
-
-def run_config_hash(exp: Experiment) -> str:
-    """The whole scoring config (not the training identity ``track.config_hash``): two nights with the
-    same hash ran the same settings."""
-    tree = exp.model_dump(mode="json", exclude={"source_file"})
-    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def input_snapshot(df, where: str, exp: Experiment) -> dict[str, Any]:
-    """What exactly was read: the kind of input, its URI or table, and a digest of its file list.
-
-    ``inputFiles`` is the plan's file list (no job runs); sizes and mtimes come from one metadata call,
-    so a file rewritten in place changes the digest. A prepared split also names its dataset version.
-    """
-    kind = "table" if exp.score.input_table else "path" if exp.score.input_path else "split"
-    files = sorted(_local(f) for f in df.inputFiles())
-    stamped = []
-    if files:
-        fs, _ = paths.filesystem(files[0])
-        inner = [paths.filesystem(f)[1] for f in files]
-        for f, info in zip(files, fs.get_file_info(inner)):
-            stamped.append(f"{f} {info.size} {int(info.mtime_ns or 0)}")
-    snap: dict[str, Any] = {"kind": kind, "uri": exp.score.input_table or where, "files": len(files),
-                            "digest": hashlib.sha256("\n".join(stamped).encode()).hexdigest()}
-    if kind == "table":
-        snap["table_version"] = _table_version(df.sparkSession, exp.score.input_table)
-    dataset_dir = _dataset_of(where) if kind != "table" else None
-    if dataset_dir:
-        m = paths.read_json(paths.join(dataset_dir, MANIFEST))
-        snap["dataset"] = {"name": m.get("dataset"), "version": m.get("version"), "path": dataset_dir}
-    return snap
-
-
-def _local(path: str) -> str:
-    """Spark's ``file:/x`` or ``file:///x`` -> ``/x``; other URIs stay."""
-    if path.startswith("file://"):
-        return path[len("file://"):]
-    return path[len("file:"):] if path.startswith("file:") else path
-
-
-def _table_version(spark, table: str) -> int | None:
-    """A Delta table's version (``DESCRIBE HISTORY``); plain Parquet/Hive tables have none (the file
-    digest stands for their snapshot)."""
-    try:
-        row = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").collect()   # small: one row
-        return int(row[0]["version"]) if row else None
-    except Exception:   # not a Delta table, or Delta is not installed
-        return None
-
-
-def _dataset_of(where: str) -> str | None:
-    """The prepared dataset folder an input path belongs to (a split folder's parent), if it is one."""
-    parent = where.rstrip("/").rsplit("/", 1)[0]
-    return parent if parent and paths.exists(paths.join(parent, MANIFEST)) else None
-
-
-def scoring_record(exp: Experiment, df, where: str, name: str, version: int) -> dict[str, Any]:
-    """The partition manifest's lineage block: input snapshot, the model URI resolved and the aliases it
-    held at that moment, its MLflow run, and the config hash."""
-    c = track.client(exp)
-    mv = c.get_model_version(name, str(version))
-    return {
-        "input": input_snapshot(df, where, exp),
-        "model": {"requested_uri": exp.score.model_uri or f"models:/{name}@champion",
-                  "resolved_uri": f"models:/{name}/{version}", "run_id": mv.run_id,
-                  "aliases": sorted(getattr(mv, "aliases", []) or []), "registry": track.registry_uri(exp)},
-        "config_hash": run_config_hash(exp),
-    }
 
 
 # ---- read back: the chain for one id -------------------------------------------------------------
@@ -132,17 +62,15 @@ def _plain(value: Any) -> Any:
 def _source_file(dataset_dir: str, manifest: dict[str, Any], source: str) -> dict[str, Any]:
     """A row's ``source`` (a path, or ``archive!member``) -> its entry in the dataset's file index, and
     whether the file on disk still has those bytes."""
-    from .prepare.manifest import SOURCE_INDEX
-
     file, _, member = source.partition("!")
-    file = _local(file)
+    file = local_path(file)
     index = (manifest.get("source") or {}).get("index")
     out: dict[str, Any] = {"path": file, **({"member": member} if member else {})}
-    if not index:
+    if not index or not index.get("path"):
         out["note"] = "this dataset was prepared before source file indexes existed; re-run prepare for hashes"
         return out
     inner_path = file.split("://", 1)[1] if "://" in file else file
-    rows = _find_rows(paths.join(dataset_dir, index.get("path", SOURCE_INDEX)), "path", inner_path)
+    rows = _find_rows(paths.join(dataset_dir, index["path"]), "path", inner_path)
     if not rows:
         out["note"] = "not in the dataset's source file index"
         return out
@@ -172,8 +100,6 @@ def _dataset(dataset_dir: str) -> dict[str, Any]:
 
 def trace(exp: Experiment, prediction_id: str) -> list[dict[str, Any]]:
     """One chain per partition that holds ``prediction_id`` in the configured output, newest first."""
-    from .score import partition_dir
-
     out = paths.predictions_dir(exp)
     if not paths.exists(out):
         raise LineageError(f"no predictions at {out} (score.output); score first or point --set score.output=... "

@@ -18,7 +18,7 @@ import os
 import tempfile
 from typing import Any
 
-from . import drift, paths, track
+from . import drift, paths, scoring, track
 from .config import Experiment
 
 log = logging.getLogger("sparkzoo.monitoring")
@@ -31,24 +31,22 @@ def log_reference(exp: Experiment, spark, run_id: str, name: str, version: int, 
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from . import score
-
     split = next((s for s in ("val", "test", "train") if ds.rows(s)), None)
     if split is None:
         return None
-    shipped = score.ship_model(spark, exp, name, version)
-    df = score.check_input(spark.read.parquet(ds.split_dir(split)), ds.split_dir(split), shipped.spec)
-    good = df.filter(score.reject_reason(df, shipped.spec).isNull())
-    predictions = None
-    if shipped.is_classifier:
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
-        predictions = (score.score_frame(good, shipped, score.worker_options(exp), [])
-                       .select("prediction", F.col("confidence")).persist(StorageLevel.DISK_ONLY))
-    try:
-        ref = drift.profile(good, predictions, shipped.spec, model=(shipped.file, shipped.key), rows=ds.rows(split))
-    finally:
-        if predictions is not None:
-            predictions.unpersist()
+    with scoring.shipped_model(spark, exp, name, version) as shipped:
+        good = scoring.fitting_rows(spark.read.parquet(ds.split_dir(split)), ds.split_dir(split), shipped.spec)
+        predictions = None
+        if shipped.is_classifier:
+            spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
+            predictions = (scoring.score_frame(good, shipped, scoring.worker_options(exp), [])
+                           .select("prediction", F.col("confidence")).persist(StorageLevel.DISK_ONLY))
+        try:
+            ref = drift.profile(good, predictions, shipped.spec, model=(shipped.file, shipped.key),
+                                rows=ds.rows(split))
+        finally:
+            if predictions is not None:
+                predictions.unpersist()
     ref.update({"split": split, "dataset": ds.manifest.get("dataset"), "dataset_version": ds.version,
                 "model": f"models:/{name}/{version}"})
     track.log_dict(exp, run_id, ref, drift.REFERENCE_ARTIFACT)

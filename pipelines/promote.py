@@ -2,9 +2,9 @@
 
 Training registers every run as a new version with alias ``candidate``. ``sparkzoo promote`` pins both
 aliases to versions, scores the configured split of the prepared dataset with each model through the
-scorer's own machinery (``score.ship_model`` / ``score.score_frame``: mapInPandas, one model per Python
-worker), reduces the predictions to accuracy and log loss with Spark aggregations (one row reaches the
-driver), and moves ``champion`` only when the candidate wins on ``mlflow.promote_metric`` by more than
+scoring library the score stage runs on (``scoring.shipped_model`` / ``scoring.score_frame``:
+mapInPandas, one model per Python worker), reduces the predictions to accuracy and log loss with Spark
+aggregations (one row reaches the driver), and moves ``champion`` only when the candidate wins on ``mlflow.promote_metric`` by more than
 ``mlflow.promote_margin``. The metric is recomputed here rather than read from the training runs so both
 models are judged on the same rows by the same code, whatever data each run was tested on.
 
@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from . import track
+from . import scoring, track
 from .config import Experiment
 from .dataset import open_prepared
 from .errors import RegistryError
@@ -45,23 +45,20 @@ def evaluate(spark, exp: Experiment, version: int, split: str) -> dict[str, floa
     """Accuracy, log loss and row count of one model version on one prepared split, in Spark."""
     from pyspark.sql import functions as F
 
-    from . import score
-
     ds = open_prepared(exp)
     df = spark.read.parquet(ds.split_dir(split))
-    shipped = score.ship_model(spark, exp, exp.model_name, version)
-    if not shipped.is_classifier:
-        raise RegistryError(f"sparkzoo promote compares classifiers (accuracy, log loss); {exp.model_name} is a "
-                            f"{shipped.spec['task']} model: compare its runs' test metrics in MLflow and move the "
-                            f"champion alias with --rollback-to <version>")
-    df = score.check_input(df, ds.split_dir(split), shipped.spec)
-    good = df.filter(score.reject_reason(df, shipped.spec).isNull() & F.col("label").isNotNull())
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
-    scored = score.score_frame(good, shipped, score.worker_options(exp), ["label"])
-    p_true = F.element_at("probability", F.col("label").cast("int") + 1)
-    row = scored.agg(F.count("*").alias("rows"),
-                     F.avg((F.col("prediction") == F.col("label")).cast("double")).alias("accuracy"),
-                     F.avg(-F.log(F.greatest(p_true, F.lit(1e-12)))).alias("loss")).collect()[0]  # small: one row
+    with scoring.shipped_model(spark, exp, exp.model_name, version) as shipped:
+        if not shipped.is_classifier:
+            raise RegistryError(f"sparkzoo promote compares classifiers (accuracy, log loss); {exp.model_name} is a "
+                                f"{shipped.spec['task']} model: compare its runs' test metrics in MLflow and move the "
+                                f"champion alias with --rollback-to <version>")
+        good = scoring.fitting_rows(df, ds.split_dir(split), shipped.spec).filter(F.col("label").isNotNull())
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
+        scored = scoring.score_frame(good, shipped, scoring.worker_options(exp), ["label"])
+        p_true = F.element_at("probability", F.col("label").cast("int") + 1)
+        row = scored.agg(F.count("*").alias("rows"),
+                         F.avg((F.col("prediction") == F.col("label")).cast("double")).alias("accuracy"),
+                         F.avg(-F.log(F.greatest(p_true, F.lit(1e-12)))).alias("loss")).collect()[0]  # small: one row
     if not row["rows"]:
         raise RegistryError(f"the {split} split of {ds.path} has no labelled rows to compare models on; "
                             f"set mlflow.promote_metric to another split")

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from sparkzoo.pipelines import drift, monitoring, paths, prepare, score, track, train
+from sparkzoo.pipelines import drift, monitoring, paths, prepare, score, scoring, track, train
 from sparkzoo.pipelines.dataset import open_prepared
 from sparkzoo.pipelines.errors import DriftError
 from sparkzoo.pipelines.textnorm import tokenize
@@ -68,10 +68,11 @@ def test_fashion_mnist_no_drift_then_inverted_and_brighter(trained, make_exp, sp
     assert part["drift"]["moved"] == [] and part["drift"]["rows"] == same.scored_rows
     page = Path(block["report"]).read_text()
     # a reference logged before the directions existed: compared on the four summaries, nothing breaks
-    shipped = score.ship_model(spark, exp, exp.model_name, same.model_version)
     old = {k: v for k, v in drift.edges_of(ref).items() if k not in dirs}
     sample = spark.read.parquet(open_prepared(exp).split_dir("test"))
-    legacy = drift.profile(sample, None, shipped.spec, old, model=(shipped.file, shipped.key), rows=same.scored_rows)
+    with scoring.shipped_model(spark, exp, exp.model_name, same.model_version) as shipped:
+        legacy = drift.profile(sample, None, shipped.spec, old, model=(shipped.file, shipped.key),
+                               rows=same.scored_rows)
     assert set(drift.EMBEDDING_FEATURES) <= set(legacy["features"]) and not set(dirs) & set(legacy["features"])
     assert "no feature moved" in page and "pixel_mean" in page and "<svg" in page and "src=" not in page and "<link" not in page
 

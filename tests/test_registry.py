@@ -1,5 +1,6 @@
 """Registry lifecycle: the promotion gate evaluated in Spark, decisions logged, rollback; real MLflow
-sqlite store, real registered models (the session's trained CNN and a 2-step weak one)."""
+sqlite store, real registered models (the session's trained CNN and a 2-step weak one). And the
+baseline registry the task classes pick their baseline from by name."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from sparkzoo.pipelines import config, promote, track
 from sparkzoo.pipelines.dataset import open_prepared
-from sparkzoo.pipelines.errors import ConfigError, RegistryError
+from sparkzoo.pipelines.errors import ConfigError, RegistryError, TrainingError
 
 from .conftest import CONF, copy_version, exp_overrides, run_cli
 
@@ -93,3 +94,37 @@ def test_promotion_gate_promotes_better_keeps_worse_and_rolls_back(gate, spark, 
 def test_promote_without_candidate_names_the_fix(make_exp, trained):
     with pytest.raises(RegistryError, match="no 'candidate' version.*sparkzoo train"):
         promote.run(make_exp("mlflow.model_name=never_trained"))
+
+
+# ---- the baseline registry ---------------------------------------------------------------------------
+
+def test_every_task_names_a_registered_baseline_or_none():
+    from sparkzoo.models.tasks import TASKS
+    from sparkzoo.pipelines.baselines import BASELINES
+
+    named = {cls.baseline for cls in TASKS.values()} - {None}
+    assert named and named <= set(BASELINES)
+    assert BASELINES["pca"].model_probe is not None   # the autoencoder's own probe rides with PCA
+
+
+def test_the_baseline_is_the_one_the_task_class_names(monkeypatch):
+    from sparkzoo.models.tasks import task_class
+    from sparkzoo.pipelines.baselines import BASELINES, baseline_of
+
+    assert baseline_of("lenet") == ("logistic_regression", BASELINES["logistic_regression"])
+    assert baseline_of("bigru")[0] == "tfidf_logistic_regression" and baseline_of("vae")[0] == "pca"
+    assert baseline_of("fcn")[0] == "colour_threshold"
+    monkeypatch.setattr(task_class("classification"), "baseline", "pca")   # no name list: the class decides
+    assert baseline_of("lenet")[0] == "pca"
+    monkeypatch.setattr(task_class("classification"), "baseline", "nearest_centroid")
+    with pytest.raises(TrainingError, match="names baseline 'nearest_centroid'.*registered: colour_threshold"):
+        baseline_of("lenet")
+
+
+def test_a_family_whose_task_has_no_baseline_is_a_config_error(make_exp):
+    from sparkzoo.pipelines import baselines
+
+    with pytest.raises(ConfigError, match="ctc_bilstm is a ctc model and ctc declares no baseline"):
+        baselines.baseline_of("ctc_bilstm")
+    with pytest.raises(ConfigError, match="declares no baseline"):   # before any Spark or dataset work
+        baselines.run(make_exp("model.name=seq2seq_attention"))

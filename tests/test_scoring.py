@@ -28,6 +28,30 @@ def _partition(spark, out, version, date):
                                           (F.col("run_date").cast("string") == date))
 
 
+def test_shipped_model_leaves_no_folder_behind(trained, make_exp, spark, tmp_path, monkeypatch):
+    """The driver's download goes with the block, the zip lives in Spark's own file folder (Spark deletes
+    it with the context; an executor that joins later still fetches it), and a whole job leaves nothing."""
+    import tempfile
+
+    from pyspark import SparkFiles
+
+    from sparkzoo.pipelines import scoring
+    from sparkzoo.pipelines.modelpack import SPEC_FILE
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    exp = make_exp(f"score.output={tmp_path / 'out'}")
+    rows = spark.read.parquet(open_prepared(exp).split_dir("test")).limit(64)
+    with scoring.shipped_model(spark, exp, exp.model_name, trained.model_version) as shipped:
+        assert (Path(shipped.local_dir) / SPEC_FILE).exists() and shipped.is_classifier
+        good = scoring.fitting_rows(rows, "test split", shipped.spec)
+        assert scoring.score_frame(good, shipped, scoring.worker_options(exp), ["label"]).count() == 64
+    assert not Path(shipped.local_dir).exists()
+    assert (Path(SparkFiles.getRootDirectory()) / shipped.file).exists()
+    assert score.run(exp, spark).scored_rows == open_prepared(exp).rows("test")
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_rerun_for_same_date_replaces_only_its_partition(trained, make_exp, spark, tmp_path):
     out = tmp_path / "pred"
     n = open_prepared(make_exp()).rows("test")

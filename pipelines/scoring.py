@@ -1,0 +1,375 @@
+"""Scoring as a library: everything a stage needs to run a registered model over a Spark DataFrame.
+
+The score, promote and baseline stages and the drift check (pipelines/monitoring.py) all score rows with
+a registered version the same way, so that way lives here and the stages import it, never each other:
+
+- ``shipped_model``: one pinned version downloaded on the driver and sent to every executor once, as a
+  context manager that removes the driver's copy when the stage is done with it;
+- the input contract: which columns a model scores from (``model_input_columns``), the column checks
+  that stop a job before any work (``check_input``) and the per-row reason a row cannot fit the model,
+  as a native Spark column (``reject_reason``);
+- ``score_frame``: rows -> the task's output columns through ``mapInPandas``, one model per Python worker
+  (``worker_predictor`` keeps it loaded for the next batch and the next job);
+- what a scoring job writes down about itself: the predictions layout (``partition_dir``) and the
+  partition manifest's lineage block (``scoring_record``), which ``sparkzoo lineage`` reads back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pandas as pd
+
+from . import paths, track
+from .config import Experiment
+from .dataset import MANIFEST
+from .errors import ScoringError
+
+log = logging.getLogger("sparkzoo.score")
+
+_LOADED: dict[tuple, Any] = {}   # per Python worker: (model key, device, optimisation, ...) -> Predictor
+_SAID: set[str] = set()          # per Python worker: device lines already logged
+_INT_TYPES = ("tinyint", "smallint", "int", "bigint")
+
+
+# ---- the shipped model -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A pinned model version whose files were sent to every executor (``SparkFiles``) once."""
+
+    name: str
+    version: int
+    file: str                      # the name SparkFiles knows the model's zip by
+    spec: dict[str, Any] = field(hash=False)
+    local_dir: str = ""            # the driver's copy (for driver-side checks), gone when the context exits
+    key: str = ""                  # registry URI + name + version: what a worker caches the model under
+
+    @property
+    def pixels_per_row(self) -> int:
+        shape = self.spec["shape"]
+        return shape["height"] * shape["width"] * shape["channels"]
+
+    @property
+    def is_classifier(self) -> bool:
+        from ..models.tasks import task_class
+
+        return task_class(self.spec["task"]).classifier
+
+
+@contextlib.contextmanager
+def shipped_model(spark, exp: Experiment, name: str, version: int) -> Iterator[ShippedModel]:
+    """Download one pinned version on the driver and ship its folder to the executors once.
+
+    The driver's download is removed when the block exits. The zip handed to Spark is written into
+    Spark's own file folder (``SparkFiles.getRootDirectory()``), which Spark deletes when the context
+    stops: it cannot go with the block, because Spark sends every file added to a context to each
+    executor that runs its first task later (a new or idle executor, in any later job), and a file gone
+    from the driver fails that task.
+    """
+    import shutil
+
+    from pyspark import SparkFiles
+
+    from .modelpack import SPEC_FILE
+
+    with tempfile.TemporaryDirectory(prefix=f"sparkzoo-{name}-v{version}-") as local:
+        files = track.download_model_files(exp, name, version, local)
+        spec = paths.read_json(paths.join(files, SPEC_FILE))
+        # One zip, not a folder: Spark ships local folders only on a local master. Already in the folder
+        # ``addFile`` copies to, so Spark finds the same bytes there and keeps the one copy.
+        archive = shutil.make_archive(paths.join(SparkFiles.getRootDirectory(), os.path.basename(local)), "zip",
+                                      os.path.dirname(files))
+        spark.sparkContext.addFile(archive)
+        yield ShippedModel(name, version, os.path.basename(archive), spec, files,
+                           f"{track.registry_uri(exp)}|{name}|{version}")
+
+
+# ---- the input contract ------------------------------------------------------------------------------
+
+def model_input_columns(spec: dict[str, Any], columns: list[str]) -> list[str]:
+    """The input columns a model scores from: pixels, log-mel frames, token ids, or (for a text model
+    whose table has no ``token_ids``) raw ``text`` that the model tokenises itself."""
+    from ..models.tasks import task_class
+
+    wanted = list(task_class(spec["task"]).input_columns)
+    if wanted == ["token_ids"] and "token_ids" not in columns and "text" in columns:
+        return ["text"]
+    return wanted
+
+
+def check_input(df, where: str, spec: dict[str, Any]):
+    """Column presence and types, on the driver before any work; returns ``df`` with id as string.
+
+    A wrong column type is the user's table, not a bad row, so it stops the job with a message; per-row
+    problems are left to ``reject_reason``.
+    """
+    from pyspark.sql import functions as F
+
+    types = dict(df.dtypes)
+    if "id" not in types:
+        raise ScoringError(f"scoring input {where} lacks column id; it needs the prepared schema (id, ...): score a "
+                           f"prepared split or a table written by sparkzoo prepare")
+    cols = model_input_columns(spec, df.columns)
+    missing = [c for c in cols if c not in types]
+    if missing:
+        want = " or ".join(["token_ids", "text"]) if cols == ["token_ids"] else ", ".join(missing)
+        raise ScoringError(f"scoring input {where} lacks column(s) {want}; a {spec['task']} model needs the prepared "
+                           f"schema (id, {', '.join(cols)}, ...): score a prepared split or a table written by "
+                           f"sparkzoo prepare")
+    expected = {"image": ("binary",), "features": ("binary",), "text": ("string",),
+                "token_ids": ("array<int>", "array<bigint>", "array<smallint>")}
+    for col in cols:
+        if types[col] not in expected[col]:
+            hint = {"image": f"{_pixels_text(spec)} per row", "features": "float32 log-mel frames per row",
+                    "text": "one string per row", "token_ids": "integer token ids per row"}[col]
+            raise ScoringError(f"scoring input {where}: column '{col}' is {types[col]}, the model expects "
+                               f"{expected[col][0]} ({hint}, as sparkzoo prepare writes them); convert the column")
+    if types["id"] not in ("string", *_INT_TYPES):
+        raise ScoringError(f"scoring input {where}: column 'id' is {types['id']}; use a string or integer key")
+    for col in ("height", "width", "channels", "label"):
+        if col in types and types[col] not in _INT_TYPES:
+            raise ScoringError(f"scoring input {where}: column '{col}' is {types[col]}, expected an integer; "
+                               f"cast it or drop the column")
+    return df.withColumn("id", F.col("id").cast("string")) if types["id"] != "string" else df
+
+
+def _pixels_text(spec: dict[str, Any]) -> str:
+    shape = spec["shape"]
+    return f"{shape['height']}x{shape['width']}x{shape['channels']} raw uint8 pixels"
+
+
+def reject_reason(df, spec: dict[str, Any]):
+    """A Spark column: null when the row fits the model, else why not (evaluated natively, no Python)."""
+    from pyspark.sql import functions as F
+
+    cols = model_input_columns(spec, df.columns)
+    reason = F.when(F.col("id").isNull(), F.lit("null_id"))
+    if cols == ["token_ids"]:
+        return (reason.when(F.col("token_ids").isNull(), F.lit("null_token_ids"))
+                .when(F.size("token_ids") == 0, F.lit("empty_sequence: no tokens"))
+                .when(F.exists("token_ids", lambda t: t.isNull()), F.lit("null_token: a token id is null")))
+    if cols == ["text"]:
+        return (reason.when(F.col("text").isNull(), F.lit("null_text"))
+                .when(F.length(F.trim("text")) == 0, F.lit("empty_text")))
+    if cols == ["features"]:
+        per = 4 * int(spec["shape"]["n_mels"])
+        return (reason.when(F.col("features").isNull(), F.lit("null_features"))
+                .when(F.length("features") == 0, F.lit("empty_features: no frames"))
+                .when(F.length("features") % per != 0,
+                      F.concat(F.lit("wrong_size: "), F.length("features").cast("string"),
+                               F.lit(f" bytes are not whole frames of {per // 4} float32 values"))))
+    shape = spec["shape"]
+    per = shape["height"] * shape["width"] * shape["channels"]
+    reason = (reason.when(F.col("image").isNull(), F.lit("null_image"))
+              .when(F.length("image") != per, F.concat(F.lit("wrong_size: "), F.length("image").cast("string"),
+                                                        F.lit(f" bytes, model expects {per}"))))
+    dims = [c for c in ("height", "width", "channels") if c in df.columns]
+    if dims:
+        declared = F.concat_ws("x", *[F.coalesce(F.col(c).cast("string"), F.lit("null")) for c in dims])
+        expected = "x".join(str(shape[c]) for c in dims)
+        wrong = None
+        for c in dims:
+            cond = F.col(c).isNull() | (F.col(c) != shape[c])
+            wrong = cond if wrong is None else wrong | cond
+        reason = reason.when(wrong, F.concat(F.lit("wrong_shape: "), declared, F.lit(f", model expects {expected}")))
+    return reason
+
+
+def fitting_rows(df, where: str, spec: dict[str, Any]):
+    """``check_input`` then only the rows that fit the model: what promote and the drift reference score
+    (the score stage keeps the others, to write them to its reject table)."""
+    df = check_input(df, where, spec)
+    return df.filter(reject_reason(df, spec).isNull())
+
+
+# ---- the Python workers ------------------------------------------------------------------------------
+
+def worker_options(exp: Experiment) -> dict[str, Any]:
+    """Plain values the shipped function closes over (never the Experiment itself), for the eager path;
+    the score stage adds the inference path it chose (``inference_path.PathChoice.worker_options``)."""
+    return {"device": exp.score.device, "threads": exp.score.threads_per_worker, "optimize": "none",
+            "chunk": exp.score.sequence_chunk, "image_chunk": exp.score.image_chunk}
+
+
+def _device(choice: str, seen=None) -> str:
+    """This task's device (pipelines/devices.py): the GPU Spark assigned it, else the executor's CUDA
+    device, else CPU; logged once per worker and device, added to ``seen`` (an accumulator the driver
+    reads for its one line) and reported where SPARKZOO_DEVICE_REPORT asks."""
+    from . import devices
+
+    picked = devices.for_score_task(choice)
+    devices.report("score", picked, stage=devices.task_stage())
+    if seen is not None:
+        seen.add({devices.seen_as(picked)})
+    said = picked.note.split(": ", 1)[-1]   # without "score task N"
+    if said not in _SAID:
+        _SAID.add(said)
+        log.info("%s", picked.note)
+    return picked.device
+
+
+def _unpacked(model_file: str) -> str:
+    """The shipped zip, unpacked once per executor next to it; concurrent workers race safely by rename."""
+    import shutil
+    import zipfile
+
+    from pyspark import SparkFiles
+
+    archive = SparkFiles.get(model_file)
+    target = archive[: -len(".zip")] + ".unpacked"
+    if not os.path.isdir(target):
+        tmp = tempfile.mkdtemp(dir=os.path.dirname(archive), prefix=".unpacking-")
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:   # another worker of this executor got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return paths.join(target, "artifacts")
+
+
+def worker_predictor(model_file: str, options: dict[str, Any]):
+    """The shipped model on this worker's device, loaded once per Python worker and kept: registered
+    versions are immutable, so (registry, name, version) names the weights, and a worker reused by the
+    next job keeps its loaded (and, with optimize=compile, compiled) model."""
+    from .modelpack import IMAGE_CHUNK, SEQUENCE_CHUNK
+
+    device = _device(options["device"], options.get("device_seen"))
+    chunk = int(options.get("chunk") or SEQUENCE_CHUNK)
+    image_chunk = int(options.get("image_chunk") or IMAGE_CHUNK)
+    key = (options.get("model_key") or model_file, device, options["optimize"], chunk, image_chunk,
+           options.get("calibration_key"))
+    pred = _LOADED.get(key)
+    if pred is None:
+        import torch
+
+        from .modelpack import Predictor
+
+        torch.set_num_threads(int(options["threads"]))
+        calibration = options["calibration"].value if options.get("calibration") is not None else None
+        pred = _LOADED[key] = Predictor.from_dir(_unpacked(model_file), device=device, optimize=options["optimize"],
+                                                 chunk=chunk, image_chunk=image_chunk, calibration=calibration)
+    return pred
+
+
+def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[str],
+                  options: dict[str, Any] | None = None) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: one model per worker, whole-batch inference, numpy outputs."""
+    from .modelpack import outputs_frame
+
+    options = options or {"device": "auto", "threads": 1, "optimize": "none"}
+    predictor = worker_predictor(model_file, options)
+    rejects = options.get("reject_counter")
+    for frame in batches:
+        if "_reject" in frame.columns:   # rows the native filter flagged: counted for the driver, not scored
+            bad = frame["_reject"].notna().to_numpy()
+            if bad.any():
+                rejects.add(int(bad.sum()))
+                frame = frame[~bad]
+        if frame.empty:
+            continue
+        result = outputs_frame(predictor.predict_batch(predictor.batch(frame)))
+        result.insert(0, "id", frame["id"].to_numpy())
+        for col in keep:
+            result[col] = frame[col].to_numpy()
+        yield result
+
+
+def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
+    """Rows (id, model inputs, *keep) that fit the model -> id, the task's output columns, *keep.
+
+    Rows tagged by ``reject_reason`` in a ``_reject`` column ride along and are dropped (and counted in
+    ``options["reject_counter"]``) in the worker: one scan when every row fits (see the score stage)."""
+    from ..models.tasks import task_class
+
+    schema = f"id string, {task_class(shipped.spec['task']).output_schema}" + "".join(
+        f", {c} {dict(df.dtypes)[c]}" for c in keep)
+    model_file = shipped.file
+    options = {**options, "model_key": shipped.key}
+    flag = ["_reject"] if "_reject" in df.columns and options.get("reject_counter") is not None else []
+    return df.select("id", *model_input_columns(shipped.spec, df.columns), *keep, *flag).mapInPandas(
+        lambda it: score_batches(it, model_file, keep, options), schema)
+
+
+# ---- what a scoring job writes down ------------------------------------------------------------------
+
+def partition_dir(output: str, version: int, run_date: str) -> str:
+    """One scoring job's partition of a predictions (or rejects) table."""
+    return paths.join(output, f"model_version={version}", f"run_date={run_date}")
+
+
+def run_config_hash(exp: Experiment) -> str:
+    """The whole scoring config (not the training identity ``track.config_hash``): two nights with the
+    same hash ran the same settings."""
+    tree = exp.model_dump(mode="json", exclude={"source_file"})
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def local_path(path: str) -> str:
+    """Spark's ``file:/x`` or ``file:///x`` -> ``/x``; other URIs stay."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return path[len("file:"):] if path.startswith("file:") else path
+
+
+def input_snapshot(df, where: str, exp: Experiment) -> dict[str, Any]:
+    """What exactly was read: the kind of input, its URI or table, and a digest of its file list.
+
+    ``inputFiles`` is the plan's file list (no job runs); sizes and mtimes come from one metadata call,
+    so a file rewritten in place changes the digest. A prepared split also names its dataset version.
+    """
+    kind = "table" if exp.score.input_table else "path" if exp.score.input_path else "split"
+    files = sorted(local_path(f) for f in df.inputFiles())
+    stamped = []
+    if files:
+        fs, _ = paths.filesystem(files[0])
+        inner = [paths.filesystem(f)[1] for f in files]
+        for f, info in zip(files, fs.get_file_info(inner)):
+            stamped.append(f"{f} {info.size} {int(info.mtime_ns or 0)}")
+    snap: dict[str, Any] = {"kind": kind, "uri": exp.score.input_table or where, "files": len(files),
+                            "digest": hashlib.sha256("\n".join(stamped).encode()).hexdigest()}
+    if kind == "table":
+        snap["table_version"] = _table_version(df.sparkSession, exp.score.input_table)
+    dataset_dir = _dataset_of(where) if kind != "table" else None
+    if dataset_dir:
+        m = paths.read_json(paths.join(dataset_dir, MANIFEST))
+        snap["dataset"] = {"name": m.get("dataset"), "version": m.get("version"), "path": dataset_dir}
+    return snap
+
+
+def _table_version(spark, table: str) -> int | None:
+    """A Delta table's version (``DESCRIBE HISTORY``); plain Parquet/Hive tables have none (the file
+    digest stands for their snapshot)."""
+    try:
+        row = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").collect()   # small: one row
+        return int(row[0]["version"]) if row else None
+    except Exception:   # not a Delta table, or Delta is not installed
+        return None
+
+
+def _dataset_of(where: str) -> str | None:
+    """The prepared dataset folder an input path belongs to (a split folder's parent), if it is one."""
+    parent = where.rstrip("/").rsplit("/", 1)[0]
+    return parent if parent and paths.exists(paths.join(parent, MANIFEST)) else None
+
+
+def scoring_record(exp: Experiment, df, where: str, name: str, version: int) -> dict[str, Any]:
+    """The partition manifest's lineage block: input snapshot, the model URI resolved and the aliases it
+    held at that moment, its MLflow run, and the config hash."""
+    c = track.client(exp)
+    mv = c.get_model_version(name, str(version))
+    return {
+        "input": input_snapshot(df, where, exp),
+        "model": {"requested_uri": exp.score.model_uri or f"models:/{name}@champion",
+                  "resolved_uri": f"models:/{name}/{version}", "run_id": mv.run_id,
+                  "aliases": sorted(getattr(mv, "aliases", []) or []), "registry": track.registry_uri(exp)},
+        "config_hash": run_config_hash(exp),
+    }
