@@ -39,13 +39,9 @@ def _families() -> set[str]:
 
 
 def _source_kinds() -> set[str]:
-    from sparkzoo.pipelines import config
+    from sparkzoo.pipelines.source_registry import kinds
 
-    kinds: set[str] = set()
-    for obj in vars(config).values():
-        if isinstance(obj, type) and issubclass(obj, BaseModel) and "kind" in obj.model_fields:
-            kinds |= set(typing.get_args(obj.model_fields["kind"].annotation))
-    return kinds
+    return set(kinds())
 
 
 def _ticked(text: str) -> list[str]:
@@ -60,7 +56,12 @@ def _sentence(text: str, start: str) -> str:
 
 
 def _models_in(annotation) -> list[type[BaseModel]]:
-    """The pydantic models an annotation allows (Optional, Union and Annotated unwrapped)."""
+    """The pydantic models an annotation allows (Optional, Union and Annotated unwrapped; data.source: every
+    registered source kind's schema)."""
+    from sparkzoo.pipelines.source_registry import SourceConfig, kinds, lookup
+
+    if annotation is SourceConfig:
+        return [lookup(kind).schema for kind in kinds()]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
     out: list[type[BaseModel]] = []
