@@ -6,7 +6,8 @@ inside every logged MLflow model, which must load and score where only torch and
 module here imports either library at its top, and scoring (``Task.outputs``) never calls these.
 
 Error rates work on token-id lists (``PAD``/``BOS``/``EOS`` stripped by the caller). BLEU works on
-detokenised text (the ids joined to strings with the task's vocabulary and joiner), as sacreBLEU
+detokenised text (the ids joined to strings with the task's vocabulary and joiner, ``<unk>`` written as
+``⁇``: ``tasks.sequence.bleu_text``), as sacreBLEU
 figures are computed: per batch the 10 corpus statistics sacreBLEU sums over segments, in its order
 ``[sys_len, ref_len, correct_1..4, total_1..4]``; the ranks add those arrays, and ``bleu`` turns the
 sum into sacreBLEU's corpus score (0-100) with ``BLEU.compute_bleu``.

@@ -63,7 +63,8 @@ def test_bleu_signature_names_the_tokenizer_and_version() -> None:
 
 
 def test_decoding_task_reports_sacrebleu_on_detokenised_text() -> None:
-    """A decoding task's BLEU equals sacreBLEU on its ids joined with the target vocabulary."""
+    """A decoding task's BLEU equals sacreBLEU on its ids joined with the target vocabulary (an unknown
+    word written as the one token ⁇, not ``<unk>``, which 13a splits into three)."""
     sacrebleu = pytest.importorskip("sacrebleu")
     vocab = ("<pad>", "<unk>", "<s>", "</s>", *WORDS)
     task = make_task("seq2seq", 0, target_vocab=vocab, joiner=" ")
@@ -74,6 +75,8 @@ def test_decoding_task_reports_sacrebleu_on_detokenised_text() -> None:
     lens = np.zeros((n, 1), dtype=np.int64)
     for i in range(n):
         ref = rng.integers(4, len(vocab), size=rng.integers(3, width - 1))
+        if i % 3 == 0:
+            ref[-1] = 1                        # an out-of-vocabulary word in the reference: <unk>
         target[i, :len(ref) + 1] = [*ref, 3]
         hyp = ref.copy()
         hyp[rng.integers(0, len(hyp))] = rng.integers(4, len(vocab))
@@ -84,9 +87,10 @@ def test_decoding_task_reports_sacrebleu_on_detokenised_text() -> None:
         out = {"gen_ids": torch.from_numpy(gen[rows]), "gen_lengths": torch.from_numpy(lens[rows])}
         arrays["bleu"] = arrays["bleu"] + task.detail_arrays(out, torch.from_numpy(target[rows]))["bleu"]
     sums = {**task.empty_sums(), "seqs": float(n)}
-    text = lambda ids: " ".join(vocab[t] for t in ids if t > 3)  # noqa: E731
+    text = lambda ids: " ".join("\u2047" if t == 1 else vocab[t] for t in ids if t not in (0, 2, 3))  # noqa: E731
     want = sacrebleu.corpus_bleu([text(gen[i, 0, :lens[i, 0]]) for i in range(n)], [[text(t) for t in target]]).score
     assert task.finish(sums, arrays)["bleu"] == pytest.approx(want, abs=1e-9)
+    assert arrays["bleu"][1] == (target > 3).sum() + (target == 1).sum()   # <unk> is one reference word
     assert task.metric_params() == {"bleu_signature": bleu_signature(" ")}
 
 

@@ -53,6 +53,13 @@ def join_tokens(ids: list[int], vocab: tuple[str, ...], joiner: str) -> str:
     return joiner.join(vocab[i] if 0 <= i < len(vocab) else "<unk>" for i in ids)
 
 
+def bleu_text(ids: list[int], vocab: tuple[str, ...], joiner: str) -> str:
+    """The text BLEU reads: ``join_tokens``, but an unknown word is SentencePiece's one-character ``⁇``
+    (U+2047), one token for any sacreBLEU tokenizer; ``<unk>`` would be three under ``13a`` (``< unk >``)
+    and inflate the reference length of a set with out-of-vocabulary words."""
+    return joiner.join(vocab[i] if 0 <= i < len(vocab) and i != UNK else "\u2047" for i in ids)
+
+
 @register_task
 @dataclass(frozen=True)
 class TextClassificationTask(ClassificationTask):
@@ -209,7 +216,7 @@ class _DecodingTask(Task):
             return {}
         hyps, refs = self._hyps_refs(out, target)
         if self.target_vocab:
-            text = lambda rows: [join_tokens(r, self.target_vocab, self.joiner) for r in rows]  # noqa: E731
+            text = lambda rows: [bleu_text(r, self.target_vocab, self.joiner) for r in rows]  # noqa: E731
             return {"bleu": bleu_sums(text(hyps), text(refs), bleu_tokenize(self.joiner))}
         words = lambda rows: [" ".join(map(str, r)) for r in rows]  # noqa: E731   no vocabulary: ids as words
         return {"bleu": bleu_sums(words(hyps), words(refs), "13a")}
