@@ -345,6 +345,9 @@ class UiConfig(_Strict):
 class Experiment(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 42
+    # Modules (installed names or .py paths) that register tasks, families, sources or plots of their own;
+    # every process of the job imports them before validating or looking a name up (pipelines/plugins.py).
+    plugins: list[str] = Field(default_factory=list)
     workspace: str = "workspace"
     spark: SparkConfig = SparkConfig()
     data: DataConfig
@@ -500,6 +503,7 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Experim
 
         where += " (with --set " + " ".join(mask_override(o) for o in overrides) + ")"
     tree["source_file"] = where
+    _load_plugins(tree, where)
     try:
         exp = Experiment.model_validate(tree)
     except ValidationError as exc:
@@ -509,8 +513,20 @@ def load(path: str | Path | None, overrides: list[str] | None = None) -> Experim
 
 
 def from_dict(tree: dict[str, Any]) -> Experiment:
-    """Rebuild the Experiment on an executor or rank from the dict the driver shipped."""
+    """Rebuild the Experiment on an executor or rank from the dict the driver shipped (its plugins first:
+    a rank is a fresh process whose registries know only sparkzoo's own tasks, families and sources)."""
+    _load_plugins(tree, tree.get("source_file") or "the shipped experiment")
     return Experiment.model_validate(tree)
+
+
+def _load_plugins(tree: dict[str, Any], where: str) -> None:
+    entries = tree.get("plugins") or []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise ConfigError(f"bad value for 'plugins' in {where}: a list of module names or .py paths (got {entries!r})")
+    if entries:
+        from . import plugins
+
+        plugins.load(entries, where)
 
 
 def _check_model_name(exp: Experiment, where: str) -> None:
