@@ -8,6 +8,10 @@ artefacts and dicts go to a local outbox (``tracking_outbox``) and are sent, wit
 timestamps, by the next call that reaches the server. Calls that cannot be deferred (log the model,
 register, alias, finish the run) retry with backoff for ``mlflow.outage_timeout_s`` and then fail with
 a ``TrainingError`` that says where the outbox is and that a re-run resumes.
+
+Retrying is done by libraries, not by hand: each HTTP request uses MLflow's own settings
+(``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` 0 and ``MLFLOW_HTTP_REQUEST_TIMEOUT``, see ``client``), and the wait
+through an outage (exponential backoff to a deadline, over several requests) is a tenacity ``Retrying``.
 """
 
 from __future__ import annotations
@@ -67,10 +71,13 @@ def client(exp: Experiment):
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]) or ".", exist_ok=True)
     if _remote(exp):
-        # MLflow's own retries (7, backing off to minutes per call) would freeze rank 0 at the first
-        # request to a stopped server; we fail fast and decide here what waits (see _deferred/_required).
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(exp.mlflow.request_timeout_s))
+        # MLflow's own per-request retries (7 by default, backing off to minutes per call) would freeze rank 0
+        # at the first request to a stopped server: each request fails fast (MLflow's settings), and what
+        # waits is decided here (_deferred keeps it in the outbox, _required waits with tenacity).
+        from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+        os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
+        os.environ[MLFLOW_HTTP_REQUEST_TIMEOUT.name] = str(int(exp.mlflow.request_timeout_s))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry_uri(exp))
     return MlflowClient(tracking_uri=uri, registry_uri=registry_uri(exp))
@@ -142,33 +149,45 @@ def _deferred(exp: Experiment, run_id: str, send: Callable[[], None], keep: Call
 
 
 def _required(exp: Experiment, what: str, call: Callable[[], T], run_id: str | None = None) -> T:
-    """A call that cannot be deferred: wait out an unreachable server with backoff, then fail clearly."""
+    """A call that cannot be deferred: wait out an unreachable server with backoff, then fail clearly.
+
+    tenacity retries while the error says the server is unreachable (any other error is raised at once):
+    waits of ``retry_backoff_s`` doubling to ``retry_max_interval_s``, never past ``outage_timeout_s``.
+    """
     if not _remote(exp):
         return call()
+    import tenacity
+
     cfg = exp.mlflow
     deadline = time.monotonic() + cfg.outage_timeout_s
-    delay, warned = cfg.retry_backoff_s, False
-    while True:
-        try:
-            _flush(exp, run_id)
-            return call()
-        except Exception as exc:
-            if not unreachable(exc):
-                raise
-            left = deadline - time.monotonic()
-            if left <= 0:
-                kept = f"; what it could not take yet is kept in {outbox(exp, run_id).dir}" if run_id else ""
-                raise TrainingError(
-                    f"MLflow tracking server {tracking_uri(exp)} did not answer for mlflow.outage_timeout_s="
-                    f"{cfg.outage_timeout_s:g}s while {what} ({_short(exc)}){kept}. Start the server (or fix "
-                    f"mlflow.tracking_uri) and re-run the same command: it resumes from the last checkpoint and "
-                    f"sends the kept metrics") from None
-            if not warned:
-                log.warning("MLflow tracking server %s is unreachable while %s (%s); retrying for up to %gs",
-                            tracking_uri(exp), what, _short(exc), cfg.outage_timeout_s)
-                warned = True
-            time.sleep(min(delay, left))
-            delay = min(delay * 2, cfg.retry_max_interval_s)
+    backoff = tenacity.wait_exponential(multiplier=cfg.retry_backoff_s, max=cfg.retry_max_interval_s)
+
+    def wait(state: tenacity.RetryCallState) -> float:       # the last try lands on the deadline
+        return max(min(backoff(state), deadline - time.monotonic()), 0.0)
+
+    def warn_once(state: tenacity.RetryCallState) -> None:
+        if state.attempt_number == 1:
+            log.warning("MLflow tracking server %s is unreachable while %s (%s); retrying for up to %gs",
+                        tracking_uri(exp), what, _short(state.outcome.exception()), cfg.outage_timeout_s)
+
+    def attempt() -> T:
+        _flush(exp, run_id)
+        return call()
+
+    retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(unreachable), wait=wait,
+                                 stop=lambda state: time.monotonic() >= deadline, before_sleep=warn_once,
+                                 reraise=True)
+    try:
+        return retrying(attempt)
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        kept = f"; what it could not take yet is kept in {outbox(exp, run_id).dir}" if run_id else ""
+        raise TrainingError(
+            f"MLflow tracking server {tracking_uri(exp)} did not answer for mlflow.outage_timeout_s="
+            f"{cfg.outage_timeout_s:g}s while {what} ({_short(exc)}){kept}. Start the server (or fix "
+            f"mlflow.tracking_uri) and re-run the same command: it resumes from the last checkpoint and "
+            f"sends the kept metrics") from None
 
 
 def _short(exc: BaseException) -> str:
