@@ -23,7 +23,7 @@ import numpy as np
 from . import paths
 from .config import Experiment
 from .errors import ScoringError
-from .scoring import ShippedModel, check_input, model_input_columns, reject_reason
+from .scoring import ShippedModel, fitting_rows, model_input_columns
 
 log = logging.getLogger("sparkzoo.score")
 
@@ -175,12 +175,11 @@ def _check_rows(spark, exp: Experiment, shipped: ShippedModel, df, where: str):
             raise ScoringError(f"score.optimize={exp.score.optimize} needs labelled rows to check accuracy; {where} "
                                f"has no label column and the prepared test split cannot be read ({exc}); set "
                                f"score.optimize=none") from None
-    sample_df = check_input(sample_df, where, shipped.spec)
-    cols = model_input_columns(shipped.spec, sample_df.columns)
+    good = fitting_rows(sample_df, where, shipped.spec)
+    cols = model_input_columns(shipped.spec, good.columns)
     n_cal = exp.score.optimize_calibration_rows
-    frame = (sample_df.filter(reject_reason(sample_df, shipped.spec).isNull() & F.col("label").isNotNull())
-             .select(*cols, "label").limit(n_cal + exp.score.optimize_check_rows)
-             .toPandas())  # small: calibration + check rows, a few thousand at most
+    frame = (good.filter(F.col("label").isNotNull()).select(*cols, "label")   # small: calibration + check rows,
+             .limit(n_cal + exp.score.optimize_check_rows).toPandas())    # a few thousand at most
     if len(frame) <= n_cal:
         raise ScoringError(f"score.optimize={exp.score.optimize} needs more than {n_cal} labelled rows (calibration, "
                            f"then the accuracy check); {where} has {len(frame)}; set score.optimize=none")

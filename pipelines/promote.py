@@ -4,9 +4,10 @@ Training registers every run as a new version with alias ``candidate``. ``sparkz
 aliases to versions, scores the configured split of the prepared dataset with each model through the
 scoring library the score stage runs on (``scoring.shipped_model`` / ``scoring.score_frame``:
 mapInPandas, one model per Python worker), reduces the predictions to accuracy and log loss with Spark
-aggregations (one row reaches the driver), and moves ``champion`` only when the candidate wins on ``mlflow.promote_metric`` by more than
-``mlflow.promote_margin``. The metric is recomputed here rather than read from the training runs so both
-models are judged on the same rows by the same code, whatever data each run was tested on.
+aggregations (one row reaches the driver), and moves ``champion`` only when the candidate wins on
+``mlflow.promote_metric`` by more than ``mlflow.promote_margin``. The metric is recomputed here rather
+than read from the training runs so both models are judged on the same rows by the same code, whatever
+data each run was tested on.
 
 Every decision, including "kept" and rollbacks, is written twice: as tags on the candidate's version and
 as a finished MLflow run in the experiment holding both models' metrics and the decision.

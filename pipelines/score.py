@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import inference_path, monitoring, paths, track
+from . import devices, inference_path, monitoring, paths, track
 from .config import Experiment
 from .dataset import open_prepared
 from .errors import DriftError, ScoringError
@@ -148,7 +148,6 @@ def run(exp: Experiment, spark=None) -> ScoreResult:
     if spark is None:
         from .session import get_spark
         spark = get_spark(exp)
-    from . import devices
 
     profile = devices.score_profile(spark, exp.score.tasks_per_gpu)   # before any work: a bad request fails now
     log.info("scoring: %s", devices.score_plan(spark, exp.score.device, exp.score.tasks_per_gpu))
@@ -161,8 +160,6 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
            started: float) -> ScoreResult:
     """The scoring passes, the reject table, the partition manifests and the drift check of one job."""
     from pyspark.sql import functions as F
-
-    from . import devices
 
     name, version = shipped.name, shipped.version
     df = check_input(df, where, shipped.spec)
