@@ -1,10 +1,11 @@
 """Image rows in the prepared-data contract: raw uint8 pixels (channels last) as ``binary`` + shape.
 
-Sources: IDX files (Fashion-MNIST), a class-per-subfolder tree, a CSV/Parquet index, one large grid
-image (the OpenCV digits sheet). Every decode happens inside a Spark task (``binaryFile`` +
-``mapInPandas``): Pillow decode, alpha compositing, resize / crop / pad to ``data.image``, channel
-layout, optional mask (from the alpha channel or a mask file) and caption. Each row carries pixel sums
-so the normalisation statistics come out of one Spark aggregation.
+The image sources (``sources/``: IDX files, a class-per-subfolder tree, a CSV/Parquet index, one large
+grid image, ...) read their records; this module holds what they share. Every decode happens inside a
+Spark task (``binaryFile`` + ``mapInPandas``): Pillow decode, alpha compositing, resize / crop / pad to
+``data.image``, channel layout, optional mask (from the alpha channel or a mask file) and caption. Each
+row carries pixel sums (rows.py) so the normalisation statistics come out of one Spark aggregation.
+Nothing here knows a source kind: a source says what it has (``mask_mode``, ``captions``).
 """
 
 from __future__ import annotations
