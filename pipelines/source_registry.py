@@ -96,6 +96,8 @@ S = TypeVar("S", bound=type[SourceConfig])
 
 @dataclass(frozen=True)
 class Registered:
+    """One registered kind: what ``lookup`` answers (the schema class is also the reader)."""
+
     kind: str
     modality: str
     schema: type[SourceConfig]
