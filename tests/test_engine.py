@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkzoo.pipelines import paths, prepare, track, train
+from sparkzoo.pipelines import paths, track, train
 from sparkzoo.pipelines.train import checkpoint
 from sparkzoo.pipelines.errors import ConfigError, TrainingError
 
@@ -24,16 +24,14 @@ def _metrics(history):
 
 
 @pytest.fixture(scope="module")
-def engine_exp(make_exp, spark, tmp_path_factory):
-    ws = tmp_path_factory.mktemp("engine")
-    exp = make_exp(*QUICK, ws=ws)
-    prepare.run(exp, spark)
-    return lambda *extra: make_exp(*QUICK, *extra, ws=ws)
+def engine_exp(pipeline):
+    """Experiments in a workspace (and MLflow registry) of their own; the dataset is the session's."""
+    return pipeline(CONF, *QUICK, ws="engine", train=False).exp
 
 
 @pytest.fixture(scope="module")
-def baseline(engine_exp, spark):
-    return train.run(engine_exp(), spark)
+def baseline(pipeline, engine_exp):
+    return pipeline(CONF, *QUICK, ws="engine").trained
 
 
 def test_same_seed_same_metrics(baseline, engine_exp, spark):
