@@ -22,29 +22,25 @@ ROWS = {"train": 2400, "val": 200, "test": 300}
 NOUNS = ["top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
 
-@pytest.fixture(scope="module")
-def cap_exp(make_exp):
-    def make(*extra: str):
-        return make_exp("data.source.canvas=56", f"data.source.train_rows={ROWS['train']}",
-                        f"data.source.val_rows={ROWS['val']}", f"data.source.test_rows={ROWS['test']}",
-                        "data.source.rows_per_task=1000", "train.epochs=3", "train.batch_size=32", "train.lr=0.002",
-                        "train.threads_per_rank=1",
-                        "mlflow.model_name=fashion_captions", "score.output=predictions_captions", *extra, conf=CONF)
-    return make
+CAPTIONS = ("data.source.canvas=56", f"data.source.train_rows={ROWS['train']}", f"data.source.val_rows={ROWS['val']}",
+            f"data.source.test_rows={ROWS['test']}", "data.source.rows_per_task=1000", "train.epochs=3",
+            "train.batch_size=32", "train.lr=0.002", "train.threads_per_rank=1", "mlflow.model_name=fashion_captions",
+            "score.output=predictions_captions")
 
 
 @pytest.fixture(scope="module")
-def cap_prepared(spark, cap_exp):
-    from sparkzoo.pipelines import prepare
-
-    return prepare.run(cap_exp(), spark)
+def cap_exp(pipeline):
+    return pipeline(CONF, *CAPTIONS, train=False).exp
 
 
 @pytest.fixture(scope="module")
-def cap_trained(spark, cap_exp, cap_prepared):
-    from sparkzoo.pipelines import train
+def cap_prepared(pipeline):
+    return pipeline(CONF, *CAPTIONS, train=False).prepared
 
-    return train.run(cap_exp(), spark)
+
+@pytest.fixture(scope="module")
+def cap_trained(pipeline):
+    return pipeline(CONF, *CAPTIONS).trained
 
 
 def test_compositions_are_captioned_images_with_a_train_vocabulary(spark, cap_prepared):

@@ -18,26 +18,25 @@ CONF = ROOT / "conf" / "klettres_spelling.yaml"
 F2 = "espeak:en-us+f2"    # one synthetic voice, reported as its own test slice
 
 
-@pytest.fixture(scope="module")
-def ctc_exp(make_exp):
-    def make(*extra: str):
-        return make_exp("data.source.symbols=abcd", "data.source.min_symbols=2", "data.source.max_symbols=3",
-                        "data.source.words=null", "data.source.utterances=1200", "data.source.utterances_per_task=300",
-                        "data.source.speakers=[en]", "data.source.held_out_speakers=[]",
-                        "data.source.synthetic_voices=[en-us, en-us+f2]", "data.max_records=null",
-                        "model.params={hidden: 64, layers: 1, subsample: 4}", "train.epochs=12", "train.batch_size=8",
-                        "train.lr=0.0015", "mlflow.model_name=spelling_ctc", "score.output=predictions_ctc",
-                        f"train.test_slices={{column: speaker, groups: {{f2: ['{F2}']}}, others: rest}}", *extra, conf=CONF)
-    return make
+SPELLING = ("data.source.symbols=abcd", "data.source.min_symbols=2", "data.source.max_symbols=3",
+            "data.source.words=null", "data.source.utterances=1200", "data.source.utterances_per_task=300",
+            "data.source.speakers=[en]", "data.source.held_out_speakers=[]",
+            "data.source.synthetic_voices=[en-us, en-us+f2]", "data.max_records=null",
+            "model.params={hidden: 64, layers: 1, subsample: 4}", "train.epochs=12", "train.batch_size=8",
+            "train.lr=0.0015", "mlflow.model_name=spelling_ctc", "score.output=predictions_ctc",
+            f"train.test_slices={{column: speaker, groups: {{f2: ['{F2}']}}, others: rest}}")
 
 
 @pytest.fixture(scope="module")
-def ctc_trained(spark, ctc_exp):
-    from sparkzoo.pipelines import prepare, train
+def ctc_exp(pipeline):
+    return pipeline(CONF, *SPELLING, train=False).exp
 
-    prepared = prepare.run(ctc_exp(), spark)
+
+@pytest.fixture(scope="module")
+def ctc_trained(pipeline):
+    prepared = pipeline(CONF, *SPELLING, train=False).prepared
     assert prepared.manifest["task"] == "ctc" and prepared.manifest["vocab"]["target"] == list("abcd")
-    return prepared, train.run(ctc_exp(), spark)
+    return prepared, pipeline(CONF, *SPELLING).trained
 
 
 def test_ctc_loss_falls_and_cer_beats_an_empty_transcript(ctc_trained):

