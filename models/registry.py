@@ -65,6 +65,11 @@ def register(name: str, *, task: str, config: type | None = None
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Forget a family (a plugin's, a test's); registering it again is allowed afterwards."""
+    _MODELS.pop(name, None)
+
+
 def list_models() -> list[str]:
     return sorted(_MODELS)
 

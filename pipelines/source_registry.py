@@ -132,6 +132,11 @@ def register_source(kind: str, modality: str) -> Callable[[S], S]:
     return wrap
 
 
+def unregister_source(kind: str) -> None:
+    """Forget a kind (a plugin's, a test's); registering it again is allowed afterwards."""
+    _SOURCES.pop(kind, None)
+
+
 def builtin_sources() -> None:
     """Import every module of ``pipelines/prepare/sources`` once: their decorators register the kinds."""
     global _builtins_loaded

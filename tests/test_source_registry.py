@@ -15,7 +15,7 @@ import yaml
 
 from sparkzoo.pipelines import config, paths, prepare
 from sparkzoo.pipelines.errors import ConfigError
-from sparkzoo.pipelines.source_registry import SourceConfig, kinds, lookup, register_source
+from sparkzoo.pipelines.source_registry import SourceConfig, kinds, lookup, register_source, unregister_source
 
 from .conftest import CONF, exp_overrides
 
@@ -24,7 +24,6 @@ PER_CLASS = 6
 SIDE = 12                              # pixels of each toy PNG (the job resizes to data.image)
 
 
-@register_source("toy_squares", "image")
 class ToySquares(SourceConfig):
     """Small PNGs named ``<class>_<n>.png``: one grey square each. Read on the driver (a handful of
     files) through the pipeline's file helpers and decoded by the shared image transform, then handed to
@@ -54,6 +53,15 @@ class ToySquares(SourceConfig):
 
 
 @pytest.fixture()
+def toy_kind():
+    """``toy_squares`` registered for one test: pytest imports every test module before it runs any, and
+    sparkzoo's own lists (README, docs/PREPARE.md) must not see a test's toy."""
+    made = register_source("toy_squares", "image")(ToySquares)
+    yield made
+    unregister_source("toy_squares")
+
+
+@pytest.fixture()
 def squares(tmp_path: Path) -> Path:
     from PIL import Image
 
@@ -78,10 +86,10 @@ def _yaml(tmp_path: Path, source: dict[str, Any]) -> Path:
     return out
 
 
-def test_a_source_registered_later_is_a_valid_kind(squares, tmp_path):
+def test_a_source_registered_later_is_a_valid_kind(toy_kind, squares, tmp_path):
     assert "toy_squares" in kinds() and lookup("toy_squares").modality == "image"
     exp = config.load(_yaml(tmp_path, {"kind": "toy_squares", "path": str(squares)}), exp_overrides(tmp_path))
-    assert isinstance(exp.data.source, ToySquares) and exp.data.modality == "image"
+    assert isinstance(exp.data.source, toy_kind) and exp.data.modality == "image"
     assert exp.to_dict()["data"]["source"] == {"kind": "toy_squares", "path": str(squares), "label_names": [],
                                                "suffix": ".png"}
     assert config.from_dict(exp.to_dict()).data.source == exp.data.source   # what executors and ranks rebuild
@@ -90,7 +98,7 @@ def test_a_source_registered_later_is_a_valid_kind(squares, tmp_path):
                     exp_overrides(tmp_path))
 
 
-def test_unknown_kind_lists_the_registered_kinds(tmp_path):
+def test_unknown_kind_lists_the_registered_kinds(toy_kind, tmp_path):
     with pytest.raises(ConfigError) as err:
         config.load(_yaml(tmp_path, {"kind": "toy_circles", "path": str(tmp_path)}), exp_overrides(tmp_path))
     message = str(err.value)
@@ -99,7 +107,7 @@ def test_unknown_kind_lists_the_registered_kinds(tmp_path):
         assert kind in message.split("registered kinds:")[1]
 
 
-def test_the_prepare_job_prepares_a_toy_source(squares, tmp_path, spark):
+def test_the_prepare_job_prepares_a_toy_source(toy_kind, squares, tmp_path, spark):
     exp = config.load(_yaml(tmp_path, {"kind": "toy_squares", "path": str(squares)}),
                       exp_overrides(tmp_path, "data.max_records=null", "data.val_fraction=0.2",
                                     "data.test_fraction=0.2"))

@@ -137,6 +137,11 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
+def unregister_task(name: str) -> None:
+    """Forget a task (a plugin's, a test's); registering it again is allowed afterwards."""
+    TASKS.pop(name, None)
+
+
 def task_class(name: str) -> type[Task]:
     """The registered class for a task name, with a hint on a near miss."""
     if name not in TASKS:
