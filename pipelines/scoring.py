@@ -196,7 +196,7 @@ def worker_options(exp: Experiment) -> dict[str, Any]:
     """Plain values the shipped function closes over (never the Experiment itself), for the eager path;
     the score stage adds the inference path it chose (``inference_path.PathChoice.worker_options``)."""
     return {"device": exp.score.device, "threads": exp.score.threads_per_worker, "optimize": "none",
-            "chunk": exp.score.sequence_chunk, "image_chunk": exp.score.image_chunk}
+            "chunk": exp.score.sequence_chunk, "image_chunk": exp.score.image_chunk, "plugins": list(exp.plugins)}
 
 
 def _device(choice: str, seen=None) -> str:
@@ -251,7 +251,10 @@ def worker_predictor(model_file: str, options: dict[str, Any]):
     if pred is None:
         import torch
 
+        from . import plugins
         from .modelpack import Predictor
+
+        plugins.load(options.get("plugins") or [], "the scoring job")   # a plugin task's model needs its class
 
         torch.set_num_threads(int(options["threads"]))
         calibration = options["calibration"].value if options.get("calibration") is not None else None

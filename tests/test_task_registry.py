@@ -91,17 +91,25 @@ def test_registered_from_this_module(toy):
 
 
 @pytest.mark.slow
-def test_toy_task_trains_through_the_pipeline_with_no_pipeline_edit(toy, pipeline):
+def test_toy_task_trains_and_scores_through_the_pipeline_with_no_pipeline_edit(toy, pipeline, spark):
     """Prepared data of the session, the toy family on 2 Horovod ranks: the ranks import this file as a
-    plugin, the loop, evaluation and finish work from the task class alone, and the model learns."""
+    plugin, the loop, evaluation and finish work from the task class alone, and the model learns; then
+    the score stage's Python workers import it too and write the task's own column."""
+    from sparkzoo.pipelines import score
+
     run = pipeline("fashion_mnist_cnn", f"plugins=['{__file__}']", f"model.name={TOY}", "model.params={}",
                    "train.epochs=2", "train.max_steps_per_epoch=40", "train.lr=0.01", f"mlflow.model_name={TOY}",
-                   ws="toy_task")
+                   "score.output=predictions_toy", ws="toy_task")
     history, test = run.trained.history, run.trained.test
     assert [h["epoch"] for h in history] == [1, 2]
     guess = _constant_guess_mae(run)
     assert test["mae"] < 0.5 * guess, (test, guess)   # learnt, not a constant
     assert history[-1]["val_mae"] < history[0]["val_mae"] * 1.05
+
+    scored = score.run(run.exp(), spark)
+    assert scored.scored_rows == run.prepared.rows["test"] and scored.rejected_rows == 0
+    out = spark.read.parquet(scored.output).select("id", "brightness").toPandas()
+    assert len(out) == scored.scored_rows and np.isfinite(out["brightness"]).all() and out["brightness"].std() > 0
 
 
 def _constant_guess_mae(run) -> float:
