@@ -11,8 +11,12 @@ Sides (rows/s, medians of interleaved repeats, because these machines show CPU s
                 and out, Spark's default Arrow batch (10,000 rows)
   row-at-a-time Horovod TorchModel.transform style: rdd.mapPartitions, model once per partition, one
                 forward per row (on a subset of the rows: see --row-udf-rows)
-  eager limit   one process, torch threads = cores, the same pixels already in memory as float tensors,
-                best batch size of a sweep; also each optimised path in the same process
+  ours (pandas) the same job with score.batch_format=pandas: the former mapInPandas worker, beside the
+                Arrow-native one (mapInArrow, pipelines/arrow_rows.py) that `ours` runs
+  limit         the machine's in-memory limit for the same model: the same pixels already in memory as
+                float tensors, the bare forward pass, the better of N processes x 1 thread and 1 process
+                x N threads (N = cores), each at its best batch of a sweep; the same for each optimised
+                path (the int8 model in memory is the limit of the int8 side)
 
     .venv/bin/python bench/scoring.py [--rows 1000000] [--repeats 3] [--row-udf-rows 50000]
     .venv/bin/python bench/scoring.py --drift [--rows 1000000]   # what the drift profile costs (score.drift)
@@ -159,6 +163,72 @@ def eager_rate(predictor, x, reps: int, batch: int) -> float:
     return reps * n / (time.perf_counter() - t0)
 
 
+def _limit_worker(local: str, kind: str, calibration, x, batch: int, reps: int, start, results) -> None:
+    """One process of the N x 1-thread limit: its own model copy, waiting at ``start`` so all run together."""
+    import torch
+
+    from sparkzoo.pipelines.modelpack import Predictor
+
+    torch.set_num_threads(1)
+    p = Predictor.from_dir(local, optimize=kind, calibration=calibration)
+    xk = x.contiguous(memory_format=torch.channels_last) if kind in ("channels_last", "compile") else x
+    eager_rate(p, xk, 0, batch)   # warm-up only (reps=0)
+    start.wait()
+    t0 = time.perf_counter()
+    eager_rate(p, xk, reps, batch)
+    results.put((reps * x.shape[0], t0, time.perf_counter()))
+
+
+def processes_rate(local: str, kind: str, calibration, x, batch: int, reps: int, procs: int) -> float:
+    """Rows/s of ``procs`` processes x 1 thread, each over its own copy of ``x``: all rows / the span from
+    the first start to the last finish."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")   # a fork after torch ran threads can hang; spawn starts clean
+    start, results = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=_limit_worker, args=(local, kind, calibration, x, batch, reps, start, results))
+               for _ in range(procs)]
+    for w in workers:
+        w.start()
+    got = [results.get(timeout=600) for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(g[0] for g in got) / (max(g[2] for g in got) - min(g[1] for g in got))
+
+
+def limit_setup(local: str, kind: str, calibration, x, batches: list[int], reps: int, cores: int):
+    """Every (layout, batch) of the sweep for one path -> the fastest: ``(label, rate function)``."""
+    import torch
+
+    from sparkzoo.pipelines.modelpack import Predictor
+
+    p = Predictor.from_dir(local, optimize=kind, calibration=calibration)
+    xk = x.contiguous(memory_format=torch.channels_last) if kind in ("channels_last", "compile") else x
+    rates: dict[tuple[str, int], float] = {}
+    torch.set_num_threads(cores)
+    for b in batches:
+        rates[("threads", b)] = eager_rate(p, xk, reps, b)
+    if cores > 1:
+        for b in batches:
+            rates[("processes", b)] = processes_rate(local, kind, calibration, x, b, reps, cores)
+    torch.set_num_threads(1)
+    (layout, best), rate = max(rates.items(), key=lambda kv: kv[1])
+    print(f"   limit sweep {kind}: " + "; ".join(f"{lay} {b}: {r:,.0f}" for (lay, b), r in rates.items())
+          + f" -> {layout} batch {best}", flush=True)
+    label = f"{cores} processes x 1 thread" if layout == "processes" else f"1 process x {cores} threads"
+
+    def measure(reps_now: int) -> float:
+        if layout == "processes":
+            return processes_rate(local, kind, calibration, x, best, reps_now, cores)
+        torch.set_num_threads(cores)
+        try:
+            return eager_rate(p, xk, reps_now, best)
+        finally:
+            torch.set_num_threads(1)
+
+    return f"{label}, batch {best}", measure
+
+
 def worker_chunk_sweep(local: str, pixels, calibration, sizes=(32, 64, 128, 256, 1024)) -> None:
     """What one Spark worker sees: one torch thread, the Predictor's own decode-to-probabilities path
     over the 10,000 test rows, per ``score.image_chunk``; how IMAGE_CHUNK was chosen."""
@@ -244,7 +314,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--row-udf-rows", type=int, default=50_000)
     ap.add_argument("--eager-reps", type=int, default=10, help="passes over the 10,000 in-memory test tensors")
-    ap.add_argument("--batch-sizes", default="64,256,1024,2048,4096,8192")
+    ap.add_argument("--batch-sizes", default="32,64,128,256,1024,4096",
+                    help="the limit's batch sweep (each layout, each path that gets a limit)")
     ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt")
     ap.add_argument("--chunk-sweep", action="store_true",
                     help="only sweep score.image_chunk for one worker (1 thread) per inference path")
@@ -278,7 +349,7 @@ def main() -> None:
     print(f"== scoring bench: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}, {args.rows:,} rows at {path}, "
           f"model {MODEL} v{version}, Spark {spark.sparkContext.master}", flush=True)
 
-    # The eager limit: same pixels, already normalised float tensors in memory, cores threads.
+    # The limit: same pixels, already normalised float tensors in memory, the bare forward pass.
     track.client(exp)
     local = os.path.join(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{version}"), "artifacts")
     frame = pq.read_table(ds.split_dir("test"), columns=["image", "label"]).to_pandas()
@@ -288,40 +359,42 @@ def main() -> None:
     from sparkzoo.models.tasks import images_to_tensor
 
     x = images_to_tensor(pixels, st["mean"], st["std"]).contiguous()
-    torch.set_num_threads(cores)
-    sweep = {b: eager_rate(eager, x, max(1, args.eager_reps // 3), b) for b in map(int, args.batch_sizes.split(","))}
-    best_batch = max(sweep, key=sweep.get)
-    print("   eager batch-size sweep (rows/s): " + ", ".join(f"{b}: {r:,.0f}" for b, r in sweep.items())
-          + f" -> best {best_batch}", flush=True)
     acc_eager = float((eager.predict_arrays(pixels)["prediction"] == labels).mean())
-
-    # Optimised paths in the same process, accuracy checked against eager on the 10,000 labelled rows;
-    # int8_static calibrates on the first rows of the training split (the scorer uses its input's).
+    # int8_static calibrates on the first rows of the training split (the scorer uses its input's)
     calibration = eager.decode(pq.read_table(ds.split_dir("train"), columns=["image"]).slice(0, 512)
                                .to_pandas()["image"])
     if args.chunk_sweep:
         worker_chunk_sweep(local, pixels, calibration)
         return
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    sweep_reps = max(1, args.eager_reps // 3)
+    limits = {"none": limit_setup(local, "none", calibration, x, batches, sweep_reps, cores)}
+
+    # Optimised paths, accuracy checked against eager on the 10,000 labelled rows; the fastest that keeps
+    # accuracy gets a limit of its own (its model in memory, both layouts, swept batches).
     opt_rates, opt_acc = {}, {}
+    best_opt = None
     if "opt" not in skip:
+        torch.set_num_threads(cores)
         for kind in ("channels_last", "bf16", "int8", "int8_static", "compile"):
             p = Predictor.from_dir(local, optimize=kind, calibration=calibration)
             xk = x.contiguous(memory_format=torch.channels_last) if kind in ("channels_last", "compile") else x
             opt_acc[kind] = float((p.predict_arrays(pixels)["prediction"] == labels).mean())
-            opt_rates[kind] = eager_rate(p, xk, max(1, args.eager_reps // 3), best_batch)
-            print(f"   eager+{kind}: {opt_rates[kind]:,.0f} rows/s, accuracy {opt_acc[kind]:.4f} vs eager {acc_eager:.4f}",
-                  flush=True)
+            opt_rates[kind] = eager_rate(p, xk, sweep_reps, 256)
+            print(f"   in memory, {kind}: {opt_rates[kind]:,.0f} rows/s (1 process x {cores} threads, batch 256), "
+                  f"accuracy {opt_acc[kind]:.4f} vs eager {acc_eager:.4f}", flush=True)
+        torch.set_num_threads(1)
         passing = {k: r for k, r in opt_rates.items() if abs(opt_acc[k] - acc_eager) <= 0.005}
         best_opt = max(passing, key=passing.get) if passing else None
-    else:
-        best_opt = None
+        if best_opt:
+            limits[best_opt] = limit_setup(local, best_opt, calibration, x, batches, sweep_reps, cores)
     print(f"   chosen optimisation: {best_opt}", flush=True)
 
     torch.set_num_threads(1)
-    sides: dict[str, list[float]] = {"ours": [], "eager limit": []}
+    sides: dict[str, list[float]] = {"ours": [], "ours (pandas batches)": [], "limit": []}
     chosen: list[str] = []   # what score.optimize=auto picked on each repeat
     if best_opt:
-        sides[f"ours+{best_opt}"], sides["ours+auto"], sides[f"eager+{best_opt}"] = [], [], []
+        sides[f"ours+{best_opt}"], sides["ours+auto"], sides[f"limit {best_opt}"] = [], [], []
         # auto times the paths on its first job and keeps the timings per model version and machine (as a
         # nightly job would); start without them, so repeat 1 pays the measurement and later ones do not
         shutil.rmtree(BENCH_WS / "inference_paths", ignore_errors=True)
@@ -329,15 +402,13 @@ def main() -> None:
         sides["mlflow spark_udf"] = []
     if "row_udf" not in skip:
         sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"] = []
+    pandas_exp = lambda *sets: bench_exp("score.batch_format=pandas", *sets)   # noqa: E731
     for rep in range(args.repeats):    # interleaved, so CPU steal hits every side alike
-        torch.set_num_threads(cores)
-        sides["eager limit"].append(eager_rate(eager, x, args.eager_reps, best_batch))
+        sides["limit"].append(limits["none"][1](args.eager_reps))
         if best_opt:
-            p = Predictor.from_dir(local, optimize=best_opt, calibration=calibration)
-            xk = x.contiguous(memory_format=torch.channels_last) if best_opt in ("channels_last", "compile") else x
-            sides[f"eager+{best_opt}"].append(eager_rate(p, xk, args.eager_reps, best_batch))
-        torch.set_num_threads(1)
+            sides[f"limit {best_opt}"].append(limits[best_opt][1](args.eager_reps))
         sides["ours"].append(run_ours(exp, spark, path, args.rows))
+        sides["ours (pandas batches)"].append(run_ours(exp, spark, path, args.rows, make_exp=pandas_exp))
         if best_opt:
             sides[f"ours+{best_opt}"].append(run_ours(exp, spark, path, args.rows, optimize=best_opt))
             sides["ours+auto"].append(run_ours(exp, spark, path, args.rows, optimize="auto", chosen=chosen))
@@ -349,14 +420,16 @@ def main() -> None:
         print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in sides.items()), flush=True)
 
     med = print_medians(sides, f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, "
-                               f"eager batch {best_batch}, {cores} threads eager, {cores} Spark workers x 1 thread")
+                               f"{cores} Spark workers x 1 thread; limit: {limits['none'][0]}"
+                               + (f"; limit {best_opt}: {limits[best_opt][0]}" if best_opt else ""))
+    udf = med.get("mlflow spark_udf", float("nan"))
+    print(f"   ratio ours / limit: {med['ours'] / med['limit']:.2f}x; ours / mlflow spark_udf: {med['ours'] / udf:.2f}x; "
+          f"ours / ours (pandas batches): {med['ours'] / med['ours (pandas batches)']:.2f}x")
     if best_opt:
         print(f"   score.optimize=auto chose: {', '.join(chosen)} (repeat 1 timed the paths, later repeats reused it)")
-        udf = med.get("mlflow spark_udf", float("nan"))
         for side in (f"ours+{best_opt}", "ours+auto"):
-            print(f"   ratio {side} / eager limit: {med[side] / med['eager limit']:.2f}x; "
+            print(f"   ratio {side} / limit {best_opt}: {med[side] / med[f'limit {best_opt}']:.2f}x; "
                   f"{side} / mlflow spark_udf: {med[side] / udf:.2f}x")
-        print(f"   ratio eager+{best_opt} / eager limit: {med[f'eager+{best_opt}'] / med['eager limit']:.2f}x")
     for out in ("pred_ours", "pred_spark_udf", "pred_row_udf"):
         shutil.rmtree(BENCH_WS / out, ignore_errors=True)
 

@@ -301,6 +301,9 @@ class ScoreConfig(_Strict):
     threads_per_worker: int = Field(1, ge=1)
     sequence_chunk: int = Field(64, ge=1)   # rows per forward pass for sequence models (sorted by length)
     image_chunk: int = Field(128, ge=1)     # rows per forward pass for image models on CPU
+    # what a scoring worker reads and writes: Arrow buffers as numpy views (mapInArrow), or pandas frames
+    # (mapInPandas, the former path: a fallback, and the comparison in bench/scoring.py)
+    batch_format: Literal["arrow", "pandas"] = "arrow"
     # auto: measure every CPU path on the check rows, take the fastest that keeps accuracy (docs/SCORE.md)
     optimize: Literal["none", "auto", "channels_last", "bf16", "compile", "int8", "int8_static"] = "none"
     optimize_check_rows: int = Field(2000, ge=100)

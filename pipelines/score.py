@@ -1,4 +1,4 @@
-"""Batch scoring with a registered model: Spark ``mapInPandas`` over Arrow batches.
+"""Batch scoring with a registered model: Spark ``mapInArrow`` over Arrow batches.
 
 The model version is pinned on the driver at job start (an alias that moves mid-job cannot mix
 versions), its files are shipped once as a zip with ``addFile``, and each Python worker loads it once,

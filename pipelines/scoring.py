@@ -8,7 +8,8 @@ a registered version the same way, so that way lives here and the stages import 
 - the input contract: which columns a model scores from (``model_input_columns``), the column checks
   that stop a job before any work (``check_input``) and the per-row reason a row cannot fit the model,
   as a native Spark column (``reject_reason``);
-- ``score_frame``: rows -> the task's output columns through ``mapInPandas``, one model per Python worker
+- ``score_frame``: rows -> the task's output columns through ``mapInArrow`` (Arrow buffers as numpy views,
+  pipelines/arrow_rows.py), one model per Python worker
   (``worker_predictor`` keeps it loaded for the next batch and the next job);
 - what a scoring job writes down about itself: the predictions layout (``partition_dir``) and the
   partition manifest's lineage block (``scoring_record``), which ``sparkzoo lineage`` reads back.
@@ -196,7 +197,8 @@ def worker_options(exp: Experiment) -> dict[str, Any]:
     """Plain values the shipped function closes over (never the Experiment itself), for the eager path;
     the score stage adds the inference path it chose (``inference_path.PathChoice.worker_options``)."""
     return {"device": exp.score.device, "threads": exp.score.threads_per_worker, "optimize": "none",
-            "chunk": exp.score.sequence_chunk, "image_chunk": exp.score.image_chunk, "plugins": list(exp.plugins)}
+            "chunk": exp.score.sequence_chunk, "image_chunk": exp.score.image_chunk, "plugins": list(exp.plugins),
+            "batch_format": exp.score.batch_format}
 
 
 def _device(choice: str, seen=None) -> str:
@@ -286,20 +288,62 @@ def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[s
         yield result
 
 
+def score_arrow_batches(batches: Iterator[Any], model_file: str, keep: list[str], schema: Any,
+                        options: dict[str, Any] | None = None) -> Iterator[Any]:
+    """mapInArrow body: Arrow in, Arrow out (pipelines/arrow_rows.py), one model per worker.
+
+    Pixels reach the model as a view of the Arrow buffer and the outputs leave as whole buffers, so the
+    only per-row Python work left is what a task does per row itself (tokenising text, decoding
+    sequences)."""
+    import pyarrow.compute as pc
+
+    from .arrow_rows import input_batch, output_batch
+
+    options = options or {"device": "auto", "threads": 1, "optimize": "none"}
+    predictor = worker_predictor(model_file, options)
+    rejects = options.get("reject_counter")
+    for batch in batches:
+        names = batch.schema.names
+        if "_reject" in names:   # rows the native filter flagged: counted for the driver, not scored
+            flag = batch.column(names.index("_reject"))
+            if flag.null_count != len(flag):
+                bad = len(flag) - flag.null_count
+                rejects.add(bad)
+                batch = batch.filter(pc.is_null(flag))
+        if batch.num_rows == 0:
+            continue
+        out = predictor.predict_batch(input_batch(batch, predictor.spec, predictor.input_columns))
+        yield output_batch(out, batch.column(names.index("id")), [batch.column(names.index(c)) for c in keep],
+                           schema)
+
+
+def output_schema(shipped: ShippedModel, df, keep: list[str]) -> str:
+    """Spark DDL of what scoring returns: id, the task's output columns, then the kept input columns."""
+    from ..models.tasks import task_class
+
+    return f"id string, {task_class(shipped.spec['task']).output_schema}" + "".join(
+        f", {c} {dict(df.dtypes)[c]}" for c in keep)
+
+
 def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
     """Rows (id, model inputs, *keep) that fit the model -> id, the task's output columns, *keep.
 
     Rows tagged by ``reject_reason`` in a ``_reject`` column ride along and are dropped (and counted in
-    ``options["reject_counter"]``) in the worker: one scan when every row fits (see the score stage)."""
-    from ..models.tasks import task_class
-
-    schema = f"id string, {task_class(shipped.spec['task']).output_schema}" + "".join(
-        f", {c} {dict(df.dtypes)[c]}" for c in keep)
+    ``options["reject_counter"]``) in the worker: one scan when every row fits (see the score stage).
+    ``options["batch_format"]`` picks the worker's batches: ``arrow`` (``mapInArrow``, the default) or
+    ``pandas`` (``mapInPandas``, the former path, kept as a fallback and for bench/scoring.py)."""
+    schema = output_schema(shipped, df, keep)
     model_file = shipped.file
     options = {**options, "model_key": shipped.key}
     flag = ["_reject"] if "_reject" in df.columns and options.get("reject_counter") is not None else []
-    return df.select("id", *model_input_columns(shipped.spec, df.columns), *keep, *flag).mapInPandas(
-        lambda it: score_batches(it, model_file, keep, options), schema)
+    rows = df.select("id", *model_input_columns(shipped.spec, df.columns), *keep, *flag)
+    if options.get("batch_format", "arrow") == "pandas":
+        return rows.mapInPandas(lambda it: score_batches(it, model_file, keep, options), schema)
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import _parse_datatype_string
+
+    arrow_schema = to_arrow_schema(_parse_datatype_string(schema))
+    return rows.mapInArrow(lambda it: score_arrow_batches(it, model_file, keep, arrow_schema, options), schema)
 
 
 # ---- what a scoring job writes down ------------------------------------------------------------------

@@ -29,7 +29,7 @@ def ids_batch(column: pd.Series, name: str) -> dict[str, np.ndarray]:
     return {name: out, f"{name}__len": lengths}
 
 
-def text_batch(column: pd.Series, spec: dict[str, Any]) -> dict[str, np.ndarray]:
+def text_batch(column: pd.Series | list[Any], spec: dict[str, Any]) -> dict[str, np.ndarray]:
     """Raw text through the model's own normalisation, tokeniser and vocabulary (unknown words -> <unk>)."""
     settings = spec.get("text") or {}
     vocab = (spec.get("vocab") or {}).get("text") or []
@@ -39,7 +39,7 @@ def text_batch(column: pd.Series, spec: dict[str, Any]) -> dict[str, np.ndarray]
     how, lower = settings.get("tokenizer", "word"), bool(settings.get("lowercase", True))
     limit = int(settings.get("max_length") or 0) or None
     ids = []
-    for i, text in enumerate(column.tolist()):
+    for i, text in enumerate(column.tolist() if hasattr(column, "tolist") else column):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"row {i}: text is empty or null")
         ids.append([index.get(t, UNK) for t in tokenize(normalise(text, lower), how)][:limit])
