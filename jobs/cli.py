@@ -167,9 +167,12 @@ def cmd_score(args) -> int:
         args.set = [*args.set, "score.incremental=true"]
     if _dry_run(args):
         return 0
+    from sparkzoo.pipelines.phases import Phases, since_process_start
+
     exp = _load(args)
+    phase = Phases({"start (python, imports, config)": since_process_start()})
     with _spark_progress("score"):
-        r = score.run(exp)
+        r = score.run(exp, phase=phase)
     _say(_score_summary(r))
     return 0
 

@@ -163,7 +163,7 @@ def _embeddings(frames, model_file: str, key: str, directions: list[list[float]]
     import pandas as pd
     import torch
 
-    from .scoring import worker_predictor
+    from .scoring_worker import worker_predictor
 
     pred = worker_predictor(model_file, {"device": "cpu", "threads": 1, "optimize": "none", "model_key": key})
     linears = [m for m in pred.module.modules() if isinstance(m, torch.nn.Linear)]

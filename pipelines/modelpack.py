@@ -23,10 +23,6 @@ import pandas as pd
 from .modelspec import (SPEC_FILE, WEIGHTS_FILE, build_module, build_spec, input_spec,  # noqa: F401  (re-exported)
                         make_spec_task, target_vocab)
 
-try:  # mlflow is on every machine that logs or loads models; the models package never imports this
-    from mlflow.pyfunc import PythonModel
-except ImportError:  # pragma: no cover
-    PythonModel = object  # type: ignore[misc,assignment]
 
 OPTIMIZATIONS = ("none", "channels_last", "bf16", "compile", "int8", "int8_static")
 # Paths whose numbers depend on example rows: static quantisation fixes each activation's int8 scale
@@ -352,19 +348,38 @@ class _Bfloat16:
         return out.float()
 
 
-class SparkzooPyfunc(PythonModel):
-    """The MLflow pyfunc wrapper around ``Predictor``, logged from code (``model_bundle``): this module
-    travels with the model and loads where sparkzoo is not installed, so it imports only its bundled
-    siblings (``modelspec``, ``sequence_inputs``, ``textnorm``, ``..models``), relatively."""
+def _pyfunc_class() -> type:
+    """``SparkzooPyfunc``, built on first use: importing MLflow costs a scoring worker (which runs
+    ``Predictor`` and never the pyfunc) about 1.5 s of start-up, so only the pyfunc's users pay it."""
+    try:  # mlflow is on every machine that logs or loads models; the models package never imports this
+        from mlflow.pyfunc import PythonModel
+    except ImportError:  # pragma: no cover
+        PythonModel = object  # type: ignore[misc,assignment]
 
-    def load_context(self, context) -> None:
-        import torch
+    class SparkzooPyfunc(PythonModel):
+        """The MLflow pyfunc wrapper around ``Predictor``, logged from code (``model_bundle``): this module
+        travels with the model and loads where sparkzoo is not installed, so it imports only its bundled
+        siblings (``modelspec``, ``sequence_inputs``, ``textnorm``, ``..models``), relatively."""
 
-        self.predictor = Predictor.from_dir(os.path.dirname(context.artifacts["spec"]))
-        torch.set_num_threads(max(1, int(os.environ.get("SPARKZOO_SCORE_THREADS", "1"))))
+        def load_context(self, context) -> None:
+            import torch
 
-    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return self.predictor.predict_frame(model_input)
+            self.predictor = Predictor.from_dir(os.path.dirname(context.artifacts["spec"]))
+            torch.set_num_threads(max(1, int(os.environ.get("SPARKZOO_SCORE_THREADS", "1"))))
+
+        def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+            return self.predictor.predict_frame(model_input)
+
+    SparkzooPyfunc.__qualname__ = "SparkzooPyfunc"   # pickled by reference as modelpack.SparkzooPyfunc
+    return SparkzooPyfunc
+
+
+def __getattr__(name: str) -> Any:
+    """``from .modelpack import SparkzooPyfunc`` (the logged model's code file) builds the class once."""
+    if name == "SparkzooPyfunc":
+        cls = globals()["SparkzooPyfunc"] = _pyfunc_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def save_local(directory: str, spec: dict[str, Any], state_dict: dict[str, Any]) -> dict[str, str]:

@@ -18,6 +18,7 @@ too.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import glob as _glob
 import logging
@@ -30,6 +31,7 @@ from . import devices, inference_path, monitoring, paths, track
 from .config import Experiment
 from .dataset import open_prepared
 from .errors import DriftError, ScoringError
+from .phases import Phases
 from .scoring import ShippedModel, check_input, partition_dir, reject_reason, scoring_record, shipped_model, \
     score_frame, worker_options
 
@@ -54,6 +56,7 @@ class ScoreResult:
     skipped_rows: int = 0          # incremental: ids this version had already scored on earlier dates
     optimize: str = "none"
     drift: dict[str, Any] | None = None   # the partition manifest's drift block (pipelines/monitoring.py)
+    phases: dict[str, float] | None = None   # seconds per phase of the job (pipelines/phases.py)
 
 
 def _device_failure(exc: Exception) -> ScoringError | None:
@@ -140,31 +143,43 @@ def require_complete(output: str, version: int, exclude_date: str | None = None)
                                f"date (--set score.run_date=...) or delete the partition")
 
 
-def run(exp: Experiment, spark=None) -> ScoreResult:
-    """``sparkzoo score``: the pinned version over the configured input, committed partition by partition."""
-    started = time.time()
-    name, version = track.resolve_model_version(exp, exp.score.model_uri)   # pinned: aliases may move now
-    run_date = exp.score.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    if spark is None:
-        from .session import get_spark
-        spark = get_spark(exp)
+def run(exp: Experiment, spark=None, phase: Phases | None = None) -> ScoreResult:
+    """``sparkzoo score``: the pinned version over the configured input, committed partition by partition.
 
-    profile = devices.score_profile(spark, exp.score.tasks_per_gpu)   # before any work: a bad request fails now
+    ``phase`` collects seconds per phase (the CLI starts it with the process's own start-up); the job
+    logs them as one line and returns them in ``ScoreResult.phases``."""
+    started = time.time()
+    phase = phase or Phases()
+    with phase("resolve model"):
+        name, version = track.resolve_model_version(exp, exp.score.model_uri)   # pinned: aliases may move now
+    run_date = exp.score.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    with phase("spark session"):
+        if spark is None:
+            from .session import get_spark
+            spark = get_spark(exp)
+        profile = devices.score_profile(spark, exp.score.tasks_per_gpu)   # before any work: a bad request fails now
     log.info("scoring: %s", devices.score_plan(spark, exp.score.device, exp.score.tasks_per_gpu))
-    df, where = input_frame(spark, exp)
-    with shipped_model(spark, exp, name, version) as shipped:   # the driver's copy goes when the job is done
-        return _score(exp, spark, shipped, df, where, run_date, profile, started)
+    with phase("open input"):
+        df, where = input_frame(spark, exp)
+    with contextlib.ExitStack() as stack:   # the driver's copy of the model goes when the job is done
+        with phase("ship model"):
+            shipped = stack.enter_context(shipped_model(spark, exp, name, version))
+        result = _score(exp, spark, shipped, df, where, run_date, profile, started, phase)
+    result.phases = phase.seconds
+    log.info("score phases: %s", phase.line())
+    return result
 
 
 def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_date: str, profile,
-           started: float) -> ScoreResult:
+           started: float, phase: Phases) -> ScoreResult:
     """The scoring passes, the reject table, the partition manifests and the drift check of one job."""
     from pyspark.sql import functions as F
 
     name, version = shipped.name, shipped.version
-    df = check_input(df, where, shipped.spec)
-    choice = inference_path.choose(spark, exp, shipped, df, where)
-    record = scoring_record(exp, df, where, name, version)   # input snapshot, model URI, config hash
+    with phase("check input"):
+        df = check_input(df, where, shipped.spec)
+        choice = inference_path.choose(spark, exp, shipped, df, where)
+        record = scoring_record(exp, df, where, name, version)   # input snapshot, model URI, config hash
     where_in = where
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
@@ -203,23 +218,72 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
                .select("id", F.col("_reject").alias("reason"), F.lit(name).alias("model_name"),
                        F.lit(version).alias("model_version"), F.lit(run_date).alias("run_date")))
     for frame, where in ((scored, out), (rejects, rejects_path)):
-        # a marker left from an earlier run of this date must not vouch for files being replaced now
-        paths.delete_file(paths.join(partition_dir(where, version, run_date), paths.SUCCESS))
-        if where == rejects_path and counter is not None and counter.value == 0:
-            # no row was flagged: this date's rejects are empty, so reject files of an earlier run of the
-            # same date (a dynamic overwrite with no rows would leave them) go, without a second scan
-            paths.delete_dir(partition_dir(where, version, run_date))
-            continue
-        try:
-            frame.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(where)
-        except Exception as exc:
-            failure = paths.write_failure(exc, f"scoring output {where}") or _device_failure(exc)
-            if failure is not None:
-                raise failure from None
-            raise
+        with phase("score and write" if where == out else "write rejects"):
+            # no row flagged: this date's rejects are empty, and no second scan writes them
+            _write_partition(frame, where, version, run_date,
+                             empty=where == rejects_path and counter is not None and counter.value == 0)
 
     if seen.value:
         log.info("scoring ran on %s", devices.summarise(seen.value))
+    with phase("count"):
+        written, agg, rejected, n_in = _counts(spark, out, rejects_path, version, run_date, keep, counter, df)
+    result = ScoreResult(name, version, n_in, int(agg["n"]), rejected, out, rejects_path,
+                         float(agg["acc"]) if keep and agg["acc"] is not None else None, time.time() - started,
+                         run_date, skipped, choice.path)
+    if result.scored_rows + result.rejected_rows + skipped != n_in:
+        raise ScoringError(f"scored {result.scored_rows} + rejected {rejected} + already scored {skipped} rows != "
+                           f"{n_in} input rows; output at {out} is not trusted (duplicate ids in the input?)")
+    drift_block = None
+    if exp.score.drift and agg["n"]:   # tonight's rows that fit the model + their predictions, vs the reference
+        with phase("drift"):
+            drift_block = monitoring.check(
+                exp, inputs=df.filter(reject_reason(df, shipped.spec).isNull()), predictions=written,
+                spec=shipped.spec, run_id=record["model"]["run_id"], name=name, version=version, run_date=run_date,
+                partition=partition_dir(out, version, run_date), where=where_in, model=(shipped.file, shipped.key),
+                rows=n_in)
+        result.drift = drift_block
+    info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
+            "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,
+            "inference_path": choice.summary(), **record, **({"drift": drift_block} if drift_block else {}),
+            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    with phase("commit"):
+        for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
+            _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
+    log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected%s", result.scored_rows, name, version,
+             result.seconds, n_in / max(result.seconds, 1e-9), rejected,
+             f", {skipped} already scored (incremental)" if exp.score.incremental else "")
+    limit = exp.score.drift_fail_above
+    failing = [n for n, f in (drift_block or {}).get("features", {}).items()
+               if limit is not None and f["psi"] is not None and f["psi"] > limit]
+    if failing:   # the output is written and marked: the job reports the move, it does not hide the scores
+        moved = ", ".join(f"{n} (PSI {drift_block['features'][n]['psi']:.2f})" for n in failing)
+        raise DriftError(f"drift: {moved} above score.drift_fail_above={limit:g}; see {drift_block['report']}")
+    return result
+
+
+def _write_partition(frame, where: str, version: int, run_date: str, empty: bool) -> None:
+    """This job's partition of ``where`` replaced by ``frame`` (Spark's dynamic overwrite), unmarked until
+    the job commits; ``empty``: the partition is known to have no rows, so its old files just go."""
+    # a marker left from an earlier run of this date must not vouch for files being replaced now
+    paths.delete_file(paths.join(partition_dir(where, version, run_date), paths.SUCCESS))
+    if empty:   # a dynamic overwrite with no rows would leave an earlier run's files of this date
+        paths.delete_dir(partition_dir(where, version, run_date))
+        return
+    try:
+        frame.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(where)
+    except Exception as exc:
+        failure = paths.write_failure(exc, f"scoring output {where}") or _device_failure(exc)
+        if failure is not None:
+            raise failure from None
+        raise
+
+
+def _counts(spark, out: str, rejects_path: str, version: int, run_date: str, keep: list[str], counter, df):
+    """What the job wrote, read back: this partition's predictions, their count and accuracy, the
+    rejected count (no scan when the scoring pass counted none) and the input's count."""
+    from pyspark.sql import functions as F
+
+    written = None
     mine = (F.col("model_version") == version) & (F.col("run_date").cast("string") == run_date)
     if paths.list_files(partition_dir(out, version, run_date), ".parquet"):
         written = spark.read.parquet(out).filter(mine)
@@ -231,33 +295,4 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
     rejected = (0 if counter is not None and counter.value == 0 else
                 spark.read.schema(REJECT_SCHEMA).parquet(rejects_path).filter(mine).count())
     n_in = df.count()
-    result = ScoreResult(name, version, n_in, int(agg["n"]), rejected, out, rejects_path,
-                         float(agg["acc"]) if keep and agg["acc"] is not None else None, time.time() - started,
-                         run_date, skipped, choice.path)
-    if result.scored_rows + result.rejected_rows + skipped != n_in:
-        raise ScoringError(f"scored {result.scored_rows} + rejected {rejected} + already scored {skipped} rows != "
-                           f"{n_in} input rows; output at {out} is not trusted (duplicate ids in the input?)")
-    drift_block = None
-    if exp.score.drift and agg["n"]:   # tonight's rows that fit the model + their predictions, vs the reference
-        drift_block = monitoring.check(
-            exp, inputs=df.filter(reject_reason(df, shipped.spec).isNull()), predictions=written,
-            spec=shipped.spec, run_id=record["model"]["run_id"],
-            name=name, version=version, run_date=run_date, partition=partition_dir(out, version, run_date), where=where_in,
-            model=(shipped.file, shipped.key), rows=n_in)
-        result.drift = drift_block
-    info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
-            "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,
-            "inference_path": choice.summary(), **record, **({"drift": drift_block} if drift_block else {}),
-            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
-        _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
-    log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected%s", result.scored_rows, name, version,
-             result.seconds, n_in / max(result.seconds, 1e-9), rejected,
-             f", {skipped} already scored (incremental)" if exp.score.incremental else "")
-    limit = exp.score.drift_fail_above
-    failing = [n for n, f in (drift_block or {}).get("features", {}).items()
-               if limit is not None and f["psi"] is not None and f["psi"] > limit]
-    if failing:   # the output is written and marked: the job reports the move, it does not hide the scores
-        moved = ", ".join(f"{n} (PSI {drift_block['features'][n]['psi']:.2f})" for n in failing)
-        raise DriftError(f"drift: {moved} above score.drift_fail_above={limit:g}; see {drift_block['report']}")
-    return result
+    return written, agg, rejected, n_in

@@ -9,8 +9,8 @@ a registered version the same way, so that way lives here and the stages import 
   that stop a job before any work (``check_input``) and the per-row reason a row cannot fit the model,
   as a native Spark column (``reject_reason``);
 - ``score_frame``: rows -> the task's output columns through ``mapInArrow`` (Arrow buffers as numpy views,
-  pipelines/arrow_rows.py), one model per Python worker
-  (``worker_predictor`` keeps it loaded for the next batch and the next job);
+  pipelines/arrow_rows.py), one model per Python worker (pipelines/scoring_worker.py: the worker side,
+  which keeps the model loaded for the next batch and the next job);
 - what a scoring job writes down about itself: the predictions layout (``partition_dir``) and the
   partition manifest's lineage block (``scoring_record``), which ``sparkzoo lineage`` reads back.
 """
@@ -32,11 +32,10 @@ from . import paths, track
 from .config import Experiment
 from .dataset import MANIFEST
 from .errors import ScoringError
+from .scoring_worker import score_arrow_batches, score_batches, worker_predictor  # noqa: F401  (the worker side)
 
 log = logging.getLogger("sparkzoo.score")
 
-_LOADED: dict[tuple, Any] = {}   # per Python worker: (model key, device, optimisation, ...) -> Predictor
-_SAID: set[str] = set()          # per Python worker: device lines already logged
 _INT_TYPES = ("tinyint", "smallint", "int", "bigint")
 
 
@@ -199,122 +198,6 @@ def worker_options(exp: Experiment) -> dict[str, Any]:
     return {"device": exp.score.device, "threads": exp.score.threads_per_worker, "optimize": "none",
             "chunk": exp.score.sequence_chunk, "image_chunk": exp.score.image_chunk, "plugins": list(exp.plugins),
             "batch_format": exp.score.batch_format}
-
-
-def _device(choice: str, seen=None) -> str:
-    """This task's device (pipelines/devices.py): the GPU Spark assigned it, else the executor's CUDA
-    device, else CPU; logged once per worker and device, added to ``seen`` (an accumulator the driver
-    reads for its one line) and reported where SPARKZOO_DEVICE_REPORT asks."""
-    from . import devices
-
-    picked = devices.for_score_task(choice)
-    devices.report("score", picked, stage=devices.task_stage())
-    if seen is not None:
-        seen.add({devices.seen_as(picked)})
-    said = picked.note.split(": ", 1)[-1]   # without "score task N"
-    if said not in _SAID:
-        _SAID.add(said)
-        log.info("%s", picked.note)
-    return picked.device
-
-
-def _unpacked(model_file: str) -> str:
-    """The shipped zip, unpacked once per executor next to it; concurrent workers race safely by rename."""
-    import shutil
-    import zipfile
-
-    from pyspark import SparkFiles
-
-    archive = SparkFiles.get(model_file)
-    target = archive[: -len(".zip")] + ".unpacked"
-    if not os.path.isdir(target):
-        tmp = tempfile.mkdtemp(dir=os.path.dirname(archive), prefix=".unpacking-")
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:   # another worker of this executor got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return paths.join(target, "artifacts")
-
-
-def worker_predictor(model_file: str, options: dict[str, Any]):
-    """The shipped model on this worker's device, loaded once per Python worker and kept: registered
-    versions are immutable, so (registry, name, version) names the weights, and a worker reused by the
-    next job keeps its loaded (and, with optimize=compile, compiled) model."""
-    from .modelpack import IMAGE_CHUNK, SEQUENCE_CHUNK
-
-    device = _device(options["device"], options.get("device_seen"))
-    chunk = int(options.get("chunk") or SEQUENCE_CHUNK)
-    image_chunk = int(options.get("image_chunk") or IMAGE_CHUNK)
-    key = (options.get("model_key") or model_file, device, options["optimize"], chunk, image_chunk,
-           options.get("calibration_key"))
-    pred = _LOADED.get(key)
-    if pred is None:
-        import torch
-
-        from . import plugins
-        from .modelpack import Predictor
-
-        plugins.load(options.get("plugins") or [], "the scoring job")   # a plugin task's model needs its class
-
-        torch.set_num_threads(int(options["threads"]))
-        calibration = options["calibration"].value if options.get("calibration") is not None else None
-        pred = _LOADED[key] = Predictor.from_dir(_unpacked(model_file), device=device, optimize=options["optimize"],
-                                                 chunk=chunk, image_chunk=image_chunk, calibration=calibration)
-    return pred
-
-
-def score_batches(batches: Iterator[pd.DataFrame], model_file: str, keep: list[str],
-                  options: dict[str, Any] | None = None) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: one model per worker, whole-batch inference, numpy outputs."""
-    from .modelpack import outputs_frame
-
-    options = options or {"device": "auto", "threads": 1, "optimize": "none"}
-    predictor = worker_predictor(model_file, options)
-    rejects = options.get("reject_counter")
-    for frame in batches:
-        if "_reject" in frame.columns:   # rows the native filter flagged: counted for the driver, not scored
-            bad = frame["_reject"].notna().to_numpy()
-            if bad.any():
-                rejects.add(int(bad.sum()))
-                frame = frame[~bad]
-        if frame.empty:
-            continue
-        result = outputs_frame(predictor.predict_batch(predictor.batch(frame)))
-        result.insert(0, "id", frame["id"].to_numpy())
-        for col in keep:
-            result[col] = frame[col].to_numpy()
-        yield result
-
-
-def score_arrow_batches(batches: Iterator[Any], model_file: str, keep: list[str], schema: Any,
-                        options: dict[str, Any] | None = None) -> Iterator[Any]:
-    """mapInArrow body: Arrow in, Arrow out (pipelines/arrow_rows.py), one model per worker.
-
-    Pixels reach the model as a view of the Arrow buffer and the outputs leave as whole buffers, so the
-    only per-row Python work left is what a task does per row itself (tokenising text, decoding
-    sequences)."""
-    import pyarrow.compute as pc
-
-    from .arrow_rows import input_batch, output_batch
-
-    options = options or {"device": "auto", "threads": 1, "optimize": "none"}
-    predictor = worker_predictor(model_file, options)
-    rejects = options.get("reject_counter")
-    for batch in batches:
-        names = batch.schema.names
-        if "_reject" in names:   # rows the native filter flagged: counted for the driver, not scored
-            flag = batch.column(names.index("_reject"))
-            if flag.null_count != len(flag):
-                bad = len(flag) - flag.null_count
-                rejects.add(bad)
-                batch = batch.filter(pc.is_null(flag))
-        if batch.num_rows == 0:
-            continue
-        out = predictor.predict_batch(input_batch(batch, predictor.spec, predictor.input_columns))
-        yield output_batch(out, batch.column(names.index("id")), [batch.column(names.index(c)) for c in keep],
-                           schema)
 
 
 def output_schema(shipped: ShippedModel, df, keep: list[str]) -> str:

@@ -223,7 +223,7 @@ def test_packed_environment_on_a_cluster_that_shares_nothing(fresh_venv, tmp_pat
             end = time.time() + 1500
             while time.time() < end and proc.poll() is None:
                 for rec in _records(probe):
-                    if rec["module"] == "sparkzoo.pipelines.scoring" and "environment" in rec["executable"]:
+                    if rec["module"] == "sparkzoo.pipelines.scoring_worker" and "environment" in rec["executable"]:
                         jvm = _executor_jvm(rec["pid"])
                         if jvm:
                             os.kill(jvm, signal.SIGKILL)
@@ -264,4 +264,4 @@ def test_packed_environment_on_a_cluster_that_shares_nothing(fresh_venv, tmp_pat
     ranks = {r["pid"] for r in remote if r["module"] == "sparkzoo.pipelines.train.loop"}
     rank_dirs = {Path(r["executable"]).parent.parent.parent for r in remote if r["pid"] in ranks}
     assert len(ranks) >= 2 and len(rank_dirs) == 2, (ranks, rank_dirs)    # 2 ranks, on the 2 executors
-    assert {r["module"] for r in remote} >= {"torch", "sparkzoo.pipelines.scoring", "sparkzoo.pipelines.train.loop"}
+    assert {r["module"] for r in remote} >= {"torch", "sparkzoo.pipelines.scoring_worker", "sparkzoo.pipelines.train.loop"}
