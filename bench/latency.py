@@ -28,6 +28,7 @@ import time
 from _common import ROOT, machine
 
 BIN = os.path.dirname(sys.executable)
+BENCH_WS = ROOT / "workspace" / "bench"
 
 PLAIN = r"""
 import sys, time
@@ -84,7 +85,9 @@ def run_ours(conf: str, sets: list[str]) -> tuple[float, str]:
     secs = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"sparkzoo score failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    found = re.search(r"score phases: (.*)", done.stdout + done.stderr)
+    # a console run keeps INFO lines in its log file (workspace/logs/score-*.log), not on the terminal
+    logs = sorted((BENCH_WS / "logs").glob("score-*.log"), key=os.path.getmtime)
+    found = re.search(r"score phases: (.*)", logs[-1].read_text()) if logs else None
     return secs, found.group(1).strip() if found else "(no phase line)"
 
 
