@@ -178,8 +178,8 @@ def _check_rows(spark, exp: Experiment, shipped: ShippedModel, df, where: str):
     good = fitting_rows(sample_df, where, shipped.spec)
     cols = model_input_columns(shipped.spec, good.columns)
     n_cal = exp.score.optimize_calibration_rows
-    frame = (good.filter(F.col("label").isNotNull()).select(*cols, "label")   # small: calibration + check rows,
-             .limit(n_cal + exp.score.optimize_check_rows).toPandas())    # a few thousand at most
+    frame = (good.filter(F.col("label").isNotNull()).select(*cols, "label")   # calibration + check rows:
+             .limit(n_cal + exp.score.optimize_check_rows).toPandas())    # small: a few thousand at most
     if len(frame) <= n_cal:
         raise ScoringError(f"score.optimize={exp.score.optimize} needs more than {n_cal} labelled rows (calibration, "
                            f"then the accuracy check); {where} has {len(frame)}; set score.optimize=none")
