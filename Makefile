@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 SPARKZOO := $(VENV)/bin/sparkzoo
 CONF ?= conf/fashion_mnist_cnn.yaml
 PYTEST_ARGS ?=
+# pytest-xdist workers; each takes whole test modules (a module's fixtures are built once, in one worker).
+# 2 keeps a 2-core machine busy (the tests wait on JVMs, servers and subprocesses); 0 runs in one process.
+TEST_WORKERS ?= 2
+XDIST = -n $(TEST_WORKERS) --dist loadfile
 README_NOTE ?=
 
 .PHONY: setup demo readme-figures test test-fast ui run prepare train score baseline zoo-vision zoo-sequence clean
@@ -21,11 +25,11 @@ readme-figures: demo
 	$(PY) scripts/readme_figures.py --note "$(README_NOTE)"
 
 test: setup
-	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -m "not gpu" $(XDIST) $(PYTEST_ARGS) tests
 
 # What is slow: tests/conftest.py (heavy fixtures, SLOW_MODULES, @pytest.mark.slow); docs/DEVELOPMENT.md.
 test-fast: setup
-	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS) tests
+	$(PY) -m pytest -m "not slow and not gpu" $(XDIST) $(PYTEST_ARGS) tests
 
 ui:
 	$(SPARKZOO) ui -c $(CONF)

@@ -20,7 +20,7 @@ from sparkzoo.pipelines import config, devices
 from sparkzoo.pipelines.errors import ConfigError, ScoringError, TrainingError
 
 from .conftest import CONF, ROOT, run_cli
-from .test_cluster import VENV_BIN, standalone_cluster
+from .cluster import VENV_BIN, standalone_cluster
 
 ROWS = 1000   # records per source split: the test is about placement, not accuracy
 

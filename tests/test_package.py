@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import ROOT, SUBSAMPLE
-from .test_cluster import standalone_cluster
+from .cluster import standalone_cluster
 
 CHECKOUT_VENV = Path(sys.prefix)
 # Environment variables that would point a subprocess back at this checkout or its venv.

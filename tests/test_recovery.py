@@ -22,7 +22,7 @@ from sparkzoo.pipelines.dataset import open_prepared
 from sparkzoo.pipelines.train.data import ShardReader, steps_per_epoch
 
 from .conftest import CONF, ROOT, exp_overrides, run_cli
-from .test_cluster import VENV_BIN, standalone_cluster
+from .cluster import VENV_BIN, standalone_cluster
 
 CLUSTER_RUN = ["name=recovery", "train.epochs=2", "train.max_steps_per_epoch=30",
                "train.batch_size=16", "train.checkpoint_every_steps=10"]

@@ -107,7 +107,7 @@ def test_python_worker_killed_during_prepare_is_retried_without_duplicates(tmp_p
 
 
 def test_executor_jvm_killed_during_prepare_on_a_standalone_cluster(tmp_path):
-    from .test_cluster import VENV_BIN, standalone_cluster
+    from .cluster import VENV_BIN, standalone_cluster
 
     src, expected = _stamp_tree(tmp_path)
     marker = tmp_path / "executor-killed-once"
