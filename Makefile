@@ -6,9 +6,11 @@ SPARKZOO := $(VENV)/bin/sparkzoo
 CONF ?= conf/fashion_mnist_cnn.yaml
 PYTEST_ARGS ?=
 # pytest-xdist workers; each takes whole test modules (a module's fixtures are built once, in one worker).
+# --no-loadscope-reorder: modules go out in the order tests/conftest.py sorts them (longest first), not by
+# their number of tests (xdist's default put the slowest module, with 3 tests, last).
 # 2 keeps a 2-core machine busy (the tests wait on JVMs, servers and subprocesses); 0 runs in one process.
 TEST_WORKERS ?= 2
-XDIST = -n $(TEST_WORKERS) --dist loadfile
+XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 README_NOTE ?=
 
 .PHONY: setup demo readme-figures test test-fast ui run prepare train score baseline zoo-vision zoo-sequence clean

@@ -32,8 +32,8 @@ from .config import Experiment
 from .dataset import open_prepared
 from .errors import DriftError, ScoringError
 from .phases import Phases
-from .scoring import ShippedModel, check_input, partition_dir, reject_reason, scoring_record, shipped_model, \
-    score_frame, worker_options
+from .scoring import ShippedModel, check_input, model_download, partition_dir, reject_reason, scoring_record, \
+    score_frame, shipped_model, worker_options
 
 log = logging.getLogger("sparkzoo.score")
 
@@ -150,20 +150,22 @@ def run(exp: Experiment, spark=None, phase: Phases | None = None) -> ScoreResult
     logs them as one line and returns them in ``ScoreResult.phases``."""
     started = time.time()
     phase = phase or Phases()
-    with phase("resolve model"):
-        name, version = track.resolve_model_version(exp, exp.score.model_uri)   # pinned: aliases may move now
-    run_date = exp.score.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    with phase("spark session"):
-        if spark is None:
-            from .session import get_spark
-            spark = get_spark(exp)
-        profile = devices.score_profile(spark, exp.score.tasks_per_gpu)   # before any work: a bad request fails now
-    log.info("scoring: %s", devices.score_plan(spark, exp.score.device, exp.score.tasks_per_gpu))
-    with phase("open input"):
-        df, where = input_frame(spark, exp)
     with contextlib.ExitStack() as stack:   # the driver's copy of the model goes when the job is done
-        with phase("ship model"):
-            shipped = stack.enter_context(shipped_model(spark, exp, name, version))
+        with phase("resolve model"):
+            name, version = track.resolve_model_version(exp, exp.score.model_uri)   # pinned: aliases may move now
+            # the download runs in a thread while the JVM starts and the input is listed (small jobs)
+            download = stack.enter_context(model_download(exp, name, version))
+        run_date = exp.score.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+        with phase("spark session"):
+            if spark is None:
+                from .session import get_spark
+                spark = get_spark(exp)
+            profile = devices.score_profile(spark, exp.score.tasks_per_gpu)   # before any work: a bad request fails now
+        log.info("scoring: %s", devices.score_plan(spark, exp.score.device, exp.score.tasks_per_gpu))
+        with phase("open input"):
+            df, where = input_frame(spark, exp)
+        with phase("ship model"):   # what the download has left to do, then the zip for the executors
+            shipped = stack.enter_context(shipped_model(spark, exp, name, version, download))
         result = _score(exp, spark, shipped, df, where, run_date, profile, started, phase)
     result.phases = phase.seconds
     log.info("score phases: %s", phase.line())

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import tempfile
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -65,14 +66,33 @@ class ShippedModel:
 
 
 @contextlib.contextmanager
-def shipped_model(spark, exp: Experiment, name: str, version: int) -> Iterator[ShippedModel]:
+def model_download(exp: Experiment, name: str, version: int) -> Iterator[Future]:
+    """Start downloading one pinned version now, in a thread, and hand back its future.
+
+    Why: on a small job the download (about 1.5 s for a local store) is pure waiting, and so is the
+    Spark session's JVM start that comes next; started first, the download runs while the JVM starts.
+    The future gives ``(folder, model files)``. The folder is removed when the block exits, after the
+    download has ended (an early error elsewhere still waits for it, so nothing writes into a removed
+    folder).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with tempfile.TemporaryDirectory(prefix=f"sparkzoo-{name}-v{version}-") as local:
+        with ThreadPoolExecutor(1, thread_name_prefix="sparkzoo-model-download") as pool:
+            yield pool.submit(lambda: (local, track.download_model_files(exp, name, version, local)))
+
+
+@contextlib.contextmanager
+def shipped_model(spark, exp: Experiment, name: str, version: int,
+                  download: Future | None = None) -> Iterator[ShippedModel]:
     """Download one pinned version on the driver and ship its folder to the executors once.
 
-    The driver's download is removed when the block exits. The zip handed to Spark is written into
-    Spark's own file folder (``SparkFiles.getRootDirectory()``), which Spark deletes when the context
-    stops: it cannot go with the block, because Spark sends every file added to a context to each
-    executor that runs its first task later (a new or idle executor, in any later job), and a file gone
-    from the driver fails that task.
+    ``download``: a ``model_download`` already under way (the caller started it before the Spark
+    session); without it the download happens here. The driver's download is removed when its block
+    exits. The zip handed to Spark is written into Spark's own file folder
+    (``SparkFiles.getRootDirectory()``), which Spark deletes when the context stops: it cannot go with
+    the block, because Spark sends every file added to a context to each executor that runs its first
+    task later (a new or idle executor, in any later job), and a file gone from the driver fails that task.
     """
     import shutil
 
@@ -80,8 +100,8 @@ def shipped_model(spark, exp: Experiment, name: str, version: int) -> Iterator[S
 
     from .modelpack import SPEC_FILE
 
-    with tempfile.TemporaryDirectory(prefix=f"sparkzoo-{name}-v{version}-") as local:
-        files = track.download_model_files(exp, name, version, local)
+    with contextlib.ExitStack() as stack:
+        local, files = (download or stack.enter_context(model_download(exp, name, version))).result()
         spec = paths.read_json(paths.join(files, SPEC_FILE))
         # One zip, not a folder: Spark ships local folders only on a local master. Already in the folder
         # ``addFile`` copies to, so Spark finds the same bytes there and keeps the one copy.

@@ -50,6 +50,12 @@ def test_shipped_model_leaves_no_folder_behind(trained, make_exp, spark, tmp_pat
     assert (Path(SparkFiles.getRootDirectory()) / shipped.file).exists()
     assert score.run(exp, spark).scored_rows == open_prepared(exp).rows("test")
     assert list((tmp_path / "tmp").iterdir()) == []
+    # a download started before the Spark session (score.run does) and abandoned by a failure before the
+    # model is shipped: the block waits for it to end, then removes its folder
+    with pytest.raises(RuntimeError, match="no session"):
+        with scoring.model_download(exp, exp.model_name, trained.model_version):
+            raise RuntimeError("no session")
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_rerun_for_same_date_replaces_only_its_partition(trained, make_exp, spark, tmp_path):
