@@ -38,7 +38,7 @@ SLOW_TESTS = {"test_prepare_modalities.py::test_cli_exit_codes_around_threshold"
 
 # ``make test`` runs two pytest-xdist workers that take whole modules (``--dist loadfile``) in collection order.
 # The longest modules go first so that neither worker is left with a long one at the end while the other
-# idles (measured: 3 minutes of one idle core when they came alphabetically). Longest first, from
+# idles (measured: 3 minutes of one idle core in xdist's default order, by number of tests). Longest first, from
 # ``--durations`` of a two-worker run on 2 cores; a module missing here keeps its place after these.
 LONGEST_FIRST = ("test_package", "test_engine", "test_vision_families", "test_scoring", "test_reliability_faults",
                  "test_drift", "test_gpu_scheduling", "test_recovery", "test_console", "test_production_mlflow",
