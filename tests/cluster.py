@@ -17,38 +17,38 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from .conftest import free_port
 
 VENV_BIN = Path(sys.executable).parent
 
 
-def _wait_port(port: int, timeout: float = 60.0) -> None:
+def _wait_until(ready: Callable[[], bool], timeout: float, what: str, every: float) -> None:
+    """Poll ``ready`` until it says yes; TimeoutError naming ``what`` when ``timeout`` runs out."""
     end = time.time() + timeout
     while time.time() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+        if ready():
+            return
+        time.sleep(every)
+    raise TimeoutError(what)
 
 
-def _wait_workers(ui_port: int, workers: int, timeout: float = 90.0) -> None:
-    """Until the master's JSON page lists that many ALIVE workers (a fixed sleep was slow or too short)."""
+def _listens(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive_workers(ui_port: int) -> int:
+    """ALIVE workers on the master's JSON page; 0 while the page does not answer yet."""
     import json
     import urllib.request
 
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as page:
-                alive = [w for w in json.load(page).get("workers", []) if w.get("state") == "ALIVE"]
-            if len(alive) >= workers:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{workers} workers did not register with the master within {timeout:.0f} s")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as page:
+            return sum(w.get("state") == "ALIVE" for w in json.load(page).get("workers", []))
+    except OSError:
+        return 0
 
 
 def fake_gpu_script(workdir: Path, gpus: int) -> Path:
@@ -86,7 +86,7 @@ def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, gpus: in
                                "--webui-port", str(ui)], env=env, stdout=open(workdir / "master.log", "w"),
                               stderr=subprocess.STDOUT, start_new_session=True)]
     try:
-        _wait_port(port)
+        _wait_until(lambda: _listens(port), 60.0, f"nothing listens on 127.0.0.1:{port}", every=0.5)
         for i in range(workers):
             worker_env, cwd = env, None
             if isolate_workers:
@@ -98,7 +98,9 @@ def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, gpus: in
                  "--cores", str(cores), "--memory", "2g", "--webui-port", str(free_port())],
                 env=worker_env, cwd=cwd, stdout=open(workdir / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
                 start_new_session=True))
-        _wait_workers(ui, workers)
+        # until the workers have registered (a fixed sleep was slow or too short)
+        _wait_until(lambda: _alive_workers(ui) >= workers, 90.0,
+                    f"{workers} workers did not register with the master within 90 s", every=0.3)
         yield f"spark://127.0.0.1:{port}", env
     finally:
         for p in reversed(procs):
