@@ -314,11 +314,28 @@ class ScoreConfig(_Strict):
     drift: bool = True
     drift_flag_above: float = Field(0.2, gt=0.0)            # PSI above which a feature is reported as moved
     drift_fail_above: Optional[float] = Field(None, gt=0.0)  # PSI above which the job ends with exit code 4
+    # Where the rows are scored (pipelines/score_in_process.py): ``spark``; ``in_process``, this Python
+    # process alone with no JVM (a small input on a local master, where Spark's start is most of the job);
+    # ``auto`` picks in_process when the master is local, spark-submit did not start the job, the input is
+    # a path or split of at most ``in_process_max_bytes`` of files, and nothing needs Spark (incremental,
+    # a catalog table, an optimised path, GPU shares).
+    engine: Literal["auto", "spark", "in_process"] = "auto"
+    in_process_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
 
     @model_validator(mode="after")
     def _one_input(self) -> "ScoreConfig":
         if self.input_path and self.input_table:
             raise ValueError("set score.input_path or score.input_table, not both")
+        if self.engine == "in_process":
+            needs_spark = [why for why, on in (("score.input_table (a catalog table)", self.input_table),
+                                               ("score.incremental (an anti-join on earlier output)", self.incremental),
+                                               (f"score.optimize={self.optimize} (its check runs in Spark)",
+                                                self.optimize != "none"),
+                                               ("score.tasks_per_gpu (Spark's GPU shares)",
+                                                self.tasks_per_gpu is not None)) if on]
+            if needs_spark:
+                raise ValueError(f"score.engine=in_process scores without Spark, but {needs_spark[0]} needs it; "
+                                 f"use score.engine=spark or auto")
         if self.tasks_per_gpu is not None and self.device == "cpu":
             raise ValueError("score.tasks_per_gpu asks Spark for GPUs but score.device=cpu never uses them; "
                              "set one of them")

@@ -56,52 +56,60 @@ PAUSE_DB = 30.0
 
 # ---- per-row features (Spark) ------------------------------------------------------------------------
 
-def _image_features(frames, pixels: int):
-    """mapInPandas body: five statistics per image from its raw uint8 bytes, vectorised per batch."""
+def image_stats(raw: list[bytes], pixels: int):
+    """Five statistics per image from its raw uint8 bytes (rows of ``pixels`` bytes), vectorised."""
     import pandas as pd
 
+    x = np.frombuffer(b"".join(raw), dtype=np.uint8).reshape(len(raw), pixels).astype(np.float32) / 255.0
+    return pd.DataFrame({
+        "pixel_mean": x.mean(axis=1), "pixel_std": x.std(axis=1),
+        "dark_fraction": (x < 0.1).mean(axis=1), "bright_fraction": (x > 0.9).mean(axis=1),
+        "edge_energy": np.abs(np.diff(x, axis=1)).mean(axis=1),
+    }).astype("float64")
+
+
+def _image_features(frames, pixels: int):
+    """mapInPandas body: ``image_stats`` per batch of the rows whose size fits."""
     for frame in frames:
         raw = frame["image"]
         ok = raw.map(lambda b: b is not None and len(b) == pixels).to_numpy()
-        if not ok.any():
-            continue
-        x = np.frombuffer(b"".join(raw[ok]), dtype=np.uint8).reshape(int(ok.sum()), pixels).astype(np.float32) / 255.0
-        yield pd.DataFrame({
-            "pixel_mean": x.mean(axis=1), "pixel_std": x.std(axis=1),
-            "dark_fraction": (x < 0.1).mean(axis=1), "bright_fraction": (x > 0.9).mean(axis=1),
-            "edge_energy": np.abs(np.diff(x, axis=1)).mean(axis=1),
-        }).astype("float64")
+        if ok.any():
+            yield image_stats(raw[ok].tolist(), pixels)
+
+
+def audio_stats(rows: list[bytes], n_mels: int, hop_seconds: float):
+    """Six statistics per utterance from its float32 log-mel frames (frames x n_mels, ``log(mel power +
+    1e-6)`` as prepare writes them), vectorised over all frames of the rows at once."""
+    import pandas as pd
+
+    per = 4 * n_mels
+    n = np.fromiter((len(b) // per for b in rows), np.int64, len(rows))
+    starts = np.concatenate(([0], np.cumsum(n)[:-1]))
+    x = np.frombuffer(b"".join(rows), np.float32).reshape(-1, n_mels).astype(np.float64)
+    power = np.exp(x)                                   # mel power per frame and band
+    frame_power = power.sum(axis=1)
+    total = np.add.reduceat(frame_power, starts)
+    frame_db = 10 * np.log10(frame_power)
+    peak = np.maximum.reduceat(frame_db, starts)
+    mean = np.add.reduceat(x.sum(axis=1), starts) / (n * n_mels)
+    square = np.add.reduceat((x * x).sum(axis=1), starts) / (n * n_mels)
+    centroid = np.add.reduceat(power @ np.arange(n_mels, dtype=np.float64), starts) / total / max(n_mels - 1, 1)
+    pauses = np.add.reduceat((frame_db < np.repeat(peak, n) - PAUSE_DB).astype(np.float64), starts)
+    return pd.DataFrame({
+        "duration_seconds": n * hop_seconds, "loudness_db": 10 * np.log10(total / n),
+        "mel_mean": mean, "mel_std": np.sqrt(np.maximum(square - mean * mean, 0.0)),
+        "mel_centroid": centroid, "pause_fraction": pauses / n,
+    }).astype("float64")
 
 
 def _audio_features(frames, n_mels: int, hop_seconds: float):
-    """mapInPandas body: six statistics per utterance from its float32 log-mel frames (frames x n_mels,
-    ``log(mel power + 1e-6)`` as prepare writes them), vectorised over all frames of a batch at once."""
-    import pandas as pd
-
+    """mapInPandas body: ``audio_stats`` per batch of the rows that hold whole frames."""
     per = 4 * n_mels
     for frame in frames:
         raw = frame["features"]
         ok = raw.map(lambda b: b is not None and len(b) > 0 and len(b) % per == 0).to_numpy()
-        if not ok.any():
-            continue
-        rows = raw[ok].tolist()
-        n = np.fromiter((len(b) // per for b in rows), np.int64, len(rows))
-        starts = np.concatenate(([0], np.cumsum(n)[:-1]))
-        x = np.frombuffer(b"".join(rows), np.float32).reshape(-1, n_mels).astype(np.float64)
-        power = np.exp(x)                                   # mel power per frame and band
-        frame_power = power.sum(axis=1)
-        total = np.add.reduceat(frame_power, starts)
-        frame_db = 10 * np.log10(frame_power)
-        peak = np.maximum.reduceat(frame_db, starts)
-        mean = np.add.reduceat(x.sum(axis=1), starts) / (n * n_mels)
-        square = np.add.reduceat((x * x).sum(axis=1), starts) / (n * n_mels)
-        centroid = np.add.reduceat(power @ np.arange(n_mels, dtype=np.float64), starts) / total / max(n_mels - 1, 1)
-        pauses = np.add.reduceat((frame_db < np.repeat(peak, n) - PAUSE_DB).astype(np.float64), starts)
-        yield pd.DataFrame({
-            "duration_seconds": n * hop_seconds, "loudness_db": 10 * np.log10(total / n),
-            "mel_mean": mean, "mel_std": np.sqrt(np.maximum(square - mean * mean, 0.0)),
-            "mel_centroid": centroid, "pause_fraction": pauses / n,
-        }).astype("float64")
+        if ok.any():
+            yield audio_stats(raw[ok].tolist(), n_mels, hop_seconds)
 
 
 def numeric_features(df, spec: dict[str, Any]):
@@ -155,17 +163,19 @@ def _pooled(t) -> np.ndarray:
 
 
 def _embeddings(frames, model_file: str, key: str, directions: list[list[float]] | None,
-                keep_vectors: bool = False):
+                keep_vectors: bool = False, options: dict[str, Any] | None = None):
     """mapInPandas body: the input of the classifier head per row (the last ``Linear`` to run in a
     forward: the penultimate layer's output), summarised as norm, mean, active fraction and max, plus
     its projections on ``directions`` (if any) or, with ``keep_vectors`` (the reference pass that fits
-    the directions), the vector itself. Eager model, cached per worker."""
+    the directions), the vector itself. Eager model, cached per worker; ``options`` adds to the worker's
+    (the in-process engine passes its unpacked model folder and its thread count)."""
     import pandas as pd
     import torch
 
     from .scoring_worker import worker_predictor
 
-    pred = worker_predictor(model_file, {"device": "cpu", "threads": 1, "optimize": "none", "model_key": key})
+    pred = worker_predictor(model_file, {"device": "cpu", "threads": 1, "optimize": "none", "model_key": key,
+                                         **(options or {})})
     linears = [m for m in pred.module.modules() if isinstance(m, torch.nn.Linear)]
     if not linears:
         return

@@ -89,10 +89,19 @@ def check(exp: Experiment, *, inputs, predictions, spec: dict[str, Any], run_id:
         return None
     current = drift.profile(inputs, predictions, spec, drift.edges_of(ref), model=model, rows=rows,
                             directions=ref.get("embedding_directions"))
+    return report(exp, ref, current, run_id=run_id, name=name, version=version, run_date=run_date,
+                  partition=partition, where=where, seconds=time.perf_counter() - started)
+
+
+def report(exp: Experiment, ref: dict[str, Any], current: dict[str, Any], *, run_id: str, name: str, version: int,
+           run_date: str, partition: str, where: str, seconds: float) -> dict[str, Any]:
+    """Tonight's profile against the reference: compared, written as the report page beside the
+    partition, logged as the monitoring run; ``seconds``: what profiling cost the job. Both engines end
+    here (the in-process one builds ``current`` with pipelines/drift_stream.py)."""
     result = drift.compare(ref, current, exp.score.drift_flag_above)
     block = {"reference_run": run_id, "reference_split": ref.get("split"), "reference_rows": ref.get("rows"),
              "rows": current.get("rows"), **result, "profile": current,
-             "profile_seconds": round(time.perf_counter() - started, 2)}   # what profiling cost this job
+             "profile_seconds": round(seconds, 2)}
     report = paths.join(partition, REPORT)
     page = render_report(block, ref, name=name, version=version, run_date=run_date, where=where)
     _write_text(report, page)

@@ -32,7 +32,7 @@ from .config import Experiment
 from .dataset import open_prepared
 from .errors import DriftError, ScoringError
 from .phases import Phases
-from .scoring import ShippedModel, check_input, model_download, partition_dir, reject_reason, scoring_record, \
+from .scoring import ShippedModel, check_input, input_snapshot, model_download, partition_dir, reject_reason, scoring_record, \
     score_frame, shipped_model, worker_options
 
 log = logging.getLogger("sparkzoo.score")
@@ -92,6 +92,12 @@ def input_frame(spark, exp: Experiment):
                                f"(current database '{spark.catalog.currentDatabase()}'); create it, qualify it as "
                                f"database.table, or use score.input_path for a Parquet folder")
         return spark.table(name), f"table {name}"
+    path = input_location(exp)
+    return spark.read.parquet(path), path
+
+
+def input_location(exp: Experiment) -> str:
+    """``score.input_path`` (checked: it exists, a glob matches) or the prepared split's folder."""
     if exp.score.input_path:
         path = paths.resolve(exp, exp.score.input_path)
         if _is_glob(path):
@@ -99,9 +105,8 @@ def input_frame(spark, exp: Experiment):
                 raise ScoringError(f"score.input_path glob {path} matches nothing; check the pattern")
         elif not paths.exists(path):
             raise ScoringError(f"score.input_path {path} does not exist; point it at a Parquet table, folder or glob")
-        return spark.read.parquet(path), path
-    ds = open_prepared(exp)
-    return spark.read.parquet(ds.split_dir(exp.score.input_split)), ds.split_dir(exp.score.input_split)
+        return path
+    return open_prepared(exp).split_dir(exp.score.input_split)
 
 
 def spread_over_cores(spark, df):
@@ -156,6 +161,18 @@ def run(exp: Experiment, spark=None, phase: Phases | None = None) -> ScoreResult
             # the download runs in a thread while the JVM starts and the input is listed (small jobs)
             download = stack.enter_context(model_download(exp, name, version))
         run_date = exp.score.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+        if spark is None:   # a caller's session (tests, other stages) means Spark
+            from . import score_in_process
+
+            with phase("choose engine"):
+                engine, why = score_in_process.choose_engine(exp)
+            log.info("scoring engine: %s (%s)", engine, why)
+            if engine == "in_process":
+                result = score_in_process.run(exp, name, version, download, run_date, started, phase)
+                result.phases = phase.seconds
+                log.info("score phases: %s", phase.line())
+                _log_scored(result, exp)
+                return result
         with phase("spark session"):
             if spark is None:
                 from .session import get_spark
@@ -181,7 +198,7 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
     with phase("check input"):
         df = check_input(df, where, shipped.spec)
         choice = inference_path.choose(spark, exp, shipped, df, where)
-        record = scoring_record(exp, df, where, name, version)   # input snapshot, model URI, config hash
+        record = scoring_record(exp, input_snapshot(df, where, exp), name, version)   # input snapshot, model URI, config hash
     where_in = where
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
@@ -245,22 +262,29 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
                 rows=n_in)
         result.drift = drift_block
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
-            "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped,
+            "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped, "engine": "spark",
             "inference_path": choice.summary(), **record, **({"drift": drift_block} if drift_block else {}),
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with phase("commit"):
         for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
             _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
-    log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected%s", result.scored_rows, name, version,
-             result.seconds, n_in / max(result.seconds, 1e-9), rejected,
-             f", {skipped} already scored (incremental)" if exp.score.incremental else "")
+    _log_scored(result, exp)
+    return result
+
+
+def _log_scored(result: ScoreResult, exp: Experiment) -> None:
+    """The job's last line, then the drift verdict: a move above ``score.drift_fail_above`` fails the job."""
+    log.info("scored %d rows with %s v%d in %.1fs (%.0f rows/s), %d rejected%s", result.scored_rows,
+             result.model_name, result.model_version, result.seconds,
+             result.input_rows / max(result.seconds, 1e-9), result.rejected_rows,
+             f", {result.skipped_rows} already scored (incremental)" if exp.score.incremental else "")
     limit = exp.score.drift_fail_above
+    drift_block = result.drift
     failing = [n for n, f in (drift_block or {}).get("features", {}).items()
                if limit is not None and f["psi"] is not None and f["psi"] > limit]
     if failing:   # the output is written and marked: the job reports the move, it does not hide the scores
         moved = ", ".join(f"{n} (PSI {drift_block['features'][n]['psi']:.2f})" for n in failing)
         raise DriftError(f"drift: {moved} above score.drift_fail_above={limit:g}; see {drift_block['report']}")
-    return result
 
 
 def _write_partition(frame, where: str, version: int, run_date: str, empty: bool) -> None:

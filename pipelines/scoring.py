@@ -134,10 +134,19 @@ def check_input(df, where: str, spec: dict[str, Any]):
     from pyspark.sql import functions as F
 
     types = dict(df.dtypes)
+    check_columns(types, where, spec)
+    return df.withColumn("id", F.col("id").cast("string")) if types["id"] != "string" else df
+
+
+def check_columns(types: dict[str, str], where: str, spec: dict[str, Any]) -> None:
+    """``check_input``'s checks on a column -> Spark type name mapping: the Spark engine passes the
+    DataFrame's ``dtypes``, the in-process engine the Parquet schema's (``arrow_rows.spark_types``), so
+    both stop a wrong table with the same message."""
+    columns = list(types)
     if "id" not in types:
         raise ScoringError(f"scoring input {where} lacks column id; it needs the prepared schema (id, ...): score a "
                            f"prepared split or a table written by sparkzoo prepare")
-    cols = model_input_columns(spec, df.columns)
+    cols = model_input_columns(spec, columns)
     missing = [c for c in cols if c not in types]
     if missing:
         want = " or ".join(["token_ids", "text"]) if cols == ["token_ids"] else ", ".join(missing)
@@ -158,7 +167,6 @@ def check_input(df, where: str, spec: dict[str, Any]):
         if col in types and types[col] not in _INT_TYPES:
             raise ScoringError(f"scoring input {where}: column '{col}' is {types[col]}, expected an integer; "
                                f"cast it or drop the column")
-    return df.withColumn("id", F.col("id").cast("string")) if types["id"] != "string" else df
 
 
 def _pixels_text(spec: dict[str, Any]) -> str:
@@ -220,12 +228,13 @@ def worker_options(exp: Experiment) -> dict[str, Any]:
             "batch_format": exp.score.batch_format}
 
 
-def output_schema(shipped: ShippedModel, df, keep: list[str]) -> str:
-    """Spark DDL of what scoring returns: id, the task's output columns, then the kept input columns."""
+def output_schema(spec: dict[str, Any], types: dict[str, str], keep: list[str]) -> str:
+    """Spark DDL of what scoring returns: id, the task's output columns, then the kept input columns
+    (``types``: the input's column -> Spark type name)."""
     from ..models.tasks import task_class
 
-    return f"id string, {task_class(shipped.spec['task']).output_schema}" + "".join(
-        f", {c} {dict(df.dtypes)[c]}" for c in keep)
+    return f"id string, {task_class(spec['task']).output_schema}" + "".join(
+        f", {c} {types[c]}" for c in keep)
 
 
 def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[str]):
@@ -235,7 +244,7 @@ def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[s
     ``options["reject_counter"]``) in the worker: one scan when every row fits (see the score stage).
     ``options["batch_format"]`` picks the worker's batches: ``arrow`` (``mapInArrow``, the default) or
     ``pandas`` (``mapInPandas``, the former path, kept as a fallback and for bench/scoring.py)."""
-    schema = output_schema(shipped, df, keep)
+    schema = output_schema(shipped.spec, dict(df.dtypes), keep)
     model_file = shipped.file
     options = {**options, "model_key": shipped.key}
     flag = ["_reject"] if "_reject" in df.columns and options.get("reject_counter") is not None else []
@@ -271,13 +280,22 @@ def local_path(path: str) -> str:
 
 
 def input_snapshot(df, where: str, exp: Experiment) -> dict[str, Any]:
+    """What exactly a Spark job read: ``files_snapshot`` of the plan's file list (``inputFiles``, no
+    job runs), and a catalog table's version."""
+    snap = files_snapshot([local_path(f) for f in df.inputFiles()], where, exp)
+    if snap["kind"] == "table":
+        snap["table_version"] = _table_version(df.sparkSession, exp.score.input_table)
+    return snap
+
+
+def files_snapshot(files: list[str], where: str, exp: Experiment) -> dict[str, Any]:
     """What exactly was read: the kind of input, its URI or table, and a digest of its file list.
 
-    ``inputFiles`` is the plan's file list (no job runs); sizes and mtimes come from one metadata call,
-    so a file rewritten in place changes the digest. A prepared split also names its dataset version.
+    Sizes and mtimes come from one metadata call, so a file rewritten in place changes the digest. A
+    prepared split also names its dataset version.
     """
     kind = "table" if exp.score.input_table else "path" if exp.score.input_path else "split"
-    files = sorted(local_path(f) for f in df.inputFiles())
+    files = sorted(files)
     stamped = []
     if files:
         fs, _ = paths.filesystem(files[0])
@@ -286,8 +304,6 @@ def input_snapshot(df, where: str, exp: Experiment) -> dict[str, Any]:
             stamped.append(f"{f} {info.size} {int(info.mtime_ns or 0)}")
     snap: dict[str, Any] = {"kind": kind, "uri": exp.score.input_table or where, "files": len(files),
                             "digest": hashlib.sha256("\n".join(stamped).encode()).hexdigest()}
-    if kind == "table":
-        snap["table_version"] = _table_version(df.sparkSession, exp.score.input_table)
     dataset_dir = _dataset_of(where) if kind != "table" else None
     if dataset_dir:
         m = paths.read_json(paths.join(dataset_dir, MANIFEST))
@@ -311,13 +327,13 @@ def _dataset_of(where: str) -> str | None:
     return parent if parent and paths.exists(paths.join(parent, MANIFEST)) else None
 
 
-def scoring_record(exp: Experiment, df, where: str, name: str, version: int) -> dict[str, Any]:
-    """The partition manifest's lineage block: input snapshot, the model URI resolved and the aliases it
-    held at that moment, its MLflow run, and the config hash."""
+def scoring_record(exp: Experiment, snapshot: dict[str, Any], name: str, version: int) -> dict[str, Any]:
+    """The partition manifest's lineage block: the input ``snapshot`` (``input_snapshot``), the model URI
+    resolved and the aliases it held at that moment, its MLflow run, and the config hash."""
     c = track.client(exp)
     mv = c.get_model_version(name, str(version))
     return {
-        "input": input_snapshot(df, where, exp),
+        "input": snapshot,
         "model": {"requested_uri": exp.score.model_uri or f"models:/{name}@champion",
                   "resolved_uri": f"models:/{name}/{version}", "run_id": mv.run_id,
                   "aliases": sorted(getattr(mv, "aliases", []) or []), "registry": track.registry_uri(exp)},

@@ -78,7 +78,8 @@ def worker_predictor(model_file: str, options: dict[str, Any]):
 
         torch.set_num_threads(int(options["threads"]))
         calibration = options["calibration"].value if options.get("calibration") is not None else None
-        pred = _LOADED[key] = Predictor.from_dir(_unpacked(model_file), device=device, optimize=options["optimize"],
+        folder = options.get("model_dir") or _unpacked(model_file)   # model_dir: the in-process engine's copy
+        pred = _LOADED[key] = Predictor.from_dir(folder, device=device, optimize=options["optimize"],
                                                  chunk=chunk, image_chunk=image_chunk, calibration=calibration)
     return pred
 

@@ -1,0 +1,218 @@
+"""The drift profile of ``drift.profile``, built from batches in one process (the in-process scorer).
+
+Why a second way: ``drift.profile`` is a handful of Spark aggregations, which is right for a nightly
+table and most of the cost of a small job (each is a Spark job; on 3,000 rows they took 4-6 s). The
+in-process scorer (pipelines/score_in_process.py) already holds each batch of fitting rows and its
+predictions, so it counts the same bins as it goes. Each feature here is the Spark expression or the
+shared numpy function of ``drift`` it mirrors, and tests/test_score_in_process.py checks that both
+engines give the same profile of the same rows:
+
+* text length ``size(split(trim(text), '\\s+'))`` (Spark's ``trim`` strips spaces only; Java's ``\\s`` is
+  ASCII whitespace; the split keeps empty pieces) and characters ``length(text)`` (code points);
+* token length, the out-of-vocabulary rate and the log2 id bands;
+* images and audio: ``drift.image_stats`` / ``drift.audio_stats``, the very functions Spark's pass runs;
+* the embedding sample ``pmod(xxhash64(id), every) == 0``: Spark's xxhash64 (XXH64 of the id's UTF-8
+  bytes, seed 42) is computed here, so both engines sample the same rows;
+* a value is in bin k when it is above k of the edges (``sum(when(v > edge))``; NaN, which Spark sorts
+  above every number, lands in the last bin).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from . import drift
+
+_JAVA_SPACE = re.compile(r"[ \t\n\x0b\f\r]+")   # java.util.regex \s
+_M64 = (1 << 64) - 1
+_P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
+                           0x27D4EB2F165667C5)
+SPARK_HASH_SEED = 42   # the seed of Spark's xxhash64 function
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round(acc: int, lane: int) -> int:
+    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
+
+
+def xxhash64(data: bytes, seed: int = SPARK_HASH_SEED) -> int:
+    """XXH64 as Spark's ``xxhash64`` column computes it for a string, as a signed 64-bit integer."""
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed & _M64, (seed - _P1) & _M64]
+        while i <= n - 32:
+            v = [_round(v[k], int.from_bytes(data[i + 8 * k: i + 8 * k + 8], "little")) for k in range(4)]
+            i += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for lane in v:
+            h = ((h ^ _round(0, lane)) * _P1 + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while i + 8 <= n:
+        h = (_rotl(h ^ _round(0, int.from_bytes(data[i: i + 8], "little")), 27) * _P1 + _P4) & _M64
+        i += 8
+    if i + 4 <= n:
+        h = (_rotl(h ^ (int.from_bytes(data[i: i + 4], "little") * _P1 & _M64), 23) * _P2 + _P3) & _M64
+        i += 4
+    while i < n:
+        h = (_rotl(h ^ (data[i] * _P5 & _M64), 11) * _P1) & _M64
+        i += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M64
+    h ^= h >> 29
+    h = (h * _P3) & _M64
+    h ^= h >> 32
+    return h - (1 << 64) if h >> 63 else h
+
+
+def in_sample(ids: list[str], every: int) -> np.ndarray:
+    """Which rows ``drift.embedding_features`` samples: ``pmod(xxhash64(id), every) == 0``."""
+    if every <= 1:
+        return np.ones(len(ids), dtype=bool)
+    return np.fromiter((xxhash64(i.encode("utf-8")) % every == 0 for i in ids), bool, len(ids))
+
+
+def text_stats(texts: list[str]):
+    """``drift.numeric_features`` of raw text: words after Spark's trim and split, and characters."""
+    import pandas as pd
+
+    return pd.DataFrame({"length": [float(len(_JAVA_SPACE.split(t.strip(" ")))) for t in texts],
+                         "characters": [float(len(t)) for t in texts]})
+
+
+def token_stats(lengths: np.ndarray, unknown: np.ndarray):
+    """``drift.numeric_features`` of token ids: the length and the share of ``<unk>`` ids per row."""
+    import pandas as pd
+
+    return pd.DataFrame({"length": lengths.astype(np.float64),
+                         "oov_rate": unknown / np.maximum(lengths, 1)})
+
+
+def token_bands(values: np.ndarray) -> np.ndarray:
+    """Each id's band ``least(floor(log2(t + 1)), TOKEN_BANDS - 1)``, as Spark's ``log2`` computes it."""
+    bands = np.floor(np.log(values.astype(np.float64) + 1) / math.log(2))
+    return np.minimum(bands, drift.TOKEN_BANDS - 1).astype(np.int64)
+
+
+def bins(values: np.ndarray, cuts: list[float]) -> np.ndarray:
+    """Rows per bin: bin k holds the values above exactly k of ``cuts`` (NaN above all of them)."""
+    v = np.asarray(values, dtype=np.float64)
+    k = (v[:, None] > np.asarray(cuts, dtype=np.float64)[None, :]).sum(axis=1)
+    k[np.isnan(v)] = len(cuts)
+    return np.bincount(k, minlength=len(cuts) + 1)
+
+
+class StreamProfile:
+    """``drift.profile(inputs, predictions, spec, edges, ...)`` on the reference's edges, fed batch by batch."""
+
+    def __init__(self, spec: dict[str, Any], edges: dict[str, list[float]], columns: list[str]) -> None:
+        self.spec, self.edges = spec, edges
+        self.numeric_names = self._numeric_names(columns)
+        self.counts: dict[str, np.ndarray] = {}
+        self.categories: dict[str, dict[str, int]] = {}
+        self.rows = 0
+        self.sample_rows = 0
+
+    def _numeric_names(self, columns: list[str]) -> list[str]:
+        shape = self.spec.get("shape", {})
+        if "image" in columns and "height" in shape:
+            return list(drift.IMAGE_FEATURES)
+        if "features" in columns and "n_mels" in shape and "hop_ms" in shape:
+            return list(drift.AUDIO_FEATURES)
+        if "token_ids" in columns:
+            return ["length", "oov_rate"]
+        if "text" in columns:
+            return ["length", "characters"]
+        return []
+
+    def _add_numeric(self, frame, names: list[str]) -> None:
+        for name in names:
+            if name in self.edges:
+                got = bins(frame[name].to_numpy(), self.edges[name])
+                self.counts[name] = self.counts.get(name, 0) + got
+
+    def _add_category(self, feature: str, keys: np.ndarray, how_many: np.ndarray) -> None:
+        into = self.categories.setdefault(feature, {})
+        for key, n in zip(keys, how_many):
+            into[str(key)] = into.get(str(key), 0) + int(n)
+
+    def add_inputs(self, batch) -> None:
+        """One Arrow batch of rows that fit the model (its id and model input columns)."""
+        from .arrow_rows import _offsets
+
+        if not self.numeric_names and "token_ids" not in batch.schema.names:
+            return
+        names = batch.schema.names
+        shape = self.spec.get("shape", {})
+        frame = None
+        if "image" in names and self.numeric_names == list(drift.IMAGE_FEATURES):
+            pixels = int(shape["height"] * shape["width"] * shape["channels"])
+            frame = drift.image_stats(batch.column(names.index("image")).to_pylist(), pixels)
+        elif "features" in names and self.numeric_names == list(drift.AUDIO_FEATURES):
+            frame = drift.audio_stats(batch.column(names.index("features")).to_pylist(), int(shape["n_mels"]),
+                                      float(shape["hop_ms"]) / 1000.0)
+        elif "token_ids" in names:
+            ids = batch.column(names.index("token_ids"))
+            values = ids.flatten().to_numpy(zero_copy_only=False)
+            lengths = np.diff(_offsets(ids))
+            row_of = np.repeat(np.arange(len(lengths)), lengths)
+            unknown = np.bincount(row_of, weights=(values == drift.UNK), minlength=len(lengths))
+            frame = token_stats(lengths, unknown)
+            band, count = np.unique(token_bands(values), return_counts=True)
+            self._add_category("token_distribution", band, count)
+        elif "text" in names:
+            frame = text_stats(batch.column(names.index("text")).to_pylist())
+        if frame is not None:
+            self.rows += len(frame)
+            self._add_numeric(frame, self.numeric_names)
+
+    def add_embeddings(self, frame) -> None:
+        """One frame of ``drift._embeddings`` output (the sampled rows' head summaries)."""
+        self.sample_rows += len(frame)
+        self._add_numeric(frame, list(frame.columns))
+
+    def add_predictions(self, out: dict[str, np.ndarray]) -> None:
+        """One batch of the model's outputs (``Predictor.predict_batch``)."""
+        if "prediction" not in out:
+            return
+        keys, how_many = np.unique(np.asarray(out["prediction"]).astype(np.int64), return_counts=True)
+        self._add_category("predicted_class", keys, how_many)
+        if "confidence" in out and "confidence" in self.edges:
+            # Spark reads the written float column back and casts it to double
+            got = bins(np.asarray(out["confidence"], dtype=np.float32).astype(np.float64), self.edges["confidence"])
+            self.counts["confidence"] = self.counts.get("confidence", 0) + got
+
+    def result(self, embedding_names: list[str]) -> dict[str, Any]:
+        """The profile dict ``drift.profile`` returns, in its order of features; ``embedding_names``: the
+        features of the embedding sample (none when the model has no sample, as for non-classifiers)."""
+        out: dict[str, Any] = {"features": {}}
+
+        def numeric(name: str) -> None:
+            if name in self.edges:
+                got = self.counts.get(name, np.zeros(len(self.edges[name]) + 1, dtype=np.int64))
+                out["features"][name] = {"kind": "numeric", "edges": self.edges[name], "counts": [int(c) for c in got]}
+
+        if any(n in self.edges for n in self.numeric_names):
+            out["rows"] = self.rows
+            for name in self.numeric_names:
+                numeric(name)
+        if any(n in self.edges for n in embedding_names):
+            out["embedding_sample_rows"] = self.sample_rows
+            for name in embedding_names:
+                numeric(name)
+        if "token_distribution" in self.categories:
+            out["features"]["token_distribution"] = {"kind": "categorical",
+                                                     "counts": self.categories["token_distribution"]}
+        if "predicted_class" in self.categories:
+            out["features"]["predicted_class"] = {"kind": "categorical", "counts": self.categories["predicted_class"]}
+            numeric("confidence")
+        return out
+

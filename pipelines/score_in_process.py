@@ -1,0 +1,415 @@
+"""``sparkzoo score`` on a small input in this Python process, with no JVM (``score.engine``).
+
+Why: on a local master a small job is nearly all fixed cost. 3,000 raw-text rows took 25 s from the
+command to its exit (bench/latency.py), of which the model's work was about a second: the rest was the
+JVM and Spark session (4.4 s), listing the input (2.7 s), Python workers' start, the drift profile's
+extra Spark jobs (5.7 s) and the JVM's shutdown (2.3 s). None of that buys anything for rows that one
+process scores in a second. ``auto`` (the default) runs a job here only when Spark would add nothing:
+the master is local, spark-submit did not start the job, the input is a Parquet path or a prepared split
+of at most ``score.in_process_max_bytes``, and no feature that needs Spark is on (a catalog table,
+incremental mode, an optimised path, GPU shares). Anything else runs in Spark, unchanged.
+
+What runs is the Spark job's own code, not a copy: the column checks (``scoring.check_columns``), the
+Arrow scoring body and its model cache (``scoring_worker.score_arrow_batches``), the output layout, the
+manifest, the marker and the drift report. What differs is the loop and the three things Spark did
+natively, mirrored here and checked against Spark by tests/test_score_in_process.py: the per-row reject
+reasons (``scoring.reject_reason``), the partition replacement (Spark's dynamic overwrite: staged, then
+renamed into place) and the drift counts (pipelines/drift_stream.py). It streams: one Arrow batch of
+``score.batch_size`` rows is read, scored and written at a time, so memory holds a batch, whatever the
+input's size (and the embedding sample of the drift profile, about 2,000-4,000 rows).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob as _glob
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import drift, monitoring, paths, track
+from .config import Experiment
+from .errors import ScoringError
+from .phases import Phases
+
+log = logging.getLogger("sparkzoo.score")
+
+_SPARK_TYPES = {"int8": "tinyint", "int16": "smallint", "int32": "int", "int64": "bigint", "float": "float",
+                "double": "double", "bool": "boolean", "string": "string", "large_string": "string",
+                "binary": "binary", "large_binary": "binary"}
+_ARROW_TYPES = {"tinyint": pa.int8(), "smallint": pa.int16(), "int": pa.int32(), "integer": pa.int32(),
+                "bigint": pa.int64(), "long": pa.int64(), "float": pa.float32(), "double": pa.float64(),
+                "boolean": pa.bool_(), "string": pa.string(), "binary": pa.binary()}
+
+
+# ---- which engine ------------------------------------------------------------------------------------
+
+def choose_engine(exp: Experiment) -> tuple[str, str]:
+    """``("in_process" | "spark", why)`` for this job, decided before any JVM starts."""
+    from .session import launched_by_spark_submit
+
+    s = exp.score
+    if s.engine != "auto":
+        return s.engine, f"score.engine={s.engine}"
+    if launched_by_spark_submit():
+        return "spark", "spark-submit started the job"
+    if not exp.spark.master.startswith("local"):
+        return "spark", f"the master is {exp.spark.master}"
+    needs = [why for why, on in (("a catalog table", s.input_table), ("incremental mode", s.incremental),
+                                 (f"score.optimize={s.optimize}", s.optimize != "none"),
+                                 ("score.tasks_per_gpu", s.tasks_per_gpu is not None)) if on]
+    if needs:
+        return "spark", f"{needs[0]} needs Spark"
+    files, where = input_files(exp)
+    size = _total_bytes(files)
+    if size > s.in_process_max_bytes:
+        return "spark", f"the input is {size:,} bytes, over score.in_process_max_bytes={s.in_process_max_bytes:,}"
+    return "in_process", f"{len(files)} file(s), {size:,} bytes, on a local master"
+
+
+def input_files(exp: Experiment) -> tuple[list[str], str]:
+    """The Parquet files Spark would read for this input (hidden ``_``/``.`` names skipped, folders walked)
+    and the input's name for messages."""
+    from .score import _is_glob, input_location
+
+    where = input_location(exp)
+    found = _glob.glob(where) if _is_glob(where) and not paths.is_uri(where) else [where]
+    files: list[str] = []
+    for path in found:
+        files += _walk(path)
+    return sorted(files), where
+
+
+def _walk(path: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, inner = paths.filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.File:
+        return [path]
+    out = []
+    for item in fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True)):
+        rel = os.path.relpath(item.path, inner)
+        if item.type == pafs.FileType.File and not any(p.startswith(("_", ".")) for p in rel.split(os.sep)):
+            out.append(paths.join(path, rel))
+    return out
+
+
+def _total_bytes(files: list[str]) -> int:
+    if not files:
+        return 0
+    fs, _ = paths.filesystem(files[0])
+    return sum(int(i.size or 0) for i in fs.get_file_info([paths.filesystem(f)[1] for f in files]))
+
+
+def _local_cores(master: str) -> int:
+    """The cores a ``local[N]``/``local[*]``/``local`` master would use: the threads this process scores with."""
+    inside = master[len("local["):-1] if master.startswith("local[") else "1"
+    inside = inside.split(",")[0]
+    return (os.cpu_count() or 1) if inside == "*" else max(1, int(inside))
+
+
+# ---- the input contract, on Arrow ---------------------------------------------------------------------
+
+def spark_types(schema: pa.Schema) -> dict[str, str]:
+    """Column -> the Spark type name Spark would read it as (for ``scoring.check_columns``)."""
+    def name(t: pa.DataType) -> str:
+        if pa.types.is_dictionary(t):
+            return name(t.value_type)
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return f"array<{name(t.value_type)}>"
+        if pa.types.is_timestamp(t):
+            return "timestamp"
+        return _SPARK_TYPES.get(str(t), str(t))
+
+    return {f.name: name(f.type) for f in schema}
+
+
+def arrow_schema(ddl: str) -> pa.Schema:
+    """Spark DDL of scalars and arrays of them (a task's ``output_schema``) -> the Arrow schema Spark's
+    ``mapInArrow`` would use."""
+    def kind(text: str) -> pa.DataType:
+        text = text.strip()
+        if text.startswith("array<") and text.endswith(">"):
+            return pa.list_(kind(text[len("array<"):-1]))
+        return _ARROW_TYPES[text]
+
+    return pa.schema([pa.field(n, kind(t)) for n, t in (part.strip().split(" ", 1) for part in ddl.split(","))])
+
+
+def reject_reasons(batch: pa.RecordBatch, spec: dict[str, Any]) -> np.ndarray:
+    """Per row: None when it fits the model, else why not; ``scoring.reject_reason``'s rules and words
+    (its first matching rule wins, so they are applied here from the last to the first)."""
+    import pyarrow.compute as pc
+
+    from .scoring import model_input_columns
+
+    names = batch.schema.names
+    col = lambda c: batch.column(names.index(c))   # noqa: E731
+    null = lambda c: col(c).is_null().to_numpy(zero_copy_only=False)   # noqa: E731
+    rules: list[tuple[np.ndarray, Any]] = [(null("id"), "null_id")]
+    cols = model_input_columns(spec, names)
+    if cols == ["token_ids"]:
+        ids = col("token_ids")
+        lengths = pc.fill_null(pc.list_value_length(ids), -1).to_numpy(zero_copy_only=False)
+        holes = np.zeros(len(ids), dtype=bool)
+        flat_nulls = ids.flatten().is_null().to_numpy(zero_copy_only=False)
+        if flat_nulls.any():
+            holes[pc.list_parent_indices(ids).to_numpy()[flat_nulls]] = True
+        rules += [(null("token_ids"), "null_token_ids"), (lengths == 0, "empty_sequence: no tokens"),
+                  (holes, "null_token: a token id is null")]
+    elif cols == ["text"]:
+        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim(col("text"), " ")), 0), False).to_numpy(zero_copy_only=False)
+        rules += [(null("text"), "null_text"), (blank, "empty_text")]
+    elif cols == ["features"]:
+        per = 4 * int(spec["shape"]["n_mels"])
+        size = pc.fill_null(pc.binary_length(col("features")), 0).to_numpy()
+        rules += [(null("features"), "null_features"), (size == 0, "empty_features: no frames"),
+                  (size % per != 0, lambda i: f"wrong_size: {size[i]} bytes are not whole frames of {per // 4} "
+                                              f"float32 values")]
+    else:
+        shape = spec["shape"]
+        per = shape["height"] * shape["width"] * shape["channels"]
+        size = pc.fill_null(pc.binary_length(col("image")), per).to_numpy()
+        rules += [(null("image"), "null_image"),
+                  (size != per, lambda i: f"wrong_size: {size[i]} bytes, model expects {per}")]
+        dims = [c for c in ("height", "width", "channels") if c in names]
+        if dims:
+            values = {c: col(c).to_pylist() for c in dims}
+            wrong = np.array([any(values[c][i] is None or values[c][i] != shape[c] for c in dims)
+                              for i in range(batch.num_rows)], dtype=bool)
+            expected = "x".join(str(shape[c]) for c in dims)
+            rules.append((wrong, lambda i: "wrong_shape: " + "x".join(
+                "null" if values[c][i] is None else str(values[c][i]) for c in dims) + f", model expects {expected}"))
+    reasons = np.full(batch.num_rows, None, dtype=object)
+    for hit, why in reversed(rules):
+        for i in np.flatnonzero(hit):
+            reasons[i] = why(i) if callable(why) else why
+    return reasons
+
+
+# ---- the job ------------------------------------------------------------------------------------------
+
+class _PartitionWriter:
+    """One partition's Parquet file, written into a staging folder beside the table and renamed into
+    place by ``commit`` (Spark's dynamic overwrite: tonight's partition replaced, the others untouched)."""
+
+    def __init__(self, table: str, version: int, run_date: str, schema: pa.Schema) -> None:
+        from .scoring import partition_dir
+
+        self.target = partition_dir(table, version, run_date)
+        self.staging = paths.join(table, f".in-process-{uuid.uuid4().hex}")
+        self.schema, self.writer, self.rows = schema, None, 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        import pyarrow.parquet as pq
+
+        if batch.num_rows == 0:
+            return
+        if self.writer is None:
+            fs, inner = paths.filesystem(self.staging)
+            fs.create_dir(inner, recursive=True)
+            self.writer = pq.ParquetWriter(paths.join(inner, f"part-00000-{uuid.uuid4()}.c000.snappy.parquet"),
+                                           self.schema, filesystem=fs, compression="snappy")
+        self.writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def commit(self) -> None:
+        """Tonight's partition becomes what was written (no rows: no folder, as Spark leaves it)."""
+        if self.writer is not None:
+            self.writer.close()
+        paths.delete_dir(self.target)
+        if self.writer is not None:
+            fs, inner = paths.filesystem(self.target)
+            fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+            paths.move(self.staging, self.target)
+
+    def abandon(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        paths.delete_dir(self.staging)
+
+
+def _with_columns(batch: pa.RecordBatch, extra: dict[str, pa.Array], schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([*batch.columns, *extra.values()], schema=schema)
+
+
+def run(exp: Experiment, name: str, version: int, download, run_date: str, started: float, phase: Phases):
+    """The score stage's job in this process; returns the same ``ScoreResult`` as the Spark engine."""
+    import pyarrow.dataset as pads
+
+    from .inference_path import PathChoice
+    from .modelpack import SPEC_FILE
+    from .score import REJECT_SCHEMA, ScoreResult, _mark_partition
+    from .scoring import check_columns, files_snapshot, model_input_columns, output_schema, partition_dir, \
+        scoring_record, worker_options
+
+    with phase("open input"):
+        files, where = input_files(exp)
+        if not files:
+            raise ScoringError(f"scoring input {where} holds no Parquet file (names starting with _ or . are "
+                               f"skipped, as Spark skips them)")
+        fs = paths.filesystem(files[0])[0]
+        dataset = pads.dataset([paths.filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
+        n_in = dataset.count_rows()
+    with phase("ship model"):   # what the download has left to do
+        _, model_dir = download.result()
+        spec = paths.read_json(paths.join(model_dir, SPEC_FILE))
+    from ..models.tasks import task_class
+
+    classifier = task_class(spec["task"]).classifier
+    with phase("check input"):
+        types = spark_types(dataset.schema)
+        check_columns(types, where, spec)
+        types["id"] = "string"
+        record = scoring_record(exp, files_snapshot(files, where, exp), name, version)
+        keep = ["label"] if "label" in types and classifier else []
+        inputs = model_input_columns(spec, list(types))
+        dims = [c for c in ("height", "width", "channels") if c in types and "image" in inputs]
+        out_schema = arrow_schema(output_schema(spec, types, keep))
+        stamp = pa.scalar(dt.datetime.now(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
+        scored_schema = out_schema.append(pa.field("model_name", pa.string())).append(
+            pa.field("scored_at", pa.timestamp("us", tz="UTC")))
+        rejects_schema = arrow_schema(REJECT_SCHEMA.rsplit(", model_version", 1)[0])
+    out = paths.predictions_dir(exp)
+    rejects_path = out.rstrip("/") + "_rejects"
+    key = f"{track.registry_uri(exp)}|{name}|{version}"
+    options = {**worker_options(exp), "model_dir": model_dir, "model_key": key,
+               "threads": _local_cores(exp.spark.master)}
+    profile, sample, embedded, ref = _drift_start(exp, spec, record, classifier, list(types), inputs, n_in, phase)
+    writers = [_PartitionWriter(out, version, run_date, scored_schema),
+               _PartitionWriter(rejects_path, version, run_date, rejects_schema)]
+    correct = 0
+    try:
+        with phase("score and write"):
+            correct = _stream(dataset, ["id", *inputs, *keep, *dims], exp.score.batch_size, spec, keep, out_schema,
+                              options, writers, name, stamp, profile, sample)
+            for w in writers:
+                w.commit()
+    except BaseException:
+        for w in writers:
+            w.abandon()
+        raise
+    scored, rejected = writers[0].rows, writers[1].rows
+    result = ScoreResult(name, version, n_in, scored, rejected, out, rejects_path,
+                         correct / scored if keep and scored else None, time.time() - started, run_date, 0, "none")
+    if scored + rejected != n_in:
+        raise ScoringError(f"scored {scored} + rejected {rejected} rows != {n_in} input rows; output at {out} is "
+                           f"not trusted")
+    drift_block = None
+    if profile is not None and scored:
+        with phase("drift"):
+            drift_block = _drift_finish(exp, ref, profile, sample, embedded, options, key, record, name, version,
+                                        run_date, partition_dir(out, version, run_date), where)
+        result.drift = drift_block
+    info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
+            "scored_rows": scored, "rejected_rows": rejected, "skipped_rows": 0, "engine": "in_process",
+            "inference_path": PathChoice("none").summary(), **record, **({"drift": drift_block} if drift_block else {}),
+            "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    with phase("commit"):
+        for table, rows in ((rejects_path, rejected), (out, scored)):   # predictions last
+            _mark_partition(partition_dir(table, version, run_date), {**info, "rows": rows})
+    return result
+
+
+def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], keep: list[str],
+            out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile, sample) -> int:
+    """Read, check, score and write every batch; returns the correct predictions (labelled input)."""
+    import pyarrow.compute as pc
+
+    from .scoring_worker import score_arrow_batches
+
+    scored_writer, rejects_writer = writers
+    correct = 0
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+        ids = batch.column(0)
+        if not pa.types.is_string(ids.type):
+            batch = pa.RecordBatch.from_arrays([pc.cast(ids, pa.string()), *batch.columns[1:]],
+                                               names=batch.schema.names)
+        reasons = reject_reasons(batch, spec)
+        bad = np.array([r is not None for r in reasons], dtype=bool)
+        if bad.any():
+            rows = batch.filter(pa.array(bad))
+            rejects_writer.write(pa.RecordBatch.from_arrays(
+                [rows.column(0), pa.array(reasons[bad].tolist(), pa.string()),
+                 pa.array([name] * rows.num_rows, pa.string())], schema=rejects_writer.schema))
+            batch = batch.filter(pa.array(~bad))
+        if batch.num_rows == 0:
+            continue
+        for got in score_arrow_batches(iter([batch]), "", keep, out_schema, options):
+            n = got.num_rows
+            scored_writer.write(_with_columns(got, {"model_name": pa.array([name] * n, pa.string()),
+                                                    "scored_at": pa.array([stamp.as_py()] * n, stamp.type)},
+                                              scored_writer.schema))
+            names = got.schema.names
+            outputs = {c: got.column(names.index(c)).to_numpy(zero_copy_only=False)
+                       for c in ("prediction", "confidence") if c in names}
+            if keep and "prediction" in outputs:
+                label = got.column(names.index("label")).to_numpy(zero_copy_only=False)
+                correct += int((outputs["prediction"] == label).sum())
+            if profile is not None:
+                profile.add_predictions(outputs)
+        if profile is not None:
+            profile.add_inputs(batch)
+            if sample is not None:
+                sample.add(batch)
+    return correct
+
+
+class _Sample:
+    """The drift profile's embedding sample (``pmod(xxhash64(id), every) == 0``), kept as Arrow batches."""
+
+    def __init__(self, every: int, columns: list[str]) -> None:
+        self.every, self.columns, self.batches = every, columns, []
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        from .drift_stream import in_sample
+
+        hit = in_sample(batch.column(0).to_pylist(), self.every)
+        if hit.any():
+            self.batches.append(batch.select(self.columns).filter(pa.array(hit)))
+
+
+def _drift_start(exp: Experiment, spec: dict[str, Any], record: dict[str, Any], classifier: bool,
+                 columns: list[str], inputs: list[str], n_in: int, phase: Phases):
+    """The reference (its edges are needed before the first batch) and the accumulators of tonight's
+    profile; ``(None, None, [], None)`` when drift is off or the version has no reference."""
+    if not exp.score.drift:
+        return None, None, [], None
+    from .drift_stream import StreamProfile
+
+    with phase("drift"):
+        ref = monitoring.load_reference(exp, record["model"]["run_id"])
+    if ref is None:
+        log.info("drift: %s has no reference profile (trained before drift profiles); not compared",
+                 record["model"]["resolved_uri"])
+        return None, None, [], None
+    profile = StreamProfile(spec, drift.edges_of(ref), columns)
+    sample, embedded = None, []
+    if classifier:
+        vectors = (ref.get("embedding_directions") or {}).get("vectors")
+        embedded = [*drift.EMBEDDING_FEATURES, *drift.direction_names(len(vectors or []))]
+        sample = _Sample(max(1, int(n_in) // drift.EMBEDDING_SAMPLE), ["id", *inputs])
+    return profile, sample, embedded, ref
+
+
+def _drift_finish(exp: Experiment, ref: dict[str, Any], profile, sample, embedded: list[str],
+                  options: dict[str, Any], key: str, record: dict[str, Any], name: str, version: int,
+                  run_date: str, partition: str, where: str) -> dict[str, Any]:
+    """The embedding sample through the model's head, then the comparison, report and monitoring run."""
+    started = time.perf_counter()
+    if sample is not None and sample.batches:
+        vectors = (ref.get("embedding_directions") or {}).get("vectors")
+        frames = (b.to_pandas() for b in sample.batches)
+        for frame in drift._embeddings(frames, "", key, vectors, options={k: options[k] for k in
+                                                                          ("model_dir", "threads", "device")}):
+            profile.add_embeddings(frame)
+    current = profile.result(embedded)
+    return monitoring.report(exp, ref, current, run_id=record["model"]["run_id"], name=name, version=version,
+                             run_date=run_date, partition=partition, where=where,
+                             seconds=time.perf_counter() - started)
