@@ -27,13 +27,14 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
 from . import drift, monitoring, paths, track
 from .config import Experiment
+from .display import Display
 from .errors import ScoringError
 from .phases import Phases
 
@@ -58,6 +59,10 @@ def choose_engine(exp: Experiment) -> tuple[str, str]:
         return s.engine, f"score.engine={s.engine}"
     if launched_by_spark_submit():
         return "spark", "spark-submit started the job"
+    from pyspark import SparkContext
+
+    if SparkContext._active_spark_context is not None:   # `sparkzoo run`: prepare's session is paid for
+        return "spark", "a Spark session is already running in this process"
     if not exp.spark.master.startswith("local"):
         return "spark", f"the master is {exp.spark.master}"
     needs = [why for why, on in (("a catalog table", s.input_table), ("incremental mode", s.incremental),
@@ -285,16 +290,20 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
     writers = [_PartitionWriter(out, version, run_date, scored_schema),
                _PartitionWriter(rejects_path, version, run_date, rejects_schema)]
     correct = 0
+    progress = Display("score", unit="row")
     try:
         with phase("score and write"):
             correct = _stream(dataset, ["id", *inputs, *keep, *dims], exp.score.batch_size, spec, keep, out_schema,
-                              options, writers, name, stamp, profile, sample)
+                              options, writers, name, stamp, profile, sample,
+                              lambda done: progress.update(done, n_in))
             for w in writers:
                 w.commit()
     except BaseException:
         for w in writers:
             w.abandon()
         raise
+    finally:
+        progress.close()
     scored, rejected = writers[0].rows, writers[1].rows
     result = ScoreResult(name, version, n_in, scored, rejected, out, rejects_path,
                          correct / scored if keep and scored else None, time.time() - started, run_date, 0, "none")
@@ -318,15 +327,18 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
 
 
 def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], keep: list[str],
-            out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile, sample) -> int:
-    """Read, check, score and write every batch; returns the correct predictions (labelled input)."""
+            out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile, sample,
+            done: Callable[[int], None]) -> int:
+    """Read, check, score and write every batch, calling ``done`` with the rows handled so far; returns
+    the correct predictions (labelled input)."""
     import pyarrow.compute as pc
 
     from .scoring_worker import score_arrow_batches
 
     scored_writer, rejects_writer = writers
-    correct = 0
+    correct = handled = 0
     for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+        handled += batch.num_rows
         ids = batch.column(0)
         if not pa.types.is_string(ids.type):
             batch = pa.RecordBatch.from_arrays([pc.cast(ids, pa.string()), *batch.columns[1:]],
@@ -340,6 +352,7 @@ def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], 
                  pa.array([name] * rows.num_rows, pa.string())], schema=rejects_writer.schema))
             batch = batch.filter(pa.array(~bad))
         if batch.num_rows == 0:
+            done(handled)
             continue
         for got in score_arrow_batches(iter([batch]), "", keep, out_schema, options):
             n = got.num_rows
@@ -358,6 +371,7 @@ def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], 
             profile.add_inputs(batch)
             if sample is not None:
                 sample.add(batch)
+        done(handled)
     return correct
 
 
