@@ -1,11 +1,14 @@
 """Small scoring jobs, command to exit: where the seconds go, beside the same work without Spark.
 
 Sides (seconds from starting the command to its exit, medians of interleaved repeats):
-  ours          `sparkzoo score` as a user runs it (a new process, local Spark from the config), on
-                3,000 raw-text rows (the BiLSTM polarity model tokenises them), 10,000 images and 100
-                images (the LeNet-like CNN); its own phase line gives the breakdown (process start and
-                imports, Spark session, model resolution and shipping, the scoring pass with the Python
-                workers' start, counts, drift profile, commit)
+  ours          `sparkzoo score` as a user runs it (a new process, the config's local master, score.engine
+                auto: these small inputs score in process, with no JVM), on 3,000 raw-text rows (the
+                BiLSTM polarity model tokenises them), 10,000 images and 100 images (the LeNet-like CNN);
+                its own phase line gives the breakdown (process start and imports, model download, input
+                checks, the scoring pass, drift profile, commit)
+  spark         the same command with --set score.engine=spark: the job on local Spark (JVM and session,
+                Python workers, the drift profile's Spark jobs), as every job ran before the in-process
+                engine
   plain         the same registered model with no Spark: a new Python process that loads it with
                 `mlflow.pyfunc.load_model`, reads the same Parquet with pyarrow, predicts in one call and
                 writes Parquet; the floor for a small job on one machine
@@ -76,9 +79,9 @@ def inputs(rows_text: int) -> dict[str, tuple]:
     return jobs
 
 
-def run_ours(conf: str, sets: list[str]) -> tuple[float, str]:
+def run_ours(conf: str, sets: list[str], engine: str = "auto") -> tuple[float, str]:
     cmd = [os.path.join(BIN, "sparkzoo"), "score", "-c", str(ROOT / conf)]
-    for s in sets:
+    for s in [*sets, f"score.engine={engine}"]:
         cmd += ["--set", s]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -106,21 +109,24 @@ def main() -> None:
     jobs = inputs(args.text_rows)
     print(f"== small scoring jobs, command to exit: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     ours: dict[str, list[float]] = {k: [] for k in jobs}
+    spark: dict[str, list[float]] = {k: [] for k in jobs}
     plain: dict[str, list[float]] = {k: [] for k in jobs}
     phases: dict[str, list[str]] = {k: [] for k in jobs}
-    for rep in range(args.repeats):   # interleaved: CPU steal hits both sides alike
+    for rep in range(args.repeats):   # interleaved: CPU steal hits every side alike
         for name, (conf, sets, src, model, uri, col) in jobs.items():
             secs, line = run_ours(conf, sets)
             ours[name].append(secs)
             phases[name].append(line)
+            spark[name].append(run_ours(conf, sets, "spark")[0])
             plain[name].append(run_plain(model, uri, src, col))
-            print(f"   repeat {rep + 1}, {name}: ours {secs:.1f}s, plain {plain[name][-1]:.1f}s; phases: {line}",
-                  flush=True)
+            print(f"   repeat {rep + 1}, {name}: ours {secs:.1f}s, spark {spark[name][-1]:.1f}s, "
+                  f"plain {plain[name][-1]:.1f}s; phases: {line}", flush=True)
     print(f"== medians of {args.repeats} (seconds, command to exit)")
     for name in jobs:
-        o, p = statistics.median(ours[name]), statistics.median(plain[name])
-        print(f"   {name:22s} ours {o:6.1f}s   plain pyfunc {p:6.1f}s   ratio ours / plain {o / p:.2f}x   "
-              f"raw ours {[round(v, 1) for v in ours[name]]} plain {[round(v, 1) for v in plain[name]]}")
+        o, s, p = (statistics.median(v[name]) for v in (ours, spark, plain))
+        print(f"   {name:22s} ours {o:6.1f}s   spark {s:6.1f}s   plain pyfunc {p:6.1f}s   ratio ours / spark "
+              f"{o / s:.2f}x   ours / plain {o / p:.2f}x   raw ours {[round(v, 1) for v in ours[name]]} spark "
+              f"{[round(v, 1) for v in spark[name]]} plain {[round(v, 1) for v in plain[name]]}")
         print(f"   {'':22s} phases (median run): {phases[name][ours[name].index(o)] if o in ours[name] else phases[name][0]}")
 
 

@@ -20,43 +20,19 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import glob as _glob
 import logging
-import os
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from . import devices, inference_path, monitoring, paths, track
 from .config import Experiment
-from .dataset import open_prepared
 from .errors import DriftError, ScoringError
 from .phases import Phases
+from .score_job import REJECT_SCHEMA, ScoreResult, input_location, mark_partition
 from .scoring import ShippedModel, check_input, input_snapshot, model_download, partition_dir, reject_reason, scoring_record, \
     score_frame, shipped_model, worker_options
 
 log = logging.getLogger("sparkzoo.score")
 
-REJECT_SCHEMA = "id string, reason string, model_name string, model_version int, run_date string"
-_GLOB = set("*?[{")
-
-
-@dataclass
-class ScoreResult:
-    model_name: str
-    model_version: int
-    input_rows: int
-    scored_rows: int
-    rejected_rows: int
-    output: str
-    rejects: str
-    accuracy: float | None
-    seconds: float
-    run_date: str
-    skipped_rows: int = 0          # incremental: ids this version had already scored on earlier dates
-    optimize: str = "none"
-    drift: dict[str, Any] | None = None   # the partition manifest's drift block (pipelines/monitoring.py)
-    phases: dict[str, float] | None = None   # seconds per phase of the job (pipelines/phases.py)
 
 
 def _device_failure(exc: Exception) -> ScoringError | None:
@@ -79,10 +55,6 @@ def under_profile(spark, frame, profile):
     return spark.createDataFrame(frame.rdd.withResources(profile), frame.schema)
 
 
-def _is_glob(path: str) -> bool:
-    return any(ch in path for ch in _GLOB)
-
-
 def input_frame(spark, exp: Experiment):
     """The DataFrame to score and a name for it in messages: a catalog table, a path/glob, or a split."""
     if exp.score.input_table:
@@ -94,19 +66,6 @@ def input_frame(spark, exp: Experiment):
         return spark.table(name), f"table {name}"
     path = input_location(exp)
     return spark.read.parquet(path), path
-
-
-def input_location(exp: Experiment) -> str:
-    """``score.input_path`` (checked: it exists, a glob matches) or the prepared split's folder."""
-    if exp.score.input_path:
-        path = paths.resolve(exp, exp.score.input_path)
-        if _is_glob(path):
-            if not paths.is_uri(path) and not _glob.glob(path):
-                raise ScoringError(f"score.input_path glob {path} matches nothing; check the pattern")
-        elif not paths.exists(path):
-            raise ScoringError(f"score.input_path {path} does not exist; point it at a Parquet table, folder or glob")
-        return path
-    return open_prepared(exp).split_dir(exp.score.input_split)
 
 
 def spread_over_cores(spark, df):
@@ -126,14 +85,6 @@ def spread_over_cores(spark, df):
         log.info("scoring input of %d bytes is under one split per core: repartitioning to %d", size, cores)
         return df.repartition(cores)
     return df
-
-
-def _mark_partition(folder: str, info: dict[str, Any]) -> None:
-    """Manifest (files, rows) then the marker, after Spark committed the partition (an empty rejects
-    partition has no folder; it gets one with only the marker, so "0 rejects" is a stated fact)."""
-    info = {**info, "files": [os.path.basename(f) for f in paths.list_files(folder, ".parquet")]}
-    paths.write_json(paths.join(folder, "_manifest.json"), info)
-    paths.mark_complete(folder, {"rows": info["rows"], "committed_at": info["committed_at"]})
 
 
 def require_complete(output: str, version: int, exclude_date: str | None = None) -> None:
@@ -267,7 +218,7 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with phase("commit"):
         for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
-            _mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
+            mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
     _log_scored(result, exp)
     return result
 

@@ -80,10 +80,10 @@ def choose_engine(exp: Experiment) -> tuple[str, str]:
 def input_files(exp: Experiment) -> tuple[list[str], str]:
     """The Parquet files Spark would read for this input (hidden ``_``/``.`` names skipped, folders walked)
     and the input's name for messages."""
-    from .score import _is_glob, input_location
+    from .score_job import is_glob, input_location
 
     where = input_location(exp)
-    found = _glob.glob(where) if _is_glob(where) and not paths.is_uri(where) else [where]
+    found = _glob.glob(where) if is_glob(where) and not paths.is_uri(where) else [where]
     files: list[str] = []
     for path in found:
         files += _walk(path)
@@ -250,7 +250,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
 
     from .inference_path import PathChoice
     from .modelpack import SPEC_FILE
-    from .score import REJECT_SCHEMA, ScoreResult, _mark_partition
+    from .score_job import REJECT_SCHEMA, ScoreResult, mark_partition
     from .scoring import check_columns, files_snapshot, model_input_columns, output_schema, partition_dir, \
         scoring_record, worker_options
 
@@ -322,7 +322,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with phase("commit"):
         for table, rows in ((rejects_path, rejected), (out, scored)):   # predictions last
-            _mark_partition(partition_dir(table, version, run_date), {**info, "rows": rows})
+            mark_partition(partition_dir(table, version, run_date), {**info, "rows": rows})
     return result
 
 

@@ -1,0 +1,64 @@
+"""What both scoring engines share (pipelines/score.py on Spark, pipelines/score_in_process.py without it):
+the job's result, where its input is, the reject table's schema and the partition manifest and marker.
+
+Why a module of its own: the score stage picks an engine, so the in-process engine cannot import the
+stage back (an import circle); both import this instead.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import paths
+from .config import Experiment
+from .dataset import open_prepared
+from .errors import ScoringError
+
+REJECT_SCHEMA = "id string, reason string, model_name string, model_version int, run_date string"
+_GLOB = set("*?[{")
+
+
+@dataclass
+class ScoreResult:
+    model_name: str
+    model_version: int
+    input_rows: int
+    scored_rows: int
+    rejected_rows: int
+    output: str
+    rejects: str
+    accuracy: float | None
+    seconds: float
+    run_date: str
+    skipped_rows: int = 0          # incremental: ids this version had already scored on earlier dates
+    optimize: str = "none"
+    drift: dict[str, Any] | None = None   # the partition manifest's drift block (pipelines/monitoring.py)
+    phases: dict[str, float] | None = None   # seconds per phase of the job (pipelines/phases.py)
+
+
+def is_glob(path: str) -> bool:
+    return any(ch in path for ch in _GLOB)
+
+
+def input_location(exp: Experiment) -> str:
+    """``score.input_path`` (checked: it exists, a glob matches) or the prepared split's folder."""
+    if exp.score.input_path:
+        path = paths.resolve(exp, exp.score.input_path)
+        if is_glob(path):
+            if not paths.is_uri(path) and not _glob.glob(path):
+                raise ScoringError(f"score.input_path glob {path} matches nothing; check the pattern")
+        elif not paths.exists(path):
+            raise ScoringError(f"score.input_path {path} does not exist; point it at a Parquet table, folder or glob")
+        return path
+    return open_prepared(exp).split_dir(exp.score.input_split)
+
+
+def mark_partition(folder: str, info: dict[str, Any]) -> None:
+    """Manifest (files, rows) then the marker, after Spark committed the partition (an empty rejects
+    partition has no folder; it gets one with only the marker, so "0 rejects" is a stated fact)."""
+    info = {**info, "files": [os.path.basename(f) for f in paths.list_files(folder, ".parquet")]}
+    paths.write_json(paths.join(folder, "_manifest.json"), info)
+    paths.mark_complete(folder, {"rows": info["rows"], "committed_at": info["committed_at"]})
