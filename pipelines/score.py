@@ -27,7 +27,7 @@ from . import devices, inference_path, monitoring, paths, track
 from .config import Experiment
 from .errors import DriftError, ScoringError
 from .phases import Phases
-from .score_job import REJECT_SCHEMA, ScoreResult, input_location, mark_partition
+from .score_job import REJECT_SCHEMA, ScoreResult, input_location, mark_partition, unreadable_input
 from .scoring import ShippedModel, check_input, input_snapshot, model_download, partition_dir, reject_reason, scoring_record, \
     score_frame, shipped_model, worker_options
 
@@ -65,7 +65,13 @@ def input_frame(spark, exp: Experiment):
                                f"database.table, or use score.input_path for a Parquet folder")
         return spark.table(name), f"table {name}"
     path = input_location(exp)
-    return spark.read.parquet(path), path
+    try:   # Spark reads a footer for the schema here: that file may be the one that is not Parquet
+        return spark.read.parquet(path), path
+    except Exception as exc:
+        failure = unreadable_input(exc)
+        if failure is not None:
+            raise failure from None
+        raise
 
 
 def spread_over_cores(spark, df):
@@ -249,7 +255,8 @@ def _write_partition(frame, where: str, version: int, run_date: str, empty: bool
     try:
         frame.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(where)
     except Exception as exc:
-        failure = paths.write_failure(exc, f"scoring output {where}") or _device_failure(exc)
+        failure = paths.write_failure(exc, f"scoring output {where}") or _device_failure(exc) or \
+            unreadable_input(exc)
         if failure is not None:
             raise failure from None
         raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,3 +63,23 @@ def mark_partition(folder: str, info: dict[str, Any]) -> None:
     info = {**info, "files": [os.path.basename(f) for f in paths.list_files(folder, ".parquet")]}
     paths.write_json(paths.join(folder, "_manifest.json"), info)
     paths.mark_complete(folder, {"rows": info["rows"], "committed_at": info["committed_at"]})
+
+
+# how Spark (parquet-mr) and pyarrow say that a file of the input is not Parquet: the file is group 1
+_UNREADABLE = (re.compile(r"(\S+) is not a Parquet file\W*([^\n)]*)"),
+               re.compile(r"Could not open Parquet input source '([^']+)': ([^\n]*)"))
+
+
+def unreadable_input(exc: BaseException) -> ScoringError | None:
+    """A ``ScoringError`` naming the input file that is not Parquet (either engine's words for it), else
+    None. Such a file has no rows to quarantine: the job stops before committing anything."""
+    text = str(exc)
+    for pattern in _UNREADABLE:
+        found = pattern.search(text)
+        if found:
+            why = found.group(2).strip().rstrip(".") or "unreadable footer"
+            file = re.sub(r"^file:(//)?", "", found.group(1))
+            return ScoringError(f"scoring input file {file} is not a readable Parquet file "
+                                f"({why}); repair it or move it out of the input, then re-run the same command "
+                                f"(nothing was committed)")
+    return None

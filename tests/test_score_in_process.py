@@ -181,3 +181,17 @@ def test_cli_scores_a_small_table_with_no_jvm(trained, make_exp, workspace, tmp_
     manifest = json.loads(Path(partition_dir(str(tmp_path / "out"), trained.model_version, "2026-09-03"),
                                "_manifest.json").read_text())
     assert manifest["engine"] == "in_process" and manifest["rows"] == 300 and "drift" in manifest
+
+
+@pytest.mark.parametrize("engine", ["in_process", "spark"])
+def test_a_file_that_is_not_parquet_is_named_and_nothing_is_committed(trained, make_exp, spark, tmp_path, engine):
+    from sparkzoo.pipelines.errors import ScoringError
+
+    folder = tmp_path / "input"
+    folder.mkdir()
+    pq.write_table(pq.read_table(open_prepared(make_exp()).split_dir("test")).slice(0, 50), folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"not parquet at all")
+    exp = make_exp(f"score.input_path={folder}", f"score.output={tmp_path / 'out'}", f"score.engine={engine}")
+    with pytest.raises(ScoringError, match=r"scoring input file \S*part-1.parquet is not a readable Parquet file"):
+        score.run(exp, spark if engine == "spark" else None)
+    assert not list((tmp_path / "out").rglob("_SUCCESS"))
