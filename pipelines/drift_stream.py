@@ -111,7 +111,10 @@ def bins(values: np.ndarray, cuts: list[float]) -> np.ndarray:
 
 
 class StreamProfile:
-    """``drift.profile(inputs, predictions, spec, edges, ...)`` on the reference's edges, fed batch by batch."""
+    """``drift.profile(inputs, predictions, spec, edges, ...)`` on the reference's edges, fed batch by batch.
+
+    Mergeable: each Spark task builds one over its partition and sends ``state()`` to the driver, which
+    adds them up (``merge``); the in-process engine has a single one."""
 
     def __init__(self, spec: dict[str, Any], edges: dict[str, list[float]], columns: list[str]) -> None:
         self.spec, self.edges = spec, edges
@@ -120,6 +123,19 @@ class StreamProfile:
         self.categories: dict[str, dict[str, int]] = {}
         self.rows = 0
         self.sample_rows = 0
+
+    def state(self) -> dict[str, Any]:
+        """What the driver needs of this partial profile: plain numbers (pickled back from a task)."""
+        return {"counts": {k: [int(c) for c in v] for k, v in self.counts.items()}, "categories": self.categories,
+                "rows": self.rows, "sample_rows": self.sample_rows}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        for name, counts in state["counts"].items():
+            self.counts[name] = self.counts.get(name, 0) + np.asarray(counts, dtype=np.int64)
+        for feature, counts in state["categories"].items():
+            self._add_category(feature, np.asarray(list(counts), dtype=object), np.asarray(list(counts.values())))
+        self.rows += state["rows"]
+        self.sample_rows += state["sample_rows"]
 
     def _numeric_names(self, columns: list[str]) -> list[str]:
         shape = self.spec.get("shape", {})
@@ -216,3 +232,71 @@ class StreamProfile:
             numeric("confidence")
         return out
 
+
+
+class PartitionProfile:
+    """Tonight's profile over one partition of scored rows (a Spark task's, or the whole in-process job's):
+    the inputs and predictions of every batch, and the embedding sample's rows, which go through the
+    model's head (``drift._embeddings``) once the partition is done.
+
+    ``tap`` (built on the driver by ``tap``): the reference's edges and directions, the model's spec and
+    input columns, the sampling step and how to load the eager model for the embeddings."""
+
+    def __init__(self, tap: dict[str, Any]) -> None:
+        self.tap = tap
+        self.profile = StreamProfile(tap["spec"], tap["edges"], tap["columns"])
+        self.sample: list[Any] = []
+
+    def add(self, batch, outputs: dict[str, np.ndarray]) -> None:
+        """One Arrow batch of fitting rows (id first) and the model's outputs for it."""
+        import pyarrow as pa
+
+        self.profile.add_inputs(batch)
+        self.profile.add_predictions(outputs)
+        if self.tap["embedded"]:
+            hit = in_sample(batch.column(0).to_pylist(), self.tap["every"])
+            if hit.any():
+                self.sample.append(batch.select(self.tap["sample_columns"]).filter(pa.array(hit)))
+
+    def finish(self) -> dict[str, Any]:
+        """The embedding sample through the head, then the partial profile's ``state``."""
+        if self.sample:
+            frames = (b.to_pandas() for b in self.sample)
+            for frame in drift._embeddings(frames, self.tap["model_file"], self.tap["key"], self.tap["vectors"],
+                                           options=self.tap["embed_options"]):
+                self.profile.add_embeddings(frame)
+            self.sample = []
+        return self.profile.state()
+
+
+def tap(spec: dict[str, Any], ref: dict[str, Any], columns: list[str], inputs: list[str], rows: int,
+        classifier: bool, model_file: str, key: str, embed_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a ``PartitionProfile`` needs, as plain values a Spark task can take: ``columns`` the input's,
+    ``inputs`` the model's input columns, ``rows`` the input's row count (the sampling step is
+    ``rows // EMBEDDING_SAMPLE``, as in ``drift.embedding_features``)."""
+    vectors = (ref.get("embedding_directions") or {}).get("vectors")
+    embedded = [*drift.EMBEDDING_FEATURES, *drift.direction_names(len(vectors or []))] if classifier else []
+    return {"spec": spec, "edges": drift.edges_of(ref), "columns": columns, "sample_columns": ["id", *inputs],
+            "every": max(1, int(rows) // drift.EMBEDDING_SAMPLE), "vectors": vectors, "embedded": embedded,
+            "model_file": model_file, "key": key, "embed_options": embed_options or {}}
+
+
+def merged(tap: dict[str, Any], states: list[dict[str, Any]]) -> dict[str, Any]:
+    """The profile dict of the whole job from its partitions' states."""
+    whole = StreamProfile(tap["spec"], tap["edges"], tap["columns"])
+    for state in states:
+        whole.merge(state)
+    return whole.result(tap["embedded"])
+
+
+class ByPartition:
+    """An accumulator of partial profiles keyed by partition (pyspark's AccumulatorParam protocol): a task
+    that runs again (a retry, a lost executor's stage run once more) replaces its partition's entry
+    instead of counting its rows twice."""
+
+    def zero(self, value: dict[int, Any]) -> dict[int, Any]:
+        return {}
+
+    def addInPlace(self, a: dict[int, Any], b: dict[int, Any]) -> dict[int, Any]:
+        a.update(b)
+        return a

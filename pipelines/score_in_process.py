@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from . import drift, monitoring, paths, track
+from . import monitoring, paths, track
 from .config import Experiment
 from .display import Display
 from .errors import ScoringError
@@ -289,7 +289,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
     key = f"{track.registry_uri(exp)}|{name}|{version}"
     options = {**worker_options(exp), "model_dir": model_dir, "model_key": key,
                "threads": _local_cores(exp.spark.master)}
-    profile, sample, embedded, ref = _drift_start(exp, spec, record, classifier, list(types), inputs, n_in, phase)
+    profile, plan, ref = _drift_start(exp, spec, record, classifier, list(types), inputs, n_in, options, phase)
     writers = [_PartitionWriter(out, version, run_date, scored_schema),
                _PartitionWriter(rejects_path, version, run_date, rejects_schema)]
     correct = 0
@@ -297,7 +297,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
     try:
         with phase("score and write"):
             correct = _stream(dataset, ["id", *inputs, *keep, *dims], exp.score.batch_size, spec, keep, out_schema,
-                              options, writers, name, stamp, profile, sample,
+                              options, writers, name, stamp, profile,
                               lambda done: progress.update(done, n_in))
             for w in writers:
                 w.commit()
@@ -316,7 +316,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
     drift_block = None
     if profile is not None and scored:
         with phase("drift"):
-            drift_block = _drift_finish(exp, ref, profile, sample, embedded, options, key, record, name, version,
+            drift_block = _drift_finish(exp, ref, profile, plan, record, name, version,
                                         run_date, partition_dir(out, version, run_date), where)
         result.drift = drift_block
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
@@ -330,7 +330,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
 
 
 def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], keep: list[str],
-            out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile, sample,
+            out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile,
             done: Callable[[int], None]) -> int:
     """Read, check, score and write every batch, calling ``done`` with the rows handled so far; returns
     the correct predictions (labelled input)."""
@@ -369,64 +369,37 @@ def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], 
                 label = got.column(names.index("label")).to_numpy(zero_copy_only=False)
                 correct += int((outputs["prediction"] == label).sum())
             if profile is not None:
-                profile.add_predictions(outputs)
-        if profile is not None:
-            profile.add_inputs(batch)
-            if sample is not None:
-                sample.add(batch)
+                profile.add(batch, outputs)
         done(handled)
     return correct
 
 
-class _Sample:
-    """The drift profile's embedding sample (``pmod(xxhash64(id), every) == 0``), kept as Arrow batches."""
-
-    def __init__(self, every: int, columns: list[str]) -> None:
-        self.every, self.columns, self.batches = every, columns, []
-
-    def add(self, batch: pa.RecordBatch) -> None:
-        from .drift_stream import in_sample
-
-        hit = in_sample(batch.column(0).to_pylist(), self.every)
-        if hit.any():
-            self.batches.append(batch.select(self.columns).filter(pa.array(hit)))
-
-
 def _drift_start(exp: Experiment, spec: dict[str, Any], record: dict[str, Any], classifier: bool,
-                 columns: list[str], inputs: list[str], n_in: int, phase: Phases):
-    """The reference (its edges are needed before the first batch) and the accumulators of tonight's
-    profile; ``(None, None, [], None)`` when drift is off or the version has no reference."""
+                 columns: list[str], inputs: list[str], n_in: int, options: dict[str, Any], phase: Phases):
+    """The reference (its edges are needed before the first batch) and tonight's profile to fill as the
+    batches go; ``(None, None, None)`` when drift is off or the version has no reference."""
     if not exp.score.drift:
-        return None, None, [], None
-    from .drift_stream import StreamProfile
+        return None, None, None
+    from .drift_stream import PartitionProfile, tap
 
     with phase("drift"):
         ref = monitoring.load_reference(exp, record["model"]["run_id"])
     if ref is None:
         log.info("drift: %s has no reference profile (trained before drift profiles); not compared",
                  record["model"]["resolved_uri"])
-        return None, None, [], None
-    profile = StreamProfile(spec, drift.edges_of(ref), columns)
-    sample, embedded = None, []
-    if classifier:
-        vectors = (ref.get("embedding_directions") or {}).get("vectors")
-        embedded = [*drift.EMBEDDING_FEATURES, *drift.direction_names(len(vectors or []))]
-        sample = _Sample(max(1, int(n_in) // drift.EMBEDDING_SAMPLE), ["id", *inputs])
-    return profile, sample, embedded, ref
+        return None, None, None
+    plan = tap(spec, ref, columns, inputs, n_in, classifier, "", options["model_key"],
+               {k: options[k] for k in ("model_dir", "threads", "device")})
+    return PartitionProfile(plan), plan, ref
 
 
-def _drift_finish(exp: Experiment, ref: dict[str, Any], profile, sample, embedded: list[str],
-                  options: dict[str, Any], key: str, record: dict[str, Any], name: str, version: int,
-                  run_date: str, partition: str, where: str) -> dict[str, Any]:
+def _drift_finish(exp: Experiment, ref: dict[str, Any], profile, plan: dict[str, Any], record: dict[str, Any],
+                  name: str, version: int, run_date: str, partition: str, where: str) -> dict[str, Any]:
     """The embedding sample through the model's head, then the comparison, report and monitoring run."""
+    from .drift_stream import merged
+
     started = time.perf_counter()
-    if sample is not None and sample.batches:
-        vectors = (ref.get("embedding_directions") or {}).get("vectors")
-        frames = (b.to_pandas() for b in sample.batches)
-        for frame in drift._embeddings(frames, "", key, vectors, options={k: options[k] for k in
-                                                                          ("model_dir", "threads", "device")}):
-            profile.add_embeddings(frame)
-    current = profile.result(embedded)
+    current = merged(plan, [profile.finish()])
     return monitoring.report(exp, ref, current, run_id=record["model"]["run_id"], name=name, version=version,
                              run_date=run_date, partition=partition, where=where,
                              seconds=time.perf_counter() - started)
