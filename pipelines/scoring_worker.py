@@ -121,6 +121,11 @@ def score_arrow_batches(batches: Iterator[Any], model_file: str, keep: list[str]
     options = options or {"device": "auto", "threads": 1, "optimize": "none"}
     predictor = worker_predictor(model_file, options)
     rejects = options.get("reject_counter")
+    profile = None
+    if options.get("drift_tap") is not None:   # tonight's drift profile, counted as the rows go by
+        from .drift_stream import PartitionProfile
+
+        profile = PartitionProfile(options["drift_tap"])
     for batch in batches:
         names = batch.schema.names
         if "_reject" in names:   # rows the native filter flagged: counted for the driver, not scored
@@ -132,5 +137,11 @@ def score_arrow_batches(batches: Iterator[Any], model_file: str, keep: list[str]
         if batch.num_rows == 0:
             continue
         out = predictor.predict_batch(input_batch(batch, predictor.spec, predictor.input_columns))
+        if profile is not None:
+            profile.add(batch, out)
         yield output_batch(out, batch.column(names.index("id")), [batch.column(names.index(c)) for c in keep],
                            schema)
+    if profile is not None:   # keyed by partition: a task run again replaces its entry
+        from pyspark import TaskContext
+
+        options["drift_profiles"].add({TaskContext.get().partitionId(): profile.finish()})

@@ -55,6 +55,8 @@ def test_in_process_gives_the_spark_jobs_answer(trained, make_exp, spark, tmp_pa
     assert n >= 2 * drift.EMBEDDING_SAMPLE   # the embedding sample is every 2nd hash: xxhash64 matters
     sets = [f"score.input_path={src}", "score.run_date=2026-09-01"]
     on_spark = score.run(make_exp(*sets, f"score.output={tmp_path / 'spark'}"), spark)
+    # the former worker keeps the drift profile in Spark aggregations (drift.profile): an independent count
+    aggregated = score.run(make_exp(*sets, f"score.output={tmp_path / 'agg'}", "score.batch_format=pandas"), spark)
     here = score.run(make_exp(*sets, f"score.output={tmp_path / 'here'}", "score.engine=in_process"))
 
     assert (here.input_rows, here.scored_rows, here.rejected_rows) == \
@@ -80,15 +82,10 @@ def test_in_process_gives_the_spark_jobs_answer(trained, make_exp, spark, tmp_pa
     assert Path(partition_dir(here.output, version, date), "_SUCCESS").exists()
     assert Path(partition_dir(here.rejects, version, date), "_SUCCESS").exists()
     assert Path(here.drift["report"]).exists() and here.drift["monitoring_run"]
-    pa_, pb = here.drift["profile"], on_spark.drift["profile"]
-    assert pa_["rows"] == pb["rows"] and pa_["embedding_sample_rows"] == pb["embedding_sample_rows"]
-    assert set(pa_["features"]) == set(pb["features"])
-    for name, feature in pb["features"].items():
-        mine = pa_["features"][name]["counts"]
-        if name.startswith("embedding") or name == "confidence":   # float noise of another batching
-            assert sum(abs(x - y) for x, y in zip(mine, feature["counts"])) <= 4, (name, mine, feature["counts"])
-        else:
-            assert mine == feature["counts"], name
+    for counted in (on_spark, aggregated):   # in process, and in the Spark scoring pass, as Spark's aggregations
+        _same_profile(here.drift["profile"], counted.drift["profile"])
+    _same_profile(on_spark.drift["profile"], aggregated.drift["profile"])
+    assert "drift" in on_spark.phases and on_spark.drift["monitoring_run"]
 
     # a rerun of the date with the bad rows mended replaces tonight's partitions and leaves other dates
     good = tmp_path / "good.parquet"
@@ -104,6 +101,17 @@ def test_in_process_gives_the_spark_jobs_answer(trained, make_exp, spark, tmp_pa
     everything = spark.read.parquet(str(tmp_path / "here"))   # Spark reads what the engine wrote
     assert everything.filter(F.col("run_date").cast("string") == date).count() == n - 6
     assert not [p for p in (tmp_path / "here").iterdir() if p.name.startswith(".")]   # no staging left
+
+
+def _same_profile(mine: dict, theirs: dict) -> None:
+    assert mine["rows"] == theirs["rows"] and mine["embedding_sample_rows"] == theirs["embedding_sample_rows"]
+    assert set(mine["features"]) == set(theirs["features"])
+    for name, feature in theirs["features"].items():
+        got = mine["features"][name]["counts"]
+        if name.startswith("embedding") or name == "confidence":   # float noise of another batching
+            assert sum(abs(x - y) for x, y in zip(got, feature["counts"])) <= 4, (name, got, feature["counts"])
+        else:
+            assert got == feature["counts"], name
 
 
 def test_reject_reasons_and_text_features_match_spark(spark):
