@@ -7,8 +7,7 @@ Sides (seconds from starting the command to its exit, medians of interleaved rep
                 its own phase line gives the breakdown (process start and imports, model download, input
                 checks, the scoring pass, drift profile, commit)
   spark         the same command with --set score.engine=spark: the job on local Spark (JVM and session,
-                Python workers, the drift profile's Spark jobs), as every job ran before the in-process
-                engine
+                Python workers, read-back counts), as every job ran before the in-process engine
   plain         the same registered model with no Spark: a new Python process that loads it with
                 `mlflow.pyfunc.load_model`, reads the same Parquet with pyarrow, predicts in one call and
                 writes Parquet; the floor for a small job on one machine
