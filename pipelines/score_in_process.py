@@ -71,6 +71,9 @@ def choose_engine(exp: Experiment) -> tuple[str, str]:
     if needs:
         return "spark", f"{needs[0]} needs Spark"
     files, where = input_files(exp)
+    if paths.is_uri(where) or paths.is_uri(paths.predictions_dir(exp)):
+        # an object store has no rename of a folder: the partition swap is Spark's committer's job there
+        return "spark", "the input or output is on an object store"
     size = _total_bytes(files)
     if size > s.in_process_max_bytes:
         return "spark", f"the input is {size:,} bytes, over score.in_process_max_bytes={s.in_process_max_bytes:,}"

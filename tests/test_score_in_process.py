@@ -153,7 +153,7 @@ def test_xxhash64_is_sparks(spark):
     assert list(drift_stream.in_sample(ids, 3)) == [h % 3 == 0 for h in want]
 
 
-def test_auto_picks_in_process_only_where_spark_adds_nothing(make_exp, tmp_path, monkeypatch):
+def test_auto_picks_in_process_only_where_spark_adds_nothing(spark, make_exp, tmp_path, monkeypatch):
     from pyspark import SparkContext
 
     small = tmp_path / "small.parquet"
@@ -166,6 +166,7 @@ def test_auto_picks_in_process_only_where_spark_adds_nothing(make_exp, tmp_path,
     over = score_in_process.choose_engine(make_exp(f"score.input_path={small}", "score.in_process_max_bytes=100"))
     assert over[0] == "spark" and "in_process_max_bytes" in over[1]
     for sets, why in ((["score.incremental=true"], "incremental"), (["spark.master=spark://nowhere:7077"], "master"),
+                      (["score.output=s3://bucket/predictions"], "object store"),
                       (["score.optimize=bf16"], "optimize")):
         picked = score_in_process.choose_engine(make_exp(f"score.input_path={small}", *sets))
         assert picked[0] == "spark" and why in picked[1], picked
