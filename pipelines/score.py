@@ -141,7 +141,13 @@ def run(exp: Experiment, spark=None, phase: Phases | None = None) -> ScoreResult
             df, where = input_frame(spark, exp)
         with phase("ship model"):   # what the download has left to do, then the zip for the executors
             shipped = stack.enter_context(shipped_model(spark, exp, name, version, download))
-        result = _score(exp, spark, shipped, df, where, run_date, profile, started, phase)
+        try:
+            result = _score(exp, spark, shipped, df, where, run_date, profile, started, phase)
+        except Exception as exc:   # any Spark job of it may be the first to read a file that is not Parquet
+            failure = unreadable_input(exc)
+            if failure is not None:
+                raise failure from None
+            raise
     result.phases = phase.seconds
     log.info("score phases: %s", phase.line())
     return result
@@ -187,6 +193,11 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
     options = {**worker_options(exp), **choice.worker_options(spark), "reject_counter": counter, "device_seen": seen}
     with phase("drift"):
         plan = _drift_tap(exp, spark, shipped, df, record, options)
+    if plan is not None and plan["embedded"]:
+        from .drift_stream import SAMPLE_FLAG, sample_flag
+
+        tagged = tagged.withColumn(SAMPLE_FLAG, sample_flag(plan["every"]))
+        good = tagged
     scored = (under_profile(spark, score_frame(good, shipped, options, keep), profile)
               .withColumn("model_name", F.lit(name))
               .withColumn("scored_at", F.current_timestamp())
@@ -205,7 +216,8 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
     if seen.value:
         log.info("scoring ran on %s", devices.summarise(seen.value))
     with phase("count"):
-        written, agg, rejected, n_in = _counts(spark, out, rejects_path, version, run_date, keep, counter, df)
+        written, agg, rejected, n_in = _counts(spark, out, rejects_path, version, run_date, keep, counter, df,
+                                               plan["rows"] if plan is not None else None)
     result = ScoreResult(name, version, n_in, int(agg["n"]), rejected, out, rejects_path,
                          float(agg["acc"]) if keep and agg["acc"] is not None else None, time.time() - started,
                          run_date, skipped, choice.path)
@@ -286,7 +298,7 @@ def _drift_tap(exp: Experiment, spark, shipped: ShippedModel, df, record: dict[s
                             shipped.is_classifier, shipped.file, shipped.key)
     options["drift_tap"] = plan
     options["drift_profiles"] = spark.sparkContext.accumulator({}, drift_stream.ByPartition())
-    return {**plan, "reference": ref, "seconds": time.perf_counter() - started}
+    return {**plan, "reference": ref, "rows": rows, "seconds": time.perf_counter() - started}
 
 
 def _write_partition(frame, where: str, version: int, run_date: str, empty: bool) -> None:
@@ -300,14 +312,14 @@ def _write_partition(frame, where: str, version: int, run_date: str, empty: bool
     try:
         frame.write.mode("overwrite").partitionBy("model_version", "run_date").parquet(where)
     except Exception as exc:
-        failure = paths.write_failure(exc, f"scoring output {where}") or _device_failure(exc) or \
-            unreadable_input(exc)
+        failure = paths.write_failure(exc, f"scoring output {where}") or _device_failure(exc)
         if failure is not None:
             raise failure from None
         raise
 
 
-def _counts(spark, out: str, rejects_path: str, version: int, run_date: str, keep: list[str], counter, df):
+def _counts(spark, out: str, rejects_path: str, version: int, run_date: str, keep: list[str], counter, df,
+            n_in: int | None = None):
     """What the job wrote, read back: this partition's predictions, their count and accuracy, the
     rejected count (no scan when the scoring pass counted none) and the input's count."""
     from pyspark.sql import functions as F
@@ -323,5 +335,5 @@ def _counts(spark, out: str, rejects_path: str, version: int, run_date: str, kee
         agg = {"n": 0, "acc": None}
     rejected = (0 if counter is not None and counter.value == 0 else
                 spark.read.schema(REJECT_SCHEMA).parquet(rejects_path).filter(mine).count())
-    n_in = df.count()
+    n_in = df.count() if n_in is None else n_in   # the drift tap counted it before the pass
     return written, agg, rejected, n_in

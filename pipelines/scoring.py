@@ -242,12 +242,14 @@ def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[s
 
     Rows tagged by ``reject_reason`` in a ``_reject`` column ride along and are dropped (and counted in
     ``options["reject_counter"]``) in the worker: one scan when every row fits (see the score stage).
-    ``options["batch_format"]`` picks the worker's batches: ``arrow`` (``mapInArrow``, the default) or
+    A ``_sample`` column (the drift profile's embedding sample, computed by Spark) rides along the same
+    way. ``options["batch_format"]`` picks the worker's batches: ``arrow`` (``mapInArrow``, the default) or
     ``pandas`` (``mapInPandas``, the former path, kept as a fallback and for bench/scoring.py)."""
     schema = output_schema(shipped.spec, dict(df.dtypes), keep)
     model_file = shipped.file
     options = {**options, "model_key": shipped.key}
     flag = ["_reject"] if "_reject" in df.columns and options.get("reject_counter") is not None else []
+    flag += ["_sample"] if "_sample" in df.columns and options.get("drift_tap") is not None else []
     rows = df.select("id", *model_input_columns(shipped.spec, df.columns), *keep, *flag)
     if options.get("batch_format", "arrow") == "pandas":
         return rows.mapInPandas(lambda it: score_batches(it, model_file, keep, options), schema)
