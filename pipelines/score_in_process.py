@@ -295,7 +295,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
     profile, plan, ref = _drift_start(exp, spec, record, classifier, list(types), inputs, n_in, options, phase)
     writers = [_PartitionWriter(out, version, run_date, scored_schema),
                _PartitionWriter(rejects_path, version, run_date, rejects_schema)]
-    correct = 0
+    correct = (0, 0)
     progress = Display("score", unit="row")
     try:
         with phase("score and write"):
@@ -312,7 +312,8 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
         progress.close()
     scored, rejected = writers[0].rows, writers[1].rows
     result = ScoreResult(name, version, n_in, scored, rejected, out, rejects_path,
-                         correct / scored if keep and scored else None, time.time() - started, run_date, 0, "none")
+                         correct[0] / correct[1] if keep and correct[1] else None, time.time() - started, run_date,
+                         0, "none")
     if scored + rejected != n_in:
         raise ScoringError(f"scored {scored} + rejected {rejected} rows != {n_in} input rows; output at {out} is "
                            f"not trusted")
@@ -334,15 +335,16 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
 
 def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], keep: list[str],
             out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile,
-            done: Callable[[int], None]) -> int:
+            done: Callable[[int], None]) -> tuple[int, int]:
     """Read, check, score and write every batch, calling ``done`` with the rows handled so far; returns
-    the correct predictions (labelled input)."""
+    (right, labelled): the predictions that match a label, and the rows that have one (a null label counts
+    in neither, as Spark's ``avg`` of the comparison skips it)."""
     import pyarrow.compute as pc
 
     from .scoring_worker import score_arrow_batches
 
     scored_writer, rejects_writer = writers
-    correct = handled = 0
+    right = labelled = handled = 0
     for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
         handled += batch.num_rows
         ids = batch.column(0)
@@ -369,12 +371,15 @@ def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], 
             outputs = {c: got.column(names.index(c)).to_numpy(zero_copy_only=False)
                        for c in ("prediction", "confidence") if c in names}
             if keep and "prediction" in outputs:
-                label = got.column(names.index("label")).to_numpy(zero_copy_only=False)
-                correct += int((outputs["prediction"] == label).sum())
+                label = got.column(names.index("label"))
+                known = label.is_valid().to_numpy(zero_copy_only=False)
+                values = label.to_numpy(zero_copy_only=False)
+                right += int((outputs["prediction"][known] == values[known]).sum())
+                labelled += int(known.sum())
             if profile is not None:
                 profile.add(batch, outputs)
         done(handled)
-    return correct
+    return right, labelled
 
 
 def _drift_start(exp: Experiment, spec: dict[str, Any], record: dict[str, Any], classifier: bool,
