@@ -230,7 +230,7 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
 
         with phase("drift"):
             drift_block = monitoring.report(
-                exp, plan["reference"], merged(plan, list(options["drift_profiles"].value.values())),
+                exp, plan["reference"], merged(plan, list(options["observer"][2].value.values())),
                 run_id=record["model"]["run_id"], name=name, version=version, run_date=run_date,
                 partition=partition_dir(out, version, run_date), where=where_in, seconds=plan["seconds"])
         result.drift = drift_block
@@ -294,10 +294,11 @@ def _drift_tap(exp: Experiment, spark, shipped: ShippedModel, df, record: dict[s
                  shipped.name, shipped.version)
         return None
     rows = df.count()   # a Parquet metadata count: the embedding sample's step, as drift.embedding_features has it
+    # the embedding sample runs on the scoring task's own device (the GPU Spark assigned it, if any)
     plan = drift_stream.tap(shipped.spec, ref, df.columns, model_input_columns(shipped.spec, df.columns), rows,
-                            shipped.is_classifier, shipped.file, shipped.key)
-    options["drift_tap"] = plan
-    options["drift_profiles"] = spark.sparkContext.accumulator({}, drift_stream.ByPartition())
+                            shipped.is_classifier, shipped.file, shipped.key, {"device": exp.score.device})
+    options["observer"] = (drift_stream.PartitionProfile, plan,
+                           spark.sparkContext.accumulator({}, drift_stream.ByPartition()))
     return {**plan, "reference": ref, "rows": rows, "seconds": time.perf_counter() - started}
 
 

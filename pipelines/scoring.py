@@ -249,7 +249,7 @@ def score_frame(df, shipped: ShippedModel, options: dict[str, Any], keep: list[s
     model_file = shipped.file
     options = {**options, "model_key": shipped.key}
     flag = ["_reject"] if "_reject" in df.columns and options.get("reject_counter") is not None else []
-    flag += ["_sample"] if "_sample" in df.columns and options.get("drift_tap") is not None else []
+    flag += ["_sample"] if "_sample" in df.columns and options.get("observer") is not None else []
     rows = df.select("id", *model_input_columns(shipped.spec, df.columns), *keep, *flag)
     if options.get("batch_format", "arrow") == "pandas":
         return rows.mapInPandas(lambda it: score_batches(it, model_file, keep, options), schema)

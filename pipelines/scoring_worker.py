@@ -121,11 +121,11 @@ def score_arrow_batches(batches: Iterator[Any], model_file: str, keep: list[str]
     options = options or {"device": "auto", "threads": 1, "optimize": "none"}
     predictor = worker_predictor(model_file, options)
     rejects = options.get("reject_counter")
-    profile = None
-    if options.get("drift_tap") is not None:   # tonight's drift profile, counted as the rows go by
-        from .drift_stream import PartitionProfile
-
-        profile = PartitionProfile(options["drift_tap"])
+    # ``observer``: (factory, its argument, accumulator) from the driver, e.g. tonight's drift profile
+    # (drift_stream.PartitionProfile): it sees every scored batch, and what it finds goes back keyed by
+    # partition. Handed in, not imported, so this module knows nothing of what observes it.
+    observer = options.get("observer")
+    profile = observer[0](observer[1]) if observer is not None else None
     for batch in batches:
         names = batch.schema.names
         if "_reject" in names:   # rows the native filter flagged: counted for the driver, not scored
@@ -144,4 +144,4 @@ def score_arrow_batches(batches: Iterator[Any], model_file: str, keep: list[str]
     if profile is not None:   # keyed by partition: a task run again replaces its entry
         from pyspark import TaskContext
 
-        options["drift_profiles"].add({TaskContext.get().partitionId(): profile.finish()})
+        observer[2].add({TaskContext.get().partitionId(): profile.finish()})
