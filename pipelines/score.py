@@ -28,7 +28,7 @@ from . import devices, inference_path, monitoring, paths, track
 from .config import Experiment
 from .errors import DriftError, ScoringError
 from .phases import Phases
-from .score_job import REJECT_SCHEMA, ScoreResult, input_location, mark_partition, unreadable_input
+from .score_job import REJECT_SCHEMA, ScoreResult, input_location, mark_partition, naming_unreadable_input
 from .scoring import ShippedModel, check_input, input_snapshot, model_download, partition_dir, reject_reason, scoring_record, \
     score_frame, shipped_model, worker_options
 
@@ -66,13 +66,7 @@ def input_frame(spark, exp: Experiment):
                                f"database.table, or use score.input_path for a Parquet folder")
         return spark.table(name), f"table {name}"
     path = input_location(exp)
-    try:   # Spark reads a footer for the schema here: that file may be the one that is not Parquet
-        return spark.read.parquet(path), path
-    except Exception as exc:
-        failure = unreadable_input(exc)
-        if failure is not None:
-            raise failure from None
-        raise
+    return spark.read.parquet(path), path
 
 
 def spread_over_cores(spark, df):
@@ -137,17 +131,13 @@ def run(exp: Experiment, spark=None, phase: Phases | None = None) -> ScoreResult
                 spark = get_spark(exp)
             profile = devices.score_profile(spark, exp.score.tasks_per_gpu)   # before any work: a bad request fails now
         log.info("scoring: %s", devices.score_plan(spark, exp.score.device, exp.score.tasks_per_gpu))
-        with phase("open input"):
-            df, where = input_frame(spark, exp)
-        with phase("ship model"):   # what the download has left to do, then the zip for the executors
-            shipped = stack.enter_context(shipped_model(spark, exp, name, version, download))
-        try:
+        # Spark's schema read, or any Spark job after it, may be the first to read a file that is not Parquet
+        with naming_unreadable_input():
+            with phase("open input"):
+                df, where = input_frame(spark, exp)
+            with phase("ship model"):   # what the download has left to do, then the zip for the executors
+                shipped = stack.enter_context(shipped_model(spark, exp, name, version, download))
             result = _score(exp, spark, shipped, df, where, run_date, profile, started, phase)
-        except Exception as exc:   # any Spark job of it may be the first to read a file that is not Parquet
-            failure = unreadable_input(exc)
-            if failure is not None:
-                raise failure from None
-            raise
     result.phases = phase.seconds
     log.info("score phases: %s", phase.line())
     return result

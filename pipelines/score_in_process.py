@@ -253,7 +253,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
 
     from .inference_path import PathChoice
     from .modelpack import SPEC_FILE
-    from .score_job import REJECT_SCHEMA, ScoreResult, mark_partition, unreadable_input
+    from .score_job import REJECT_SCHEMA, ScoreResult, mark_partition, naming_unreadable_input
     from .scoring import check_columns, files_snapshot, model_input_columns, output_schema, partition_dir, \
         scoring_record, worker_options
 
@@ -263,11 +263,9 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
             raise ScoringError(f"scoring input {where} holds no Parquet file (names starting with _ or . are "
                                f"skipped, as Spark skips them)")
         fs = paths.filesystem(files[0])[0]
-        try:
+        with naming_unreadable_input():   # every file's footer: an unreadable file stops the job here
             dataset = pads.dataset([paths.filesystem(f)[1] for f in files], filesystem=fs, format="parquet")
-            n_in = dataset.count_rows()   # every file's footer: an unreadable file stops the job here
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise (unreadable_input(exc) or exc) from None
+            n_in = dataset.count_rows()
     with phase("ship model"):   # what the download has left to do
         _, model_dir = download.result()
         spec = paths.read_json(paths.join(model_dir, SPEC_FILE))

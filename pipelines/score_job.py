@@ -7,11 +7,12 @@ stage back (an import circle); both import this instead.
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import os
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from . import paths
 from .config import Experiment
@@ -83,3 +84,16 @@ def unreadable_input(exc: BaseException) -> ScoringError | None:
                                 f"({why}); repair it or move it out of the input, then re-run the same command "
                                 f"(nothing was committed)")
     return None
+
+
+@contextlib.contextmanager
+def naming_unreadable_input() -> Iterator[None]:
+    """Whatever in the block first reads a file of the input that is not Parquet (Spark's schema read,
+    any Spark job, pyarrow's footer scan) ends the job with ``unreadable_input``'s one line."""
+    try:
+        yield
+    except Exception as exc:
+        failure = unreadable_input(exc)
+        if failure is not None:
+            raise failure from None
+        raise

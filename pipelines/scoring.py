@@ -140,7 +140,7 @@ def check_input(df, where: str, spec: dict[str, Any]):
 
 def check_columns(types: dict[str, str], where: str, spec: dict[str, Any]) -> None:
     """``check_input``'s checks on a column -> Spark type name mapping: the Spark engine passes the
-    DataFrame's ``dtypes``, the in-process engine the Parquet schema's (``arrow_rows.spark_types``), so
+    DataFrame's ``dtypes``, the in-process engine the Parquet schema's (``score_in_process.spark_types``), so
     both stop a wrong table with the same message."""
     columns = list(types)
     if "id" not in types:
