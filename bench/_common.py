@@ -65,14 +65,16 @@ def print_medians(sides: dict[str, list[float]], header: str) -> dict[str, float
     return med
 
 
-def training_args(doc: str, *, steps: int, batch_size: int, repeats: int = 3):
-    """The flags every training benchmark takes."""
+def training_args(doc: str, *, steps: int, batch_size: int, repeats: int = 3, switches: dict[str, str] | None = None):
+    """The flags every training benchmark takes; ``switches``: a bench's own on/off flags, with their help."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--batch-size", type=int, default=batch_size)
     ap.add_argument("--repeats", type=int, default=repeats)
+    for flag, text in (switches or {}).items():
+        ap.add_argument(flag, action="store_true", help=text)
     return ap.parse_args()
 
 

@@ -4,13 +4,15 @@ job start to the first training step, Horovod on Spark vs Spark's TorchDistribut
 own ceiling for 2x1/1x1: two plain training loops run at once with nothing exchanged, vs one alone.
 
     .venv/bin/python bench/scaling.py [--steps 300] [--repeats 3]
+    .venv/bin/python bench/scaling.py --first-step-only --repeats 5   # launch to first step alone, with its phases
 """
 
 from __future__ import annotations
 
 import statistics
+import time
 
-from _common import ROOT, experiment, prepared, report, training_args
+from _common import ROOT, experiment, machine, prepared, report, training_args
 
 
 def run(spark, steps: int, batch: int, procs: int, threads: int, backend: str = "horovod_spark"):
@@ -50,13 +52,36 @@ def machine_ceiling(ds, steps: int, batch: int) -> tuple[float, float]:
     return alone, sum(both)
 
 
+def first_step_only(spark, repeats: int, batch: int) -> None:
+    """Launch to first training step, 2 ranks x 1 thread, Horovod on Spark and TorchDistributor interleaved;
+    with rank 0's own marks (seconds from the launch): entered the rank code (Python, launcher and torch
+    imported), process group ready, model/readers/optimizer built, first step."""
+    first: dict[str, list[float]] = {"horovod_spark": [], "torch_distributor": []}
+    marks: dict[str, list[dict[str, float]]] = {k: [] for k in first}
+    for _ in range(repeats):
+        for backend in first:
+            r = run(spark, 10, batch, 2, 1, backend=backend)
+            first[backend].append(r.first_step_seconds)
+            marks[backend].append(r.ranks[0]["startup_seconds"])
+    med = {k: statistics.median(v) for k, v in first.items()}
+    print(f"== launch to first training step, 2x1, medians of {repeats} ({machine()}, {time.strftime('%Y-%m-%d')})")
+    for backend, values in first.items():
+        phases = {k: statistics.median(m[k] for m in marks[backend]) for k in marks[backend][0]}
+        print(f"   {backend:18s} {med[backend]:.2f}s   raw {[round(v, 2) for v in values]}   phases (median s) {phases}")
+    print(f"   ratio Horovod on Spark / TorchDistributor: {med['horovod_spark'] / med['torch_distributor']:.2f}x")
+
+
 def main() -> None:
-    args = training_args(__doc__, steps=300, batch_size=64)
+    args = training_args(__doc__, steps=300, batch_size=64,
+                         switches={"--first-step-only": "only the launch-to-first-step comparison"})
     exp = experiment(f"workspace={ROOT / 'workspace' / 'bench'}", "spark.master=local[2]")
     ds = prepared(exp)
     from sparkzoo.pipelines.session import get_spark
 
     spark = get_spark(exp)
+    if args.first_step_only:
+        first_step_only(spark, args.repeats, args.batch_size)
+        return
     rates = {"2x1": [], "1x1": [], "1x2": []}
     first = {"horovod_spark": [], "torch_distributor": []}
     ceiling: list[float] = []

@@ -136,3 +136,25 @@ def test_a_rank_imports_no_mlflow_before_training():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", out
+
+
+def _where_pyspark_came_from() -> str:
+    import sys
+
+    return sys.modules["pyspark"].__file__   # Horovod's rank entry point imported it before this line
+
+
+def test_ranks_on_a_local_master_import_the_installed_pyspark(spark):
+    """Spark's Python workers have Spark's pyspark.zip first on PYTHONPATH; Python compiles a zip's modules
+    again in every process, 0.6 s a rank before its first line. On a local master the ranks Horovod starts
+    get the driver's PYTHONPATH instead and import the installed, compiled pyspark."""
+    import horovod.spark
+
+    from sparkzoo.pipelines.train.launcher import executor_python, rank_environment
+
+    executable = executor_python(spark)
+    env = rank_environment(spark, executable)
+    assert env is not None and "pyspark.zip" not in env["PYTHONPATH"]
+    seen = horovod.spark.run(_where_pyspark_came_from, num_proc=2, use_gloo=True, executable=executable, env=env,
+                             start_timeout=120)
+    assert len(seen) == 2 and all(".zip" not in path and path.endswith("pyspark/__init__.py") for path in seen), seen

@@ -190,10 +190,12 @@ class TorchDistComm:
 class HorovodLaunchedDDPComm(TorchDistComm):
     """Ranks started by Horovod (on Spark, or horovodrun) that exchange gradients with DDP.
 
-    Horovod still launches the ranks and hands rank 0's address to the others; then its own background
-    loop is shut down, so it takes no CPU from the ranks. Why (bench/scaling.py, 2026-11-30, 2x1 on two
+    Horovod launches the ranks; DDP averages the gradients. Why (bench/scaling.py, 2026-11-30, 2x1 on two
     cores, LeNet-like CNN): Horovod's gloo allreduce 3,150 samples/s, DDP over gloo 3,860, DDP through
-    shared memory in one bucket 4,200-4,480; with nothing exchanged at all 4,860.
+    shared memory in one bucket 4,200-4,480; with nothing exchanged at all 4,860. Horovod itself is never
+    initialised here: rank 0 leaves its address in the key-value store of the rendezvous server Horovod
+    started for this launch, the others read it there. ``hvd.init()`` (a gloo context of its own and a
+    background loop, only to pass one address and shut down again) is not paid before the first step.
     """
 
     name = "horovod+ddp"
@@ -202,30 +204,67 @@ class HorovodLaunchedDDPComm(TorchDistComm):
         import datetime
         import os
 
-        import horovod.torch as hvd
         import torch.distributed as dist
 
-        hvd.init()
-        rank, size = hvd.rank(), hvd.size()
-        address = None
+        try:
+            rank, size = int(os.environ["HOROVOD_RANK"]), int(os.environ["HOROVOD_SIZE"])
+            local_rank = int(os.environ["HOROVOD_LOCAL_RANK"])
+            store = (os.environ["HOROVOD_GLOO_RENDEZVOUS_ADDR"], os.environ["HOROVOD_GLOO_RENDEZVOUS_PORT"])
+        except KeyError as missing:
+            from ..errors import TrainingError
+
+            raise TrainingError(f"this rank was not started by a Horovod gloo launch (no {missing} in its "
+                                f"environment); train.gradient_exchange=ddp needs train.backend horovod_spark "
+                                f"or horovodrun") from None
         if rank == 0:
-            address = (_routable_address(), _free_port())
-        host, port = hvd.broadcast_object(address, root_rank=0, name="ddp_rendezvous")
+            host, port = _routable_address(), _free_port()
+            _put(store, f"{host}:{port}")
+        else:
+            host, port = _wait_for(store, COLLECTIVE_TIMEOUT_S).rsplit(":", 1)
         iface = os.environ.get("HOROVOD_GLOO_IFACE")
         if iface and "GLOO_SOCKET_IFACE" not in os.environ:
             os.environ["GLOO_SOCKET_IFACE"] = iface
         dist.init_process_group("gloo", init_method=f"tcp://{host}:{port}", rank=rank, world_size=size,
                                 timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
-        self.local_rank = hvd.local_rank()
-        hvd.shutdown()
         self.dist = dist
-        self.rank, self.size = rank, size
+        self.rank, self.size, self.local_rank = rank, size, local_rank
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:
         """Horovod's launchers collect every rank's own result; the group ends on all ranks together."""
         self.dist.barrier()
         self.dist.destroy_process_group()
         return result
+
+
+# Where rank 0's address lies in the rendezvous server's key-value store (a fresh server per launch).
+DDP_ADDRESS_KEY = "sparkzoo_ddp/rank0"
+
+
+def _put(store: tuple[str, str], value: str) -> None:
+    from urllib.request import Request, urlopen
+
+    req = Request(f"http://{store[0]}:{store[1]}/{DDP_ADDRESS_KEY}", data=value.encode(), method="PUT")
+    urlopen(req, timeout=30).close()
+
+
+def _wait_for(store: tuple[str, str], timeout_s: float) -> str:
+    """Rank 0's address, once it is there (the server answers 404 until then)."""
+    import time
+    from urllib.error import HTTPError
+    from urllib.request import urlopen
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urlopen(f"http://{store[0]}:{store[1]}/{DDP_ADDRESS_KEY}", timeout=30) as resp:
+                return resp.read().decode()
+        except HTTPError as exc:
+            if exc.code != 404 or time.monotonic() > deadline:
+                from ..errors import TrainingError
+
+                raise TrainingError(f"rank 0 did not publish its address within {timeout_s:.0f} s "
+                                    f"(rendezvous server {store[0]}:{store[1]}: {exc})") from None
+        time.sleep(0.01)
 
 
 def _routable_address() -> str:

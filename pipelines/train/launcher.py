@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import sys
 from typing import Any
 
@@ -42,6 +43,32 @@ def executor_python(spark) -> str:
     return spark.conf.get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON") or sys.executable
 
 
+def rank_environment(spark, executable: str) -> dict[str, str] | None:
+    """What the rank processes' environment changes from their Spark task's (None: nothing).
+
+    Why: a Spark Python worker has Spark's own ``pyspark.zip`` and py4j zip first on its PYTHONPATH, and
+    the rank processes Horovod starts from it inherit that; Python caches no bytecode for a zip, so every
+    rank compiled pyspark's sources again before its first line (Horovod's rank code imports pyspark):
+    0.6 s a rank on this 2-core machine (bench/RESULTS.md). On a local master the executors are this
+    machine running this interpreter; where it has pyspark and py4j installed, the ranks get this
+    process's PYTHONPATH without those zips and import the installed, compiled packages. A cluster's
+    executors may have pyspark only from the zip: left as they are.
+    """
+    import importlib.metadata
+
+    if not spark.sparkContext.master.startswith("local"):
+        return None
+    if os.path.abspath(shutil.which(executable) or executable) != os.path.abspath(sys.executable):
+        return None
+    try:
+        importlib.metadata.version("pyspark"), importlib.metadata.version("py4j")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    kept = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and not re.search(r"(pyspark|py4j-[^/\\]*)\.zip$", p)]
+    return {"PYTHONPATH": os.pathsep.join(kept)}
+
+
 def launch(exp: Experiment, ctx: dict[str, Any], spark=None, num_proc: int | None = None,
            start_timeout: int = 600) -> list[dict[str, Any]]:
     """Run ``num_proc`` ranks (default ``train.num_proc``; a relaunch may use fewer); ``start_timeout``:
@@ -59,8 +86,10 @@ def launch(exp: Experiment, ctx: dict[str, Any], spark=None, num_proc: int | Non
 
             check_slots(spark, exp, num_proc)
             with devices.ranks_hold_gpus(spark, exp.train.gpus_per_rank, exp.train.backend):
+                executable = executor_python(spark)
                 results = horovod.spark.run(train_rank, args=args, num_proc=num_proc, use_gloo=True,
-                                            start_timeout=start_timeout, verbose=1, executable=executor_python(spark))
+                                            start_timeout=start_timeout, verbose=1, executable=executable,
+                                            env=rank_environment(spark, executable))
         elif exp.train.backend == "torch_distributor":
             from pyspark.ml.torch.distributor import TorchDistributor
 

@@ -74,6 +74,8 @@ class RankRun:
     """One rank's training run; attributes are what the steps hand each other (see the module docstring)."""
 
     def __init__(self, exp_dict: dict[str, Any], ctx: dict[str, Any], comm_kind: str) -> None:
+        # when this rank reached each point of its start (epoch seconds): the launch's cost, phase by phase
+        self.marks = {"entered": time.time()}
         import torch
 
         from sparkzoo.models import get_model, model_task
@@ -90,6 +92,7 @@ class RankRun:
         claimed = devices.claim_rank_gpus(tc.device, tc.backend, tc.gpus_per_rank)   # before CUDA initialises
         self.comm = comm = make_comm(comm_kind, tc.gradient_exchange,
                                      on_gpu=devices.would_use_gpu(tc.device, tc.backend, claimed))
+        self.marks["group_ready"] = time.time()
         self.rank, self.size = comm.rank, comm.size
         self.choice = devices.for_rank(tc.device, tc.backend, self.rank, comm.local_rank, tc.gpus_per_rank, claimed)
         devices.report("rank", self.choice, rank=self.rank, local_rank=comm.local_rank, size=self.size)
@@ -125,6 +128,7 @@ class RankRun:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda step: self.lr_factor(step))   # wrapped: steps count
         self.evaluate = Evaluator(comm, self.model, self.reader, self.device, self.autocast, tc.test_slices,
                                   tc.batch_size)
+        self.marks["built"] = time.time()
 
     # ---- build ---------------------------------------------------------------------------------------
 
@@ -411,6 +415,8 @@ class RankRun:
                   "seen_as": devices.seen_as(self.choice),
                   "first_step_seconds": (self.first_step_at or time.time()) - self.ctx.get("launched_at", self.started),
                   "first_step_at": self.first_step_at, "resumed_at": (self.start_epoch, self.start_step),
+                  "startup_seconds": {k: round(t - self.ctx.get("launched_at", self.started), 3)
+                                      for k, t in {**self.marks, "first_step": self.first_step_at or time.time()}.items()},
                   "step_checkpoints": cadence.written, "step_checkpoint_seconds": cadence.spent,
                   "pieces": [(p.path, p.row_group) for p in reader.pieces]}
         if rank == 0:
