@@ -158,3 +158,20 @@ def test_ranks_on_a_local_master_import_the_installed_pyspark(spark):
     seen = horovod.spark.run(_where_pyspark_came_from, num_proc=2, use_gloo=True, executable=executable, env=env,
                              start_timeout=120)
     assert len(seen) == 2 and all(".zip" not in path and path.endswith("pyspark/__init__.py") for path in seen), seen
+
+
+def test_the_local_python_daemon_is_empty_when_a_spawned_middleman_imports_it(spark):
+    """Horovod's middleman process is spawned, and re-imports its parent's main module (the Spark Python
+    daemon) as ``__mp_main__``; pyspark's own daemon imports most of pyspark there, compiled again from
+    Spark's zip. The session's daemon on a local master is sparkzoo's, which imports nothing that way,
+    and it serves Python tasks as pyspark's does."""
+    import subprocess
+    import sys
+
+    module = spark.conf.get("spark.python.daemon.module")
+    assert module == "sparkzoo.pipelines.spark_daemon"
+    code = (f"import runpy, sys; runpy.run_module({module!r}, run_name='__mp_main__'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyspark'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+    assert spark.sparkContext.parallelize(range(100), 2).map(lambda x: x * 2).sum() == 9900
