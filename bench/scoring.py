@@ -13,6 +13,9 @@ Sides (rows/s, medians of interleaved repeats, because these machines show CPU s
                 forward per row (on a subset of the rows: see --row-udf-rows)
   ours (pandas) the same job with score.batch_format=pandas: the former mapInPandas worker, beside the
                 Arrow-native one (mapInArrow, pipelines/arrow_rows.py) that `ours` runs
+  ray data      Ray Data (read_parquet -> map_batches, a pool of 2 actors with the model -> write_parquet) on
+                the same Parquet and cores, the same model as TorchScript, from a venv the bench builds
+                (bench/ray_scoring.py; batch sizes swept once, the best one timed each repeat)
   limit         the machine's in-memory limit for the same model: the same pixels already in memory as
                 float tensors, the bare forward pass, the better of N processes x 1 thread and 1 process
                 x N threads (N = cores), each at its best batch of a sweep; the same for each optimised
@@ -27,9 +30,12 @@ Prepares Fashion-MNIST and trains a 1-epoch model under workspace/bench when the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -145,6 +151,44 @@ def run_row_udf(exp, spark, path: str, version: int, rows: int) -> float:
     schema = "id string, prediction long, confidence double, probability array<double>, label bigint"
     return rows / timed(lambda: spark.createDataFrame(df.rdd.mapPartitions(predict), schema)
                         .write.mode("overwrite").parquet(out))
+
+
+RAY_VENV = BENCH_WS / "ray-venv"
+# Ray 2.60 wants pyarrow >= 17, sparkzoo pins 14: Ray gets a venv of its own, built here, never a dependency
+RAY_PINS = ("torch==2.13.0", "ray[data]==2.60.0", "pyarrow>=17", "numpy", "pandas")
+
+
+def ray_python() -> str:
+    """The Ray venv's interpreter, built on first use (several minutes: torch's CPU wheel and Ray)."""
+    python = RAY_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"   building the Ray Data venv at {RAY_VENV} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(RAY_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *RAY_PINS], check=True)
+    return str(python)
+
+
+def export_torchscript(predictor, x) -> str:
+    """The registered model's network as TorchScript: what the Ray venv (no sparkzoo, no MLflow) loads."""
+    import torch
+
+    path = BENCH_WS / "ray" / "model.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.inference_mode():
+        torch.jit.trace(predictor.module.eval(), x[:8]).save(str(path))
+    return str(path)
+
+
+def run_ray(path: str, model: str, spec: dict, batches: list[int]) -> dict[int, float]:
+    """Ray Data's rows/s per batch size (bench/ray_scoring.py in the Ray venv, one Ray instance)."""
+    shape = spec["shape"]
+    cmd = [ray_python(), str(ROOT / "bench" / "ray_scoring.py"), "--input", path, "--output", str(BENCH_WS / "pred_ray"),
+           "--model", model, "--mean", str(spec["stats"]["mean"]), "--std", str(spec["stats"]["std"]),
+           "--shape", f"{shape['height']},{shape['width']},{shape['channels']}",
+           "--batch-sizes", ",".join(map(str, batches)), "--cpus", str(os.cpu_count() or 1)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return {r["batch"]: r["rows_per_s"] for r in map(json.loads, filter(None, out.splitlines()))
+            if r.get("rows_per_s")}
 
 
 def eager_rate(predictor, x, reps: int, batch: int) -> float:
@@ -316,7 +360,8 @@ def main() -> None:
     ap.add_argument("--eager-reps", type=int, default=10, help="passes over the 10,000 in-memory test tensors")
     ap.add_argument("--batch-sizes", default="32,64,128,256,1024,4096",
                     help="the limit's batch sweep (each layout, each path that gets a limit)")
-    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt")
+    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt,ray")
+    ap.add_argument("--ray-batch-sizes", default="256,1024,4096", help="the Ray Data side's batch sweep")
     ap.add_argument("--chunk-sweep", action="store_true",
                     help="only sweep score.image_chunk for one worker (1 thread) per inference path")
     ap.add_argument("--compare-batch", default="",
@@ -402,6 +447,14 @@ def main() -> None:
         sides["mlflow spark_udf"] = []
     if "row_udf" not in skip:
         sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"] = []
+    ray_batch = None
+    if "ray" not in skip:
+        ray_model = export_torchscript(eager, x)
+        sweep = run_ray(path, ray_model, eager.spec, [int(b) for b in args.ray_batch_sizes.split(",")])
+        ray_batch = max(sweep, key=sweep.get)
+        print("   ray data sweep: " + "; ".join(f"batch {b}: {r:,.0f}" for b, r in sweep.items())
+              + f" -> batch {ray_batch}", flush=True)
+        sides[f"ray data (batch {ray_batch})"] = []
     pandas_exp = lambda *sets: bench_exp("score.batch_format=pandas", *sets)   # noqa: E731
     for rep in range(args.repeats):    # interleaved, so CPU steal hits every side alike
         sides["limit"].append(limits["none"][1](args.eager_reps))
@@ -417,6 +470,8 @@ def main() -> None:
         if "row_udf" not in skip:
             sides[f"row-at-a-time UDF ({args.row_udf_rows:,} rows)"].append(
                 run_row_udf(exp, spark, path, version, args.row_udf_rows))
+        if ray_batch is not None:
+            sides[f"ray data (batch {ray_batch})"].append(run_ray(path, ray_model, eager.spec, [ray_batch])[ray_batch])
         print(f"   repeat {rep + 1}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in sides.items()), flush=True)
 
     med = print_medians(sides, f"== medians of {args.repeats} (rows/s); score.batch_size={exp.score.batch_size}, "
@@ -430,7 +485,9 @@ def main() -> None:
         for side in (f"ours+{best_opt}", "ours+auto"):
             print(f"   ratio {side} / limit {best_opt}: {med[side] / med[f'limit {best_opt}']:.2f}x; "
                   f"{side} / mlflow spark_udf: {med[side] / udf:.2f}x")
-    for out in ("pred_ours", "pred_spark_udf", "pred_row_udf"):
+    if ray_batch is not None:
+        print(f"   ratio ours / ray data: {med['ours'] / med[f'ray data (batch {ray_batch})']:.2f}x")
+    for out in ("pred_ours", "pred_spark_udf", "pred_row_udf", "pred_ray"):
         shutil.rmtree(BENCH_WS / out, ignore_errors=True)
 
 
