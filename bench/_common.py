@@ -13,6 +13,22 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+RAY_VENV = ROOT / "workspace" / "bench" / "ray-venv"
+# Ray 2.60 wants pyarrow >= 17, sparkzoo pins 14: Ray gets a venv of its own, built here, never a dependency
+RAY_PINS = ("torch==2.13.0", "ray[data,train]==2.60.0", "pyarrow>=17", "numpy", "pandas")
+
+
+def ray_python() -> str:
+    """The Ray venv's interpreter (the Ray Data and Ray Train sides), built on first use: several minutes."""
+    import subprocess
+
+    python = RAY_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"   building the Ray venv at {RAY_VENV} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(RAY_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *RAY_PINS], check=True)
+    return str(python)
+
 
 def experiment(*overrides: str, conf: str = "conf/fashion_mnist_cnn.yaml"):
     from sparkzoo.pipelines import config

@@ -1,7 +1,9 @@
 """Scaling on one machine: training samples/s with 2 ranks x 1 thread vs 1 rank x 1 thread (and 1 rank x
 2 threads for reference), Horovod on Spark, same data, model and batch size per rank; plus the time from
 job start to the first training step, Horovod on Spark vs Spark's TorchDistributor; and the machine's
-own ceiling for 2x1/1x1: two plain training loops run at once with nothing exchanged, vs one alone.
+own ceiling for 2x1/1x1: two plain training loops run at once with nothing exchanged, vs one alone; and
+Ray Train 2x1 (TorchTrainer, DDP over gloo, the same network and batch, rows already in memory) from the
+Ray venv (bench/ray_training.py; `--skip-ray` leaves it out).
 
     .venv/bin/python bench/scaling.py [--steps 300] [--repeats 3]
     .venv/bin/python bench/scaling.py --first-step-only --repeats 5   # launch to first step alone, with its phases
@@ -12,7 +14,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from _common import ROOT, experiment, machine, prepared, report, training_args
+from _common import ROOT, experiment, machine, prepared, ray_python, report, train_tensors, training_args
 
 
 def run(spark, steps: int, batch: int, procs: int, threads: int, backend: str = "horovod_spark"):
@@ -23,6 +25,31 @@ def run(spark, steps: int, batch: int, procs: int, threads: int, backend: str = 
                      f"train.max_steps_per_epoch={steps}", f"train.batch_size={batch}", "train.progress=false",
                      "spark.master=local[2]", f"name=bench_scaling_{procs}x{threads}_{backend}")
     return train.run(exp, spark)
+
+
+def ray_train_rate(ds, steps: int, batch: int, workers: int = 2) -> float:
+    """Ray Train's samples/s, ``workers`` x 1 thread: the same LeNet (TorchScript of a fresh one, seed 0)
+    and batch per worker, each worker on its own ``steps * batch`` rows in memory."""
+    import json
+    import os
+    import subprocess
+
+    import torch
+
+    from sparkzoo.models import InputSpec, get_model
+
+    folder = ROOT / "workspace" / "bench" / "ray_train"
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = train_tensors(ds, steps * batch * workers)
+    torch.save((x.contiguous(), y), folder / "rows.pt")
+    torch.manual_seed(0)
+    # traced in training mode, as it trains (dropout on); check_trace would compare two random dropouts
+    torch.jit.trace(get_model("lenet", InputSpec(1, 28, 28, 10)), x[:8], check_trace=False).save(str(folder / "lenet.pt"))
+    out = subprocess.run([ray_python(), str(ROOT / "bench" / "ray_training.py"), "--data", str(folder / "rows.pt"),
+                          "--model", str(folder / "lenet.pt"), "--steps", str(steps), "--batch", str(batch),
+                          "--workers", str(workers), "--cpus", str(os.cpu_count() or 1), "--storage", str(folder)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["samples_per_s"]
 
 
 def _paired_loop(ds, steps: int, batch: int, barrier, results) -> None:
@@ -73,7 +100,8 @@ def first_step_only(spark, repeats: int, batch: int) -> None:
 
 def main() -> None:
     args = training_args(__doc__, steps=300, batch_size=64,
-                         switches={"--first-step-only": "only the launch-to-first-step comparison"})
+                         switches={"--first-step-only": "only the launch-to-first-step comparison",
+                                   "--skip-ray": "leave out the Ray Train side"})
     exp = experiment(f"workspace={ROOT / 'workspace' / 'bench'}", "spark.master=local[2]")
     ds = prepared(exp)
     from sparkzoo.pipelines.session import get_spark
@@ -82,7 +110,7 @@ def main() -> None:
     if args.first_step_only:
         first_step_only(spark, args.repeats, args.batch_size)
         return
-    rates = {"2x1": [], "1x1": [], "1x2": []}
+    rates = {"2x1": [], "1x1": [], "1x2": []} | ({} if args.skip_ray else {"ray_train_2x1": []})
     first = {"horovod_spark": [], "torch_distributor": []}
     ceiling: list[float] = []
     for _ in range(args.repeats):
@@ -95,9 +123,12 @@ def main() -> None:
                 first["horovod_spark"].append(r.first_step_seconds)
         r = run(spark, max(10, args.steps // 10), args.batch_size, 2, 1, backend="torch_distributor")
         first["torch_distributor"].append(r.first_step_seconds)
+        if not args.skip_ray:
+            rates["ray_train_2x1"].append(ray_train_rate(ds, args.steps, args.batch_size))
     med = {k: statistics.median(v) for k, v in rates.items()}
     report("scaling, Horovod on Spark, LeNet-like CNN, batch %d per rank" % args.batch_size,
-           ("2 ranks x 1 thread", med["2x1"]), [("1 rank x 1 thread", med["1x1"]), ("1 rank x 2 threads", med["1x2"])])
+           ("2 ranks x 1 thread", med["2x1"]), [("1 rank x 1 thread", med["1x1"]), ("1 rank x 2 threads", med["1x2"])]
+           + ([] if args.skip_ray else [("Ray Train 2 workers x 1 thread", med["ray_train_2x1"])]))
     hs, td = statistics.median(first["horovod_spark"]), statistics.median(first["torch_distributor"])
     print(f"   time from job start to first training step: Horovod on Spark {hs:.1f}s, TorchDistributor {td:.1f}s, "
           f"ratio {hs / td:.2f}x")

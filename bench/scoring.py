@@ -35,12 +35,11 @@ import os
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 
 import numpy as np
 
-from _common import ROOT, experiment, machine, prepared, print_medians
+from _common import ROOT, experiment, machine, prepared, print_medians, ray_python
 
 BENCH_WS = ROOT / "workspace" / "bench"
 MODEL = "bench_scoring_cnn"
@@ -151,21 +150,6 @@ def run_row_udf(exp, spark, path: str, version: int, rows: int) -> float:
     schema = "id string, prediction long, confidence double, probability array<double>, label bigint"
     return rows / timed(lambda: spark.createDataFrame(df.rdd.mapPartitions(predict), schema)
                         .write.mode("overwrite").parquet(out))
-
-
-RAY_VENV = BENCH_WS / "ray-venv"
-# Ray 2.60 wants pyarrow >= 17, sparkzoo pins 14: Ray gets a venv of its own, built here, never a dependency
-RAY_PINS = ("torch==2.13.0", "ray[data]==2.60.0", "pyarrow>=17", "numpy", "pandas")
-
-
-def ray_python() -> str:
-    """The Ray venv's interpreter, built on first use (several minutes: torch's CPU wheel and Ray)."""
-    python = RAY_VENV / "bin" / "python"
-    if not python.exists():
-        print(f"   building the Ray Data venv at {RAY_VENV} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(RAY_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *RAY_PINS], check=True)
-    return str(python)
 
 
 def export_torchscript(predictor, x) -> str:
