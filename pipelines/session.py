@@ -52,6 +52,14 @@ def effective_conf(exp: Experiment, submitted: dict[str, str]) -> dict[str, str]
 DAEMON_MODULE_KEY = "spark.python.daemon.module"
 
 
+def is_this_interpreter(python: str) -> bool:
+    """Whether ``python`` (a path or a name on PATH) is the interpreter running this driver, so what is
+    installed here is installed where it runs (a local master's executors and ranks)."""
+    import shutil
+
+    return os.path.abspath(shutil.which(python) or python) == os.path.abspath(sys.executable)
+
+
 def lean_daemon(exp: Experiment, conf: dict[str, str], submitted: dict[str, str]) -> dict[str, str]:
     """``conf`` plus sparkzoo's Python daemon (pipelines/spark_daemon.py: Horovod's ranks start 0.4 s
     sooner) where the executors surely import it: a local master, executors running this interpreter,
@@ -59,13 +67,12 @@ def lean_daemon(exp: Experiment, conf: dict[str, str], submitted: dict[str, str]
     could not start any Python task, so there it is the user's choice (docs/TRAIN.md)."""
     import importlib.metadata
     import importlib.util
-    import shutil
 
     master = submitted.get("spark.master", exp.spark.master)
     if DAEMON_MODULE_KEY in conf or DAEMON_MODULE_KEY in submitted or not master.startswith("local"):
         return conf
     python = submitted.get("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
-    if os.path.abspath(shutil.which(python) or python) != os.path.abspath(sys.executable):
+    if not is_this_interpreter(python):
         return conf
     try:
         importlib.metadata.version("sparkzoo")

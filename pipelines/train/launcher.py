@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import sys
 from typing import Any
 
@@ -56,9 +55,9 @@ def rank_environment(spark, executable: str) -> dict[str, str] | None:
     """
     import importlib.metadata
 
-    if not spark.sparkContext.master.startswith("local"):
-        return None
-    if os.path.abspath(shutil.which(executable) or executable) != os.path.abspath(sys.executable):
+    from ..session import is_this_interpreter
+
+    if not spark.sparkContext.master.startswith("local") or not is_this_interpreter(executable):
         return None
     try:
         importlib.metadata.version("pyspark"), importlib.metadata.version("py4j")
