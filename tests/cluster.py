@@ -76,7 +76,10 @@ def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, gpus: in
 
     spark_home = spark_home or Path(pyspark.__file__).parent
     base = dict(env) if env is not None else {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    env = {**base, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(workdir / "work")}
+    # Local dirs under ``workdir``: an executor a test SIGKILLs runs no shutdown hook, and under /tmp its
+    # scratch (a copy of a shipped archive: 0.9 GB for a packed venv) outlived the test run.
+    env = {**base, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(workdir / "work"),
+           "SPARK_LOCAL_DIRS": str(workdir / "local")}
     if gpus:
         env["SPARK_WORKER_OPTS"] = (f"-Dspark.worker.resource.gpu.amount={gpus} "
                                     f"-Dspark.worker.resource.gpu.discoveryScript={fake_gpu_script(workdir, gpus)}")

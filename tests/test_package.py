@@ -195,6 +195,8 @@ def test_packed_environment_on_a_cluster_that_shares_nothing(fresh_venv, tmp_pat
     job.mkdir()
     _run([bin_dir / "sparkzoo", "init", "fashion_mnist_cnn", "--output", job / "experiment.yaml"],
          env=_clean_env(PATH=f"{bin_dir}:/usr/bin:/bin"))
+    executor_tmp = tmp_path / "executor-tmp"
+    executor_tmp.mkdir()
     ws = tmp_path / "ws"         # data, checkpoints, store: a path every node sees (HDFS/S3 on a real cluster)
     spark_home = next((fresh_venv / "lib").glob("python3*/site-packages/pyspark"))
     cluster_env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
@@ -210,6 +212,8 @@ def test_packed_environment_on_a_cluster_that_shares_nothing(fresh_venv, tmp_pat
                "--conf", f"spark.pyspark.driver.python={bin_dir / 'python'}",
                "--conf", f"spark.executorEnv.PYTHONPATH={probe}",
                "--conf", "spark.executor.memory=1g", "--conf", "spark.task.maxFailures=4",
+               # executors fetch the archive into java.io.tmpdir; the one this test SIGKILLs never deletes it
+               "--conf", f"spark.executor.extraJavaOptions=-Djava.io.tmpdir={executor_tmp}",
                job_file, "-c", "experiment.yaml",
                "--set", f"workspace={ws}", "--set", f"data.max_records={SUBSAMPLE}", "--set", "train.epochs=1",
                "--set", "train.num_proc=2", "--set", "train.progress=false",
