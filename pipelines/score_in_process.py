@@ -22,7 +22,6 @@ input's size (and the embedding sample of the drift profile, about 2,000-4,000 r
 from __future__ import annotations
 
 import datetime as dt
-import glob as _glob
 import logging
 import os
 import time
@@ -83,10 +82,10 @@ def choose_engine(exp: Experiment) -> tuple[str, str]:
 def input_files(exp: Experiment) -> tuple[list[str], str]:
     """The Parquet files Spark would read for this input (hidden ``_``/``.`` names skipped, folders walked)
     and the input's name for messages."""
-    from .score_job import is_glob, input_location
+    from .score_job import input_location, is_glob, local_glob
 
     where = input_location(exp)
-    found = _glob.glob(where) if is_glob(where) and not paths.is_uri(where) else [where]
+    found = local_glob(where) if is_glob(where) and not paths.is_uri(where) else [where]
     files: list[str] = []
     for path in found:
         files += _walk(path)

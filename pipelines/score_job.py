@@ -45,12 +45,40 @@ def is_glob(path: str) -> bool:
     return any(ch in path for ch in _GLOB)
 
 
+def expand_braces(pattern: str) -> list[str]:
+    """``a/{x,y}/b`` -> ``a/x/b``, ``a/y/b`` (nested too). Why: Spark reads Hadoop globs, whose ``{a,b}``
+    Python's glob does not know, so a pattern Spark accepts must not be called "matches nothing" here."""
+    start = pattern.find("{")
+    if start < 0:
+        return [pattern]
+    depth, parts, last = 0, [], start + 1
+    for i in range(start, len(pattern)):
+        ch = pattern[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                parts.append(pattern[last:i])
+                head, tail = pattern[:start], pattern[i + 1:]
+                return [x for part in parts for x in expand_braces(head + part + tail)]
+        elif ch == "," and depth == 1:
+            parts.append(pattern[last:i])
+            last = i + 1
+    return [pattern]   # an unclosed brace is a literal, as in Hadoop
+
+
+def local_glob(pattern: str) -> list[str]:
+    """What a local Hadoop glob matches, sorted and each path once."""
+    return sorted({hit for alt in expand_braces(pattern) for hit in _glob.glob(alt)})
+
+
 def input_location(exp: Experiment) -> str:
     """``score.input_path`` (checked: it exists, a glob matches) or the prepared split's folder."""
     if exp.score.input_path:
         path = paths.resolve(exp, exp.score.input_path)
         if is_glob(path):
-            if not paths.is_uri(path) and not _glob.glob(path):
+            if not paths.is_uri(path) and not local_glob(path):
                 raise ScoringError(f"score.input_path glob {path} matches nothing; check the pattern")
         elif not paths.exists(path):
             raise ScoringError(f"score.input_path {path} does not exist; point it at a Parquet table, folder or glob")

@@ -5,6 +5,7 @@ Real local Spark, real Parquet, real MLflow sqlite registry, real trained models
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -179,6 +180,12 @@ def test_input_by_glob_and_by_catalog_table(trained, make_exp, spark, tmp_path):
     by_glob = score.run(make_exp(f"score.input_path={ds.split_dir('test')}/part-*.parquet",
                                  f"score.output={tmp_path / 'g'}"), spark)
     assert by_glob.scored_rows == n
+    # Hadoop's {a,b} alternatives, which Spark reads and Python's glob does not know: both engines take them
+    splits = f"{os.path.dirname(ds.split_dir('test'))}/{{val,test}}"
+    for engine in ("spark", "in_process"):
+        by_braces = score.run(make_exp(f"score.input_path={splits}", f"score.engine={engine}",
+                                       f"score.output={tmp_path / engine}"), spark if engine == "spark" else None)
+        assert by_braces.scored_rows == ds.rows("val") + n, engine
     spark.read.parquet(ds.split_dir("test")).limit(300).createOrReplaceTempView("fm_nightly_input")
     by_table = score.run(make_exp("score.input_table=fm_nightly_input", f"score.output={tmp_path / 't'}"), spark)
     assert by_table.scored_rows == 300
