@@ -57,6 +57,17 @@ def median_rate(fn: Callable[[], int], repeats: int) -> tuple[float, list[float]
     return statistics.median(rates), rates
 
 
+def peak_rss_mb(pid: int) -> float | None:
+    """The kernel's high-water mark of a process's RSS (``VmHWM``), in MB; None once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def machine() -> str:
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
 

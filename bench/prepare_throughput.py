@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mb
 from sparkzoo.pipelines import config
 from sparkzoo.pipelines.dataset import source_listing
 from sparkzoo.pipelines.prepare import audio, images
@@ -115,10 +116,7 @@ def jvm_peak_rss_mb() -> float:
     best = 0.0
     for child in psutil.Process().children(recursive=True):
         if "java" in child.name():
-            with open(f"/proc/{child.pid}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmHWM:"):
-                        best = max(best, int(line.split()[1]) / 1024)
+            best = max(best, peak_rss_mb(child.pid) or 0.0)
     return best
 
 

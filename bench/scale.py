@@ -35,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, experiment, machine
+from _common import ROOT, experiment, machine, peak_rss_mb
 
 SCALE_WS = ROOT / "workspace" / "bench" / "scale"
 RESULTS = SCALE_WS / "results.jsonl"
@@ -78,16 +78,6 @@ def role(pid: int, root: int) -> str | None:
     return f"other ({os.path.basename(argv[0]) or '?'})"
 
 
-def _hwm_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 class PeakRss:
     """Peak RSS per process under ``root``, sampled until ``stop``; ``by_role()`` = max and count per role."""
 
@@ -112,7 +102,7 @@ class PeakRss:
                 seen.add(pid)
                 todo.extend(tree.get(pid, []))
                 # the role is read again each time: spark-submit's bash script becomes the JVM by exec
-                label, mb = role(pid, self.root), _hwm_mb(pid)
+                label, mb = role(pid, self.root), peak_rss_mb(pid)
                 if label and mb is not None:
                     self.peaks[pid] = (label, max(mb, self.peaks.get(pid, (label, 0.0))[1]))
             self._stop.wait(SAMPLE_EVERY_S)
