@@ -173,7 +173,7 @@ class StreamProfile:
 
     def add_inputs(self, batch) -> None:
         """One Arrow batch of rows that fit the model (its id and model input columns)."""
-        from .arrow_rows import _offsets
+        from .arrow_rows import _offsets, image_batch
 
         if not self.numeric_names and "token_ids" not in batch.schema.names:
             return
@@ -181,8 +181,7 @@ class StreamProfile:
         shape = self.spec.get("shape", {})
         frame = None
         if "image" in names and self.numeric_names == list(drift.IMAGE_FEATURES):
-            pixels = int(shape["height"] * shape["width"] * shape["channels"])
-            frame = drift.image_stats(batch.column(names.index("image")).to_pylist(), pixels)
+            frame = drift.pixel_stats(image_batch(batch.column(names.index("image")), shape))
         elif "features" in names and self.numeric_names == list(drift.AUDIO_FEATURES):
             frame = drift.audio_stats(batch.column(names.index("features")).to_pylist(), int(shape["n_mels"]),
                                       float(shape["hop_ms"]) / 1000.0)
