@@ -77,7 +77,7 @@ def pixel_stats(u: np.ndarray):
     import pandas as pd
 
     u = u.reshape(len(u), -1)
-    n, p = u.shape
+    p = u.shape[1]
     total = u.sum(axis=1, dtype=np.int64)
     wide = u.astype(np.uint16)
     squares = (wide * wide).sum(axis=1, dtype=np.int64)   # 255 ** 2 fits uint16

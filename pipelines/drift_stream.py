@@ -10,7 +10,8 @@ engines give the same profile of the same rows:
 * text length ``size(split(trim(text), '\\s+'))`` (Spark's ``trim`` strips spaces only; Java's ``\\s`` is
   ASCII whitespace; the split keeps empty pieces) and characters ``length(text)`` (code points);
 * token length, the out-of-vocabulary rate and the log2 id bands;
-* images and audio: ``drift.image_stats`` / ``drift.audio_stats``, the very functions Spark's pass runs;
+* images and audio: ``drift.pixel_stats`` (the body of Spark's ``drift.image_stats``, fed the Arrow buffer's
+  uint8 view) / ``drift.audio_stats``, the very functions Spark's pass runs;
 * the embedding sample ``pmod(xxhash64(id), every) == 0``: Spark's xxhash64 (XXH64 of the id's UTF-8
   bytes, seed 42) is computed here, so both engines sample the same rows;
 * a value is in bin k when it is above k of the edges (``sum(when(v > edge))``; NaN, which Spark sorts
