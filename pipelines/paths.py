@@ -150,11 +150,17 @@ def delete_file(path: str) -> None:
         fs.delete_file(inner)
 
 
+def is_hidden(name: str) -> bool:
+    """Hadoop's and Spark's rule for a file or folder name that is not data: ``_SUCCESS``, ``_temporary``,
+    ``.spark-staging-*``, checksum files. Readers skip these, so listings must too."""
+    return name.startswith(("_", "."))
+
+
 def list_dirs(path: str) -> list[str]:
     """Sub-folders directly under a folder (none if it does not exist), sorted; hidden ones skipped."""
     fs, inner = filesystem(path)
     infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
-    names = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith((".", "_")))
+    names = sorted(i.path for i in infos if i.type == pafs.FileType.Directory and not is_hidden(i.base_name))
     if is_uri(path):
         scheme = path.split("://", 1)[0]
         return [f"{scheme}://{n}" if "://" not in n else n for n in names]
@@ -166,7 +172,7 @@ def list_files(path: str, suffix: str = "") -> list[str]:
     fs, inner = filesystem(path)
     infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     names = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
-                   and not i.base_name.startswith(("_", ".")))
+                   and not is_hidden(i.base_name))
     if is_uri(path):
         scheme = path.split("://", 1)[0]
         return [f"{scheme}://{n}" if "://" not in n else n for n in names]

@@ -102,7 +102,7 @@ def _walk(path: str) -> list[str]:
     out = []
     for item in fs.get_file_info(pafs.FileSelector(inner, recursive=True, allow_not_found=True)):
         rel = os.path.relpath(item.path, inner)
-        if item.type == pafs.FileType.File and not any(p.startswith(("_", ".")) for p in rel.split(os.sep)):
+        if item.type == pafs.FileType.File and not any(paths.is_hidden(p) for p in rel.split(os.sep)):
             out.append(paths.join(path, rel))
     return out
 

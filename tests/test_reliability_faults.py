@@ -183,7 +183,7 @@ def test_disk_full_during_score_and_incomplete_partitions(trained, make_exp, spa
         # under Spark's hidden staging folder (.spark-staging-*/_temporary), which readers skip
         committed = [p for p in disk.rglob("*") if p.is_file() and (p.name == paths.SUCCESS or p.suffix == ".parquet")
                      and "model_version=" in str(p)
-                     and not any(part.startswith((".", "_")) for part in p.relative_to(disk).parent.parts)]
+                     and not any(paths.is_hidden(part) for part in p.relative_to(disk).parent.parts)]
         assert committed == [], committed
     out = tmp_path / "pred"
     day1 = score.run(make_exp(*scoring, f"score.output={out}", "score.run_date=2026-06-01"), spark)
