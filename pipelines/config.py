@@ -34,8 +34,20 @@ class SparkConfig(_Strict):
     master: str = "local[*]"
     app_name: str = "sparkzoo"
     conf: dict[str, str] = Field(default_factory=dict)
+    # Environment variables of the JVM this process starts (set before launch) and, as
+    # spark.executorEnv.<NAME>, of every executor. A variable already in the environment, or an executorEnv
+    # key given to spark-submit, wins.
+    env: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("conf", mode="before")
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+        if bad:
+            raise ValueError(f"spark.env: {bad[0]!r} is not an environment variable name (letters, digits, _)")
+        return value
+
+    @field_validator("conf", "env", mode="before")
     @classmethod
     def _stringify(cls, value: Any) -> Any:
         # Spark settings are strings; YAML turns "8" into 8 and "true" into True.

@@ -36,8 +36,13 @@ def submitted_properties() -> dict[str, str]:
 
 
 def effective_conf(exp: Experiment, submitted: dict[str, str]) -> dict[str, str]:
-    """The YAML's ``spark.conf`` minus every key spark-submit already set, plus sparkzoo's log4j2 file."""
+    """The YAML's ``spark.conf`` minus every key spark-submit already set, plus ``spark.env`` as
+    ``spark.executorEnv.*`` and sparkzoo's log4j2 file."""
     conf = {k: v for k, v in exp.spark.conf.items() if k not in submitted}
+    for name, value in exp.spark.env.items():
+        key = f"spark.executorEnv.{name}"
+        if key not in submitted and key not in conf:
+            conf[key] = value
     for key in sorted(set(exp.spark.conf) & set(submitted)):
         log.debug("spark.conf %s: spark-submit's %r wins over the YAML's %r", key, submitted[key], exp.spark.conf[key])
     if not submitted and Path(LOG4J2).is_file():
@@ -90,6 +95,8 @@ def get_spark(exp: Experiment):
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     submitted = submitted_properties()
     quiet_env(local_master=not submitted and exp.spark.master.startswith("local"))
+    for name, value in exp.spark.env.items():
+        os.environ.setdefault(name, value)   # the JVM launched below inherits it (a running one keeps its own)
     builder = SparkSession.builder.appName(f"{exp.spark.app_name}:{exp.name}")
     if not launched_by_spark_submit():
         builder = builder.master(exp.spark.master)

@@ -212,3 +212,36 @@ def test_spark_submit_conf_wins_over_the_yaml_for_the_same_key(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "shuffle 3" in proc.stdout.splitlines(), proc.stdout        # spark-submit's value
     assert "maxbytes 64m" in proc.stdout.splitlines(), proc.stdout     # the YAML's, nobody else set it
+
+
+@pytest.mark.slow   # starts a JVM of its own
+def test_the_started_jvm_gets_spark_env_and_a_fixed_heap(tmp_path):
+    """spark.env reaches the JVM sparkzoo starts and its Python workers; the default heap is fixed from the
+    start (-Xms = spark.driver.memory), so a long job's footprint does not grow with its length."""
+    import os
+    import subprocess
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os\n"
+        "from sparkzoo.pipelines import config\n"
+        "from sparkzoo.pipelines.session import get_spark\n"
+        f"exp = config.load({str(CONF)!r}, ['spark.master=local[1]', 'spark.env.SPARKZOO_PROBE=seen',\n"
+        "    'spark.conf.spark.ui.enabled=false'])\n"
+        "spark = get_spark(exp)\n"
+        "jvm = spark.sparkContext._jvm\n"
+        "runtime = jvm.java.lang.Runtime.getRuntime()\n"
+        "print('jvm', jvm.java.lang.System.getenv('SPARKZOO_PROBE'), jvm.java.lang.System.getenv('MALLOC_ARENA_MAX'))\n"
+        "print('worker', spark.sparkContext.parallelize([0], 1).map(lambda _: os.environ.get('SPARKZOO_PROBE')).first())\n"
+        "print('heap', runtime.totalMemory() / runtime.maxMemory())\n"
+        "spark.stop()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SPARKZOO_PROBE", "MALLOC_ARENA_MAX")}
+    proc = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "jvm seen 4" in lines, proc.stdout
+    assert "worker seen" in lines, proc.stdout
+    heap = float(next(line for line in lines if line.startswith("heap ")).split()[1])
+    assert heap > 0.95, proc.stdout     # committed heap = its maximum from the start

@@ -79,3 +79,9 @@ def test_test_slices_label_rows_and_reject_bad_names():
         config.load(CONF, ["train.test_slices={column: speaker, groups: {held out: [en_GB]}}"])
     with pytest.raises(ConfigError, match=r"train\.test_slices.*new slice name"):
         config.load(CONF, ["train.test_slices={column: speaker, groups: {seen: [en]}, others: seen}"])
+
+
+def test_spark_env_names_are_checked():
+    assert config.load(CONF, ["spark.env.MY_VAR=1"]).spark.env["MY_VAR"] == "1"
+    with pytest.raises(ConfigError, match=r"spark\.env: '1BAD' is not an environment variable name"):
+        config.load(CONF, ["spark.env.1BAD=x"])
