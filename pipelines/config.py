@@ -34,9 +34,8 @@ class SparkConfig(_Strict):
     master: str = "local[*]"
     app_name: str = "sparkzoo"
     conf: dict[str, str] = Field(default_factory=dict)
-    # Environment variables of the JVM this process starts (set before launch) and, as
-    # spark.executorEnv.<NAME>, of every executor. A variable already in the environment, or an executorEnv
-    # key given to spark-submit, wins.
+    # Environment variables of the JVM this process starts (set before launch; one already in this process's
+    # environment wins) and, as spark.executorEnv.<NAME>, of every executor (spark-submit's key wins).
     env: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("env")
