@@ -152,6 +152,14 @@ def test_xxhash64_is_sparks(spark):
     want = [r["h"] for r in df.select(F.xxhash64("id").alias("h")).collect()]   # small: 12 rows
     assert [drift_stream.xxhash64(i.encode("utf-8")) for i in ids] == want
     assert list(drift_stream.in_sample(ids, 3)) == [h % 3 == 0 for h in want]
+    # the vectorised hash (one numpy pass per byte length): a null hashes to Spark's seed, a slice reads
+    # its own rows, and a run of mixed lengths matches Spark row by row
+    mixed = [f"row-{i}" + "q" * (i % 41) for i in range(300)] + [None]
+    got = spark.createDataFrame([(i,) for i in mixed], "id string").select(F.xxhash64("id").alias("h")).collect()
+    arr = pa.array(mixed, pa.string())
+    assert list(drift_stream.xxhash64_strings(arr)) == [r["h"] for r in got]   # small: 301 rows
+    assert list(drift_stream.xxhash64_strings(arr.slice(17, 50))) == [r["h"] for r in got[17:67]]
+    assert list(drift_stream.xxhash64_strings(pa.array(ids, pa.large_string()))) == want
 
 
 def test_auto_picks_in_process_only_where_spark_adds_nothing(spark, make_exp, tmp_path, monkeypatch):
