@@ -26,12 +26,12 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from . import monitoring, paths, track
+from .arrow_pass import BatchFile, stream
 from .config import Experiment
 from .display import Display
 from .errors import ScoringError
@@ -149,60 +149,9 @@ def arrow_schema(ddl: str) -> pa.Schema:
     return pa.schema([pa.field(n, kind(t)) for n, t in (part.strip().split(" ", 1) for part in ddl.split(","))])
 
 
-def reject_reasons(batch: pa.RecordBatch, spec: dict[str, Any]) -> np.ndarray:
-    """Per row: None when it fits the model, else why not; ``scoring.reject_reason``'s rules and words
-    (its first matching rule wins, so they are applied here from the last to the first)."""
-    import pyarrow.compute as pc
-
-    from .scoring import model_input_columns
-
-    names = batch.schema.names
-    col = lambda c: batch.column(names.index(c))   # noqa: E731
-    null = lambda c: col(c).is_null().to_numpy(zero_copy_only=False)   # noqa: E731
-    rules: list[tuple[np.ndarray, Any]] = [(null("id"), "null_id")]
-    cols = model_input_columns(spec, names)
-    if cols == ["token_ids"]:
-        ids = col("token_ids")
-        lengths = pc.fill_null(pc.list_value_length(ids), -1).to_numpy(zero_copy_only=False)
-        holes = np.zeros(len(ids), dtype=bool)
-        flat_nulls = ids.flatten().is_null().to_numpy(zero_copy_only=False)
-        if flat_nulls.any():
-            holes[pc.list_parent_indices(ids).to_numpy()[flat_nulls]] = True
-        rules += [(null("token_ids"), "null_token_ids"), (lengths == 0, "empty_sequence: no tokens"),
-                  (holes, "null_token: a token id is null")]
-    elif cols == ["text"]:
-        blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim(col("text"), " ")), 0), False).to_numpy(zero_copy_only=False)
-        rules += [(null("text"), "null_text"), (blank, "empty_text")]
-    elif cols == ["features"]:
-        per = 4 * int(spec["shape"]["n_mels"])
-        size = pc.fill_null(pc.binary_length(col("features")), 0).to_numpy()
-        rules += [(null("features"), "null_features"), (size == 0, "empty_features: no frames"),
-                  (size % per != 0, lambda i: f"wrong_size: {size[i]} bytes are not whole frames of {per // 4} "
-                                              f"float32 values")]
-    else:
-        shape = spec["shape"]
-        per = shape["height"] * shape["width"] * shape["channels"]
-        size = pc.fill_null(pc.binary_length(col("image")), per).to_numpy()
-        rules += [(null("image"), "null_image"),
-                  (size != per, lambda i: f"wrong_size: {size[i]} bytes, model expects {per}")]
-        dims = [c for c in ("height", "width", "channels") if c in names]
-        if dims:
-            values = {c: col(c).to_pylist() for c in dims}
-            wrong = np.array([any(values[c][i] is None or values[c][i] != shape[c] for c in dims)
-                              for i in range(batch.num_rows)], dtype=bool)
-            expected = "x".join(str(shape[c]) for c in dims)
-            rules.append((wrong, lambda i: "wrong_shape: " + "x".join(
-                "null" if values[c][i] is None else str(values[c][i]) for c in dims) + f", model expects {expected}"))
-    reasons = np.full(batch.num_rows, None, dtype=object)
-    for hit, why in reversed(rules):
-        for i in np.flatnonzero(hit):
-            reasons[i] = why(i) if callable(why) else why
-    return reasons
-
-
 # ---- the job ------------------------------------------------------------------------------------------
 
-class _PartitionWriter:
+class _PartitionWriter(BatchFile):
     """One partition's Parquet file, written into a staging folder beside the table and renamed into
     place by ``commit`` (Spark's dynamic overwrite: tonight's partition replaced, the others untouched)."""
 
@@ -211,39 +160,20 @@ class _PartitionWriter:
 
         self.target = partition_dir(table, version, run_date)
         self.staging = paths.join(table, f".in-process-{uuid.uuid4().hex}")
-        self.schema, self.writer, self.rows = schema, None, 0
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        import pyarrow.parquet as pq
-
-        if batch.num_rows == 0:
-            return
-        if self.writer is None:
-            fs, inner = paths.filesystem(self.staging)
-            fs.create_dir(inner, recursive=True)
-            self.writer = pq.ParquetWriter(paths.join(inner, f"part-00000-{uuid.uuid4()}.c000.snappy.parquet"),
-                                           self.schema, filesystem=fs, compression="snappy")
-        self.writer.write_batch(batch)
-        self.rows += batch.num_rows
+        super().__init__(*paths.filesystem(self.staging), schema)
 
     def commit(self) -> None:
         """Tonight's partition becomes what was written (no rows: no folder, as Spark leaves it)."""
-        if self.writer is not None:
-            self.writer.close()
+        wrote = self.close()
         paths.delete_dir(self.target)
-        if self.writer is not None:
+        if wrote is not None:
             fs, inner = paths.filesystem(self.target)
             fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)
             paths.move(self.staging, self.target)
 
     def abandon(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        self.close()
         paths.delete_dir(self.staging)
-
-
-def _with_columns(batch: pa.RecordBatch, extra: dict[str, pa.Array], schema: pa.Schema) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([*batch.columns, *extra.values()], schema=schema)
 
 
 def run(exp: Experiment, name: str, version: int, download, run_date: str, started: float, phase: Phases):
@@ -296,9 +226,9 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
     progress = Display("score", unit="row")
     try:
         with phase("score and write"):
-            correct = _stream(dataset, ["id", *inputs, *keep, *dims], exp.score.batch_size, spec, keep, out_schema,
-                              options, writers, name, stamp, profile,
-                              lambda done: progress.update(done, n_in))
+            batches = dataset.to_batches(columns=["id", *inputs, *keep, *dims], batch_size=exp.score.batch_size)
+            correct = stream(batches, spec, inputs, keep, out_schema, options, writers, name, stamp, profile,
+                             lambda done: progress.update(done, n_in))
             for w in writers:
                 w.commit()
     except BaseException:
@@ -328,55 +258,6 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
         for table, rows in ((rejects_path, rejected), (out, scored)):   # predictions last
             mark_partition(partition_dir(table, version, run_date), {**info, "rows": rows})
     return result
-
-
-def _stream(dataset, columns: list[str], batch_size: int, spec: dict[str, Any], keep: list[str],
-            out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile,
-            done: Callable[[int], None]) -> tuple[int, int]:
-    """Read, check, score and write every batch, calling ``done`` with the rows handled so far; returns
-    (right, labelled): the predictions that match a label, and the rows that have one (a null label counts
-    in neither, as Spark's ``avg`` of the comparison skips it)."""
-    import pyarrow.compute as pc
-
-    from .scoring_worker import score_arrow_batches
-
-    scored_writer, rejects_writer = writers
-    right = labelled = handled = 0
-    for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
-        handled += batch.num_rows
-        ids = batch.column(0)
-        if not pa.types.is_string(ids.type):
-            batch = pa.RecordBatch.from_arrays([pc.cast(ids, pa.string()), *batch.columns[1:]],
-                                               names=batch.schema.names)
-        reasons = reject_reasons(batch, spec)
-        bad = np.array([r is not None for r in reasons], dtype=bool)
-        if bad.any():
-            rows = batch.filter(pa.array(bad))
-            rejects_writer.write(pa.RecordBatch.from_arrays(
-                [rows.column(0), pa.array(reasons[bad].tolist(), pa.string()),
-                 pa.array([name] * rows.num_rows, pa.string())], schema=rejects_writer.schema))
-            batch = batch.filter(pa.array(~bad))
-        if batch.num_rows == 0:
-            done(handled)
-            continue
-        for got in score_arrow_batches(iter([batch]), "", keep, out_schema, options):
-            n = got.num_rows
-            scored_writer.write(_with_columns(got, {"model_name": pa.array([name] * n, pa.string()),
-                                                    "scored_at": pa.array([stamp.as_py()] * n, stamp.type)},
-                                              scored_writer.schema))
-            names = got.schema.names
-            outputs = {c: got.column(names.index(c)).to_numpy(zero_copy_only=False)
-                       for c in ("prediction", "confidence") if c in names}
-            if keep and "prediction" in outputs:
-                label = got.column(names.index("label"))
-                known = label.is_valid().to_numpy(zero_copy_only=False)
-                values = label.to_numpy(zero_copy_only=False)
-                right += int((outputs["prediction"][known] == values[known]).sum())
-                labelled += int(known.sum())
-            if profile is not None:
-                profile.add(batch, outputs)
-        done(handled)
-    return right, labelled
 
 
 def _drift_start(exp: Experiment, spec: dict[str, Any], record: dict[str, Any], classifier: bool,

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import functions as F
 
-from sparkzoo.pipelines import drift, drift_stream, score, score_in_process
+from sparkzoo.pipelines import arrow_pass, drift, drift_stream, score, score_in_process
 from sparkzoo.pipelines.config import load as load_experiment
 from sparkzoo.pipelines.dataset import open_prepared
 from sparkzoo.pipelines.scoring import partition_dir, reject_reason
@@ -122,7 +122,7 @@ def test_reject_reasons_and_text_features_match_spark(spark):
     df = spark.createDataFrame(pd.DataFrame({"id": ids, "text": texts}), "id string, text string")
     want = [r["why"] for r in df.select(reject_reason(df, TEXT_SPEC).alias("why")).collect()]  # small: 9 rows
     batch = pa.RecordBatch.from_pydict({"id": ids, "text": texts})
-    assert list(score_in_process.reject_reasons(batch, TEXT_SPEC)) == want
+    assert list(arrow_pass.reject_reasons(batch, TEXT_SPEC)) == want
     fitting = [t for t, w in zip(texts, want) if w is None]
     feats, names = drift.numeric_features(df.filter(reject_reason(df, TEXT_SPEC).isNull()), TEXT_SPEC)
     spark_rows = feats.toPandas()   # small: the fitting rows of 9
@@ -134,7 +134,7 @@ def test_reject_reasons_and_text_features_match_spark(spark):
     tdf = spark.createDataFrame(pd.DataFrame({"id": tid, "token_ids": tokens}), "id string, token_ids array<int>")
     want = [r["why"] for r in tdf.select(reject_reason(tdf, TOKEN_SPEC).alias("why")).collect()]  # small: 6 rows
     tbatch = pa.RecordBatch.from_pydict({"id": tid, "token_ids": pa.array(tokens, pa.list_(pa.int32()))})
-    assert list(score_in_process.reject_reasons(tbatch, TOKEN_SPEC)) == want
+    assert list(arrow_pass.reject_reasons(tbatch, TOKEN_SPEC)) == want
     keep = [i for i, w in enumerate(want) if w is None]
     fit_df = tdf.filter(reject_reason(tdf, TOKEN_SPEC).isNull())
     profile = drift_stream.StreamProfile(TOKEN_SPEC, {"length": [2.0, 10.0], "oov_rate": [0.1, 0.5]}, ["token_ids"])
