@@ -332,6 +332,11 @@ class ScoreConfig(_Strict):
     # a catalog table, an optimised path, GPU shares).
     engine: Literal["auto", "spark", "in_process"] = "auto"
     in_process_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    # Who reads and writes the files of a Spark scoring job (pipelines/score_files.py): ``pyarrow``, the
+    # Python workers themselves (the JVM only schedules); ``spark``, Spark's Parquet reader and writer;
+    # ``auto`` picks pyarrow for a path or split on a local or mounted filesystem when nothing needs
+    # Spark's reader (a catalog table, incremental mode, the pandas worker, GPU shares).
+    file_io: Literal["auto", "spark", "pyarrow"] = "auto"
 
     @model_validator(mode="after")
     def _one_input(self) -> "ScoreConfig":
@@ -347,6 +352,15 @@ class ScoreConfig(_Strict):
             if needs_spark:
                 raise ValueError(f"score.engine=in_process scores without Spark, but {needs_spark[0]} needs it; "
                                  f"use score.engine=spark or auto")
+        if self.file_io == "pyarrow":
+            needs_spark = [why for why, on in (("score.input_table (a catalog table)", self.input_table),
+                                               ("score.incremental (an anti-join on earlier output)", self.incremental),
+                                               ("score.batch_format=pandas (mapInPandas)", self.batch_format == "pandas"),
+                                               ("score.tasks_per_gpu (a resource profile on Spark's stage)",
+                                                self.tasks_per_gpu is not None)) if on]
+            if needs_spark:
+                raise ValueError(f"score.file_io=pyarrow has the workers read files, but {needs_spark[0]} needs "
+                                 f"Spark's reader; use score.file_io=spark or auto")
         if self.tasks_per_gpu is not None and self.device == "cpu":
             raise ValueError("score.tasks_per_gpu asks Spark for GPUs but score.device=cpu never uses them; "
                              "set one of them")

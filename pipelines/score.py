@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from . import devices, inference_path, monitoring, paths, track
+from . import devices, inference_path, monitoring, paths, score_files, track
 from .config import Experiment
 from .errors import DriftError, ScoringError
 from .phases import Phases
@@ -161,8 +161,13 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
+    file_io, why = score_files.choose(exp)
+    log.info("scoring files read and written by %s (%s)", "the Python workers (pyarrow)" if file_io == "pyarrow"
+             else "Spark", why)
     # spread for the scoring passes only: ``df.count()`` below stays a Parquet metadata count, no shuffle
-    tagged = spread_over_cores(spark, df).withColumn("_reject", reject_reason(df, shipped.spec))
+    # (the workers that read their own files split the row groups themselves: pipelines/score_files.py)
+    tagged = (spread_over_cores(spark, df) if file_io == "spark" else df).withColumn(
+        "_reject", reject_reason(df, shipped.spec))
     keep = [c for c in ("label",) if c in df.columns and shipped.is_classifier]
     good = tagged.filter(F.col("_reject").isNull())
     out = paths.predictions_dir(exp)
@@ -187,31 +192,16 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
     options = {**worker_options(exp), **choice.worker_options(spark), "reject_counter": counter, "device_seen": seen}
     with phase("drift"):
         plan = _drift_tap(exp, spark, shipped, df, record, options)
-    if plan is not None and plan["embedded"]:
-        from .drift_stream import SAMPLE_FLAG, sample_flag
-
-        tagged = tagged.withColumn(SAMPLE_FLAG, sample_flag(plan["every"]))
-        good = tagged
-    scored = (under_profile(spark, score_frame(good, shipped, options, keep), profile)
-              .withColumn("model_name", F.lit(name))
-              .withColumn("scored_at", F.current_timestamp())
-              .withColumn("model_version", F.lit(version))
-              .withColumn("run_date", F.lit(run_date)))
     rejects_path = out.rstrip("/") + "_rejects"
-    rejects = (tagged.filter(F.col("_reject").isNotNull())
-               .select("id", F.col("_reject").alias("reason"), F.lit(name).alias("model_name"),
-                       F.lit(version).alias("model_version"), F.lit(run_date).alias("run_date")))
-    for frame, where in ((scored, out), (rejects, rejects_path)):
-        with phase("score and write" if where == out else "write rejects"):
-            # no row flagged: this date's rejects are empty, and no second scan writes them
-            _write_partition(frame, where, version, run_date,
-                             empty=where == rejects_path and counter is not None and counter.value == 0)
-
+    written = None
+    if file_io == "pyarrow":
+        agg, rejected, n_in = _pass_on_files(exp, spark, shipped, df, keep, options, out, rejects_path, version,
+                                             run_date, phase)
+    else:
+        agg, rejected, n_in, written = _pass_on_spark(spark, shipped, df, tagged, good, keep, options, plan, profile,
+                                                      counter, out, rejects_path, version, run_date, phase)
     if seen.value:
         log.info("scoring ran on %s", devices.summarise(seen.value))
-    with phase("count"):
-        written, agg, rejected, n_in = _counts(spark, out, rejects_path, version, run_date, keep, counter, df,
-                                               plan["rows"] if plan is not None else None)
     result = ScoreResult(name, version, n_in, int(agg["n"]), rejected, out, rejects_path,
                          float(agg["acc"]) if keep and agg["acc"] is not None else None, time.time() - started,
                          run_date, skipped, choice.path)
@@ -239,13 +229,93 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
         result.drift = drift_block
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
             "scored_rows": result.scored_rows, "rejected_rows": rejected, "skipped_rows": skipped, "engine": "spark",
-            "inference_path": choice.summary(), **record, **({"drift": drift_block} if drift_block else {}),
+            "file_io": file_io, "inference_path": choice.summary(), **record, **({"drift": drift_block} if drift_block else {}),
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with phase("commit"):
         for where, rows in ((rejects_path, rejected), (out, result.scored_rows)):   # predictions last
             mark_partition(partition_dir(where, version, run_date), {**info, "rows": rows})
     _log_scored(result, exp)
     return result
+
+
+def _pass_on_spark(spark, shipped: ShippedModel, df, tagged, good, keep: list[str], options: dict[str, Any], plan,
+                   profile, counter, out: str, rejects_path: str, version: int, run_date: str, phase: Phases):
+    """The scoring pass with Spark reading and writing the files: the rows that fit scored and written,
+    the flagged ones to the reject table, then what was written counted back. Returns (the count and
+    accuracy, the rejected count, the input's count, this partition's predictions as a DataFrame)."""
+    from pyspark.sql import functions as F
+
+    name = shipped.name
+    if plan is not None and plan["embedded"]:
+        from .drift_stream import SAMPLE_FLAG, sample_flag
+
+        tagged = tagged.withColumn(SAMPLE_FLAG, sample_flag(plan["every"]))
+        good = tagged
+    scored = (under_profile(spark, score_frame(good, shipped, options, keep), profile)
+              .withColumn("model_name", F.lit(name))
+              .withColumn("scored_at", F.current_timestamp())
+              .withColumn("model_version", F.lit(version))
+              .withColumn("run_date", F.lit(run_date)))
+    rejects = (tagged.filter(F.col("_reject").isNotNull())
+               .select("id", F.col("_reject").alias("reason"), F.lit(name).alias("model_name"),
+                       F.lit(version).alias("model_version"), F.lit(run_date).alias("run_date")))
+    for frame, where in ((scored, out), (rejects, rejects_path)):
+        with phase("score and write" if where == out else "write rejects"):
+            # no row flagged: this date's rejects are empty, and no second scan writes them
+            _write_partition(frame, where, version, run_date,
+                             empty=where == rejects_path and counter is not None and counter.value == 0)
+    with phase("count"):
+        written, agg, rejected, n_in = _counts(spark, out, rejects_path, version, run_date, keep, counter, df,
+                                               plan["rows"] if plan is not None else None)
+    return agg, rejected, n_in, written
+
+
+def _pass_on_files(exp: Experiment, spark, shipped: ShippedModel, df, keep: list[str], options: dict[str, Any],
+                   out: str, rejects_path: str, version: int, run_date: str, phase: Phases):
+    """The scoring pass with the Python workers reading and writing the files (pipelines/score_files.py).
+    Returns (the count and accuracy, the rejected count, the input's count)."""
+    from .score_in_process import input_files
+    from .scoring import model_input_columns
+
+    with phase("plan splits"):
+        files, where = input_files(exp)
+        if not files:
+            raise ScoringError(f"scoring input {where} holds no Parquet file (names starting with _ or . are "
+                               f"skipped, as Spark skips them)")
+        splits, n_in, input_fs = score_files.plan(
+            files, _bytes(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")),
+            spark.sparkContext.defaultParallelism)
+    types = dict(df.dtypes)
+    inputs = model_input_columns(shipped.spec, list(types))
+    out_schema, scored_schema, rejects_schema, stamp = score_files.output_schemas(shipped.spec, types, keep)
+    job = {"columns": score_files.task_columns(types, inputs, keep), "batch_size": exp.score.batch_size,
+           "spec": shipped.spec, "inputs": inputs, "keep": keep, "out_schema": out_schema,
+           "scored_schema": scored_schema, "rejects_schema": rejects_schema, "name": shipped.name, "stamp": stamp,
+           "options": {k: v for k, v in options.items() if k != "reject_counter"}, "model_file": shipped.file,
+           "input_fs": input_fs}
+    for table in (out, rejects_path):   # an earlier run's marker must not vouch for files being replaced now
+        paths.delete_file(paths.join(partition_dir(table, version, run_date), paths.SUCCESS))
+    with phase("score and write"):
+        try:
+            passed = score_files.run(spark, splits, job, out, rejects_path, version, run_date)
+        except Exception as exc:
+            failure = paths.write_failure(exc, f"scoring output {out}") or _device_failure(exc)
+            if failure is not None:
+                raise failure from None
+            raise
+    if passed.rows != n_in:
+        raise ScoringError(f"the scoring tasks read {passed.rows} of the input's {n_in} rows; output at {out} is "
+                           f"not trusted")
+    agg = {"n": passed.scored, "acc": passed.right / passed.labelled if passed.labelled else None}
+    return agg, passed.rejected, n_in
+
+
+def _bytes(text: str) -> int:
+    """A Spark size (``128m``, ``134217728b``, ``1g``, ``134217728``) in bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    text = str(text).strip().lower()
+    text = text[:-1] if text.endswith("b") else text
+    return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text or 0)
 
 
 def _log_scored(result: ScoreResult, exp: Experiment) -> None:

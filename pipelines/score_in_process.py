@@ -182,8 +182,9 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
 
     from .inference_path import PathChoice
     from .modelpack import SPEC_FILE
-    from .score_job import REJECT_SCHEMA, ScoreResult, mark_partition, naming_unreadable_input
-    from .scoring import check_columns, files_snapshot, model_input_columns, output_schema, partition_dir, \
+    from .score_files import output_schemas, task_columns
+    from .score_job import ScoreResult, mark_partition, naming_unreadable_input
+    from .scoring import check_columns, files_snapshot, model_input_columns, partition_dir, \
         scoring_record, worker_options
 
     with phase("open input"):
@@ -208,12 +209,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
         record = scoring_record(exp, files_snapshot(files, where, exp), name, version)
         keep = ["label"] if "label" in types and classifier else []
         inputs = model_input_columns(spec, list(types))
-        dims = [c for c in ("height", "width", "channels") if c in types and "image" in inputs]
-        out_schema = arrow_schema(output_schema(spec, types, keep))
-        stamp = pa.scalar(dt.datetime.now(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
-        scored_schema = out_schema.append(pa.field("model_name", pa.string())).append(
-            pa.field("scored_at", pa.timestamp("us", tz="UTC")))
-        rejects_schema = arrow_schema(REJECT_SCHEMA.rsplit(", model_version", 1)[0])
+        out_schema, scored_schema, rejects_schema, stamp = output_schemas(spec, types, keep)
     out = paths.predictions_dir(exp)
     rejects_path = out.rstrip("/") + "_rejects"
     key = f"{track.registry_uri(exp)}|{name}|{version}"
@@ -226,7 +222,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
     progress = Display("score", unit="row")
     try:
         with phase("score and write"):
-            batches = dataset.to_batches(columns=["id", *inputs, *keep, *dims], batch_size=exp.score.batch_size)
+            batches = dataset.to_batches(columns=task_columns(types, inputs, keep), batch_size=exp.score.batch_size)
             correct = stream(batches, spec, inputs, keep, out_schema, options, writers, name, stamp, profile,
                              lambda done: progress.update(done, n_in))
             for w in writers:
@@ -251,7 +247,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
                                         run_date, partition_dir(out, version, run_date), where)
         result.drift = drift_block
     info = {"model_name": name, "model_version": version, "run_date": run_date, "input_rows": n_in,
-            "scored_rows": scored, "rejected_rows": rejected, "skipped_rows": 0, "engine": "in_process",
+            "scored_rows": scored, "rejected_rows": rejected, "skipped_rows": 0, "engine": "in_process", "file_io": "pyarrow",
             "inference_path": PathChoice("none").summary(), **record, **({"drift": drift_block} if drift_block else {}),
             "committed_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with phase("commit"):

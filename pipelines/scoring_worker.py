@@ -145,3 +145,49 @@ def score_arrow_batches(batches: Iterator[Any], model_file: str, keep: list[str]
         from pyspark import TaskContext
 
         observer[2].add({TaskContext.get().partitionId(): profile.finish()})
+
+
+def score_files_task(parts: Iterator[list[tuple[str, int, int]]], job: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One Spark task of the pass that reads and writes its own files (pipelines/score_files.py): its row
+    groups read with pyarrow, scored by the in-process engine's loop, written into this attempt's own
+    staging folder; yields one summary for the driver (rows, counts, the file names).
+
+    The drift profile is kept per task and sent back keyed by partition, as ``score_arrow_batches`` does."""
+    import pyarrow.parquet as pq
+    from pyspark import TaskContext
+
+    from .arrow_pass import BatchFile, stream
+
+    import time
+
+    began = time.time()
+    ctx = TaskContext.get()
+    task = ctx.partitionId()
+    fs, staging = job["staging"]
+    folder = f"{staging}/task-{task:05d}-{ctx.attemptNumber()}"
+    writers = (BatchFile(fs, f"{folder}/scored", job["scored_schema"], prefix=f"part-{task:05d}"),
+               BatchFile(fs, f"{folder}/rejects", job["rejects_schema"], prefix=f"part-{task:05d}"))
+    options = dict(job["options"])
+    observer = options.pop("observer", None)
+    profile = observer[0](observer[1]) if observer is not None else None
+    read = [0]
+
+    def batches():
+        for groups in parts:
+            by_file: dict[str, list[int]] = {}
+            for path, group, _ in groups:
+                by_file.setdefault(path, []).append(group)
+            for path, chosen in by_file.items():
+                with job["input_fs"].open_input_file(path) as fh:
+                    yield from pq.ParquetFile(fh).iter_batches(batch_size=job["batch_size"], row_groups=chosen,
+                                                               columns=job["columns"])
+
+    right, labelled = stream(batches(), job["spec"], job["inputs"], job["keep"], job["out_schema"], options,
+                             writers, job["name"], job["stamp"], profile, lambda n: read.__setitem__(0, n),
+                             model_file=job["model_file"])
+    names = [w.close() for w in writers]
+    if profile is not None:
+        observer[2].add({task: profile.finish()})
+    yield {"folder": folder, "scored_file": names[0], "rejects_file": names[1], "rows": read[0],
+           "began": began, "ended": time.time(),
+           "scored": writers[0].rows, "rejected": writers[1].rows, "right": right, "labelled": labelled}

@@ -55,13 +55,28 @@ def test_in_process_gives_the_spark_jobs_answer(trained, make_exp, spark, tmp_pa
     n = _bad_rows_table(make_exp(), src)
     assert n >= 2 * drift.EMBEDDING_SAMPLE   # the embedding sample is every 2nd hash: xxhash64 matters
     sets = [f"score.input_path={src}", "score.run_date=2026-09-01"]
-    on_spark = score.run(make_exp(*sets, f"score.output={tmp_path / 'spark'}"), spark)
+    on_spark = score.run(make_exp(*sets, f"score.output={tmp_path / 'spark'}", "score.file_io=spark"), spark)
+    # Spark's tasks reading and writing the files themselves (pipelines/score_files.py); 3 files, and
+    # splits small enough that a file's row groups land on different tasks
+    split = tmp_path / "split"
+    split.mkdir()
+    whole = pq.read_table(src)
+    for i, lo in enumerate(range(0, whole.num_rows, whole.num_rows // 3 + 1)):
+        pq.write_table(whole.slice(lo, whole.num_rows // 3 + 1), split / f"part-{i}.parquet", row_group_size=97)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "64k")
+    try:
+        on_files = score.run(make_exp(f"score.input_path={split}", "score.run_date=2026-09-01",
+                                      f"score.output={tmp_path / 'files'}", "score.file_io=pyarrow"), spark)
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
     # the former worker keeps the drift profile in Spark aggregations (drift.profile): an independent count
     aggregated = score.run(make_exp(*sets, f"score.output={tmp_path / 'agg'}", "score.batch_format=pandas"), spark)
     here = score.run(make_exp(*sets, f"score.output={tmp_path / 'here'}", "score.engine=in_process"))
 
     assert (here.input_rows, here.scored_rows, here.rejected_rows) == \
-        (on_spark.input_rows, on_spark.scored_rows, on_spark.rejected_rows) == (n, n - 5, 5)
+        (on_spark.input_rows, on_spark.scored_rows, on_spark.rejected_rows) == \
+        (on_files.input_rows, on_files.scored_rows, on_files.rejected_rows) == (n, n - 5, 5)
+    assert on_files.accuracy == pytest.approx(on_spark.accuracy, abs=1e-9)
     assert "spark session" not in here.phases and "spark session" in on_spark.phases
     assert here.accuracy == pytest.approx(on_spark.accuracy, abs=1e-9)
     version, date = here.model_version, here.run_date
@@ -71,19 +86,29 @@ def test_in_process_gives_the_spark_jobs_answer(trained, make_exp, spark, tmp_pa
     assert (a["id"] == b["id"]).all() and (a["prediction"] == b["prediction"]).all()
     assert np.abs(a["confidence"] - b["confidence"]).max() < 1e-5
     assert a["model_name"].equals(b["model_name"]) and a["model_name"].nunique() == 1
+    c = _files(partition_dir(on_files.output, version, date)).sort_values("id").reset_index(drop=True)
+    assert list(c.columns) == list(b.columns) and (c["id"] == b["id"]).all()
+    assert (c["prediction"] == b["prediction"]).all() and np.abs(c["confidence"] - b["confidence"]).max() < 1e-5
+    parts = list(Path(partition_dir(on_files.output, version, date)).glob("*.parquet"))
+    assert len(parts) > 3   # more tasks than files: each wrote its own file
+    assert not [p for p in (tmp_path / "files").iterdir() if p.name.startswith(".")]   # no staging left
+    rc = _files(partition_dir(on_files.rejects, version, date)).sort_values("reason").reset_index(drop=True)
     ra = _files(partition_dir(here.rejects, version, date)).sort_values("reason").reset_index(drop=True)
     rb = _files(partition_dir(on_spark.rejects, version, date)).sort_values("reason").reset_index(drop=True)
-    assert ra[["id", "reason"]].equals(rb[["id", "reason"]])
+    assert ra[["id", "reason"]].equals(rb[["id", "reason"]]) and rc[["id", "reason"]].equals(rb[["id", "reason"]])
     assert any("wrong_shape: 14x56x1" in r for r in ra["reason"]) and any("null" in r for r in ra["reason"])
 
     ma, mb = (json.loads(Path(partition_dir(r.output, version, date), "_manifest.json").read_text())
               for r in (here, on_spark))
-    assert (ma["engine"], mb["engine"]) == ("in_process", "spark")
+    assert (ma["engine"], mb["engine"], mb["file_io"]) == ("in_process", "spark", "spark")
+    mc = json.loads(Path(partition_dir(on_files.output, version, date), "_manifest.json").read_text())
+    assert (mc["engine"], mc["file_io"], mc["rows"]) == ("spark", "pyarrow", n - 5)
+    assert Path(partition_dir(on_files.rejects, version, date), "_SUCCESS").exists()
     assert ma["input"]["digest"] == mb["input"]["digest"] and ma["rows"] == mb["rows"] == n - 5
     assert Path(partition_dir(here.output, version, date), "_SUCCESS").exists()
     assert Path(partition_dir(here.rejects, version, date), "_SUCCESS").exists()
     assert Path(here.drift["report"]).exists() and here.drift["monitoring_run"]
-    for counted in (on_spark, aggregated):   # in process, and in the Spark scoring pass, as Spark's aggregations
+    for counted in (on_spark, aggregated, on_files):   # in process, in Spark's pass, as Spark's aggregations
         _same_profile(here.drift["profile"], counted.drift["profile"])
     _same_profile(on_spark.drift["profile"], aggregated.drift["profile"])
     assert "drift" in on_spark.phases and on_spark.drift["monitoring_run"]

@@ -1,0 +1,165 @@
+"""Spark's scoring pass with the Python workers reading and writing the Parquet files (``score.file_io``).
+
+Why: on the Spark engine the JVM decodes the input's Parquet into column vectors, turns them into rows
+and the rows into Arrow for the Python workers, then does the same backwards to write the predictions.
+On 2 cores that work shares the cores with the model and cost the scoring pass 15-18% of its rows/s
+(bench/scoring.py, bench/RESULTS.md). With ``pyarrow`` the Python worker reads its row groups straight
+into Arrow buffers and writes its output file with the same library; the JVM only plans and schedules.
+
+Spark still runs the pass: one task per split of row groups (``spark.sql.files.maxPartitionBytes`` of
+data, at least one task per core), over every executor, retried where a task fails. Each task attempt
+writes into a staging folder of its own under the table (a ``.`` name, which readers skip). The driver
+moves the files of the attempts Spark accepted into tonight's partition, so a failed or speculative
+attempt adds nothing, and deletes the staging folder. The rows go through the same loop as the
+in-process engine (pipelines/arrow_pass.py): the same reject reasons, model, output schema and drift
+profile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from . import paths
+from .config import Experiment
+from .errors import ScoringError
+
+log = logging.getLogger("sparkzoo.score")
+
+_LOCAL_SCHEMES = ("file://",)
+
+
+def choose(exp: Experiment) -> tuple[str, str]:
+    """``("pyarrow" | "spark", why)``: who reads and writes the files of a Spark scoring job."""
+    s = exp.score
+    if s.file_io != "auto":
+        return s.file_io, f"score.file_io={s.file_io}"
+    needs = [why for why, on in (("a catalog table", s.input_table), ("incremental mode", s.incremental),
+                                 ("score.batch_format=pandas", s.batch_format == "pandas"),
+                                 ("score.tasks_per_gpu", s.tasks_per_gpu is not None)) if on]
+    if needs:
+        return "spark", f"{needs[0]} is read by Spark"
+    from .score_job import input_location
+
+    for path in (input_location(exp), paths.predictions_dir(exp)):
+        if paths.is_uri(path) and not path.startswith(_LOCAL_SCHEMES):
+            # HDFS needs libhdfs beside every worker, and an object store has no rename: Spark's own
+            # readers and committers handle those
+            return "spark", f"{path} is not on a local or mounted filesystem"
+    return "pyarrow", "the input and output are on a local or mounted filesystem"
+
+
+@dataclass
+class Split:
+    """One task's share of the input: (file inside its filesystem, row group, rows), read in this order."""
+    row_groups: list[tuple[str, int, int]]
+
+
+def plan(files: list[str], split_bytes: int, cores: int) -> tuple[list[Split], int, Any]:
+    """The input's row groups packed into tasks of about ``split_bytes`` each (at least one per core),
+    largest first onto the least loaded task; the input's row count, from the footers; and the files'
+    pyarrow filesystem (the tasks open the files through it).
+
+    The driver reads footers only (a few KB a file, 8 at a time), never rows: Spark's own reader reads
+    the same footers to split a scan."""
+    import pyarrow.parquet as pq
+
+    fs = paths.filesystem(files[0])[0] if files else None
+
+    def footer(path: str):
+        inner = paths.filesystem(path)[1]
+        return inner, pq.read_metadata(inner, filesystem=fs)
+
+    units: list[tuple[int, str, int, int]] = []   # (bytes, file, row group, rows)
+    with ThreadPoolExecutor(8) as pool:
+        for path, meta in pool.map(footer, files):
+            for i in range(meta.num_row_groups):
+                group = meta.row_group(i)
+                if group.num_rows:
+                    units.append((max(1, group.total_byte_size), path, i, group.num_rows))
+    total = sum(u[0] for u in units)
+    n = min(len(units), max(cores, math.ceil(total / max(1, split_bytes)))) if units else 0
+    loads, splits = [0] * n, [Split([]) for _ in range(n)]
+    for size, path, i, rows in sorted(units, key=lambda u: -u[0]):
+        k = loads.index(min(loads))
+        loads[k] += size
+        splits[k].row_groups.append((path, i, rows))
+    for s in splits:
+        s.row_groups.sort()
+    return splits, sum(u[3] for u in units), fs
+
+
+@dataclass
+class Passed:
+    """What the tasks Spark accepted did: rows read, scored and rejected, and the label matches."""
+    rows: int
+    scored: int
+    rejected: int
+    right: int
+    labelled: int
+
+
+def run(spark, splits: list[Split], job: dict[str, Any], out: str, rejects_path: str, version: int,
+        run_date: str) -> Passed:
+    """The scoring pass over ``splits``, then tonight's partitions of both tables replaced by its files.
+
+    ``job``: what every task needs (``scoring_worker.score_files_task``): the columns to read, the batch
+    size, the model's spec, file and input columns, the output schemas, the name, the time stamp and the
+    worker options."""
+    from .scoring import partition_dir
+    from .scoring_worker import score_files_task
+
+    staging = paths.join(out, f".scoring-{uuid.uuid4().hex}")
+    job = {**job, "staging": paths.filesystem(staging)}
+    try:
+        # one result per task (a few numbers and two file names), never rows
+        done = (spark.sparkContext.parallelize([s.row_groups for s in splits], max(1, len(splits)))
+                .mapPartitions(lambda parts: score_files_task(parts, job)).collect())
+        for table, key in ((out, "scored"), (rejects_path, "rejects")):
+            target = partition_dir(table, version, run_date)
+            paths.delete_dir(target)
+            wrote = [(task["folder"], name) for task in done for name in [task[f"{key}_file"]] if name]
+            if wrote:
+                fs, inner = paths.filesystem(target)
+                fs.create_dir(inner, recursive=True)
+                for folder, name in wrote:
+                    fs.move(f"{folder}/{key}/{name}", f"{inner}/{name}")
+    finally:
+        paths.delete_dir(staging)
+    if done:
+        first = min(task["began"] for task in done)
+        log.info("scoring tasks: %d, each from %s", len(done), ", ".join(
+            f"{task['began'] - first:.1f}s to {task['ended'] - first:.1f}s ({task['rows']:,} rows)" for task in done))
+    passed = Passed(*(sum(task[k] for task in done) for k in ("rows", "scored", "rejected", "right", "labelled")))
+    expected = sum(rows for s in splits for _, _, rows in s.row_groups)
+    if passed.rows != expected:
+        raise ScoringError(f"the scoring tasks read {passed.rows} rows where the input's footers count {expected}; "
+                           f"output at {out} is not trusted")
+    return passed
+
+
+def task_columns(types: dict[str, str], inputs: list[str], keep: list[str]) -> list[str]:
+    """What a task reads: id, the model's inputs, the kept columns and the shape columns the checks use."""
+    dims = [c for c in ("height", "width", "channels") if c in types and "image" in inputs]
+    return ["id", *inputs, *keep, *dims]
+
+
+def output_schemas(spec: dict[str, Any], types: dict[str, str], keep: list[str]):
+    """(the model's output schema, the predictions file's schema, the rejects file's schema), in Arrow."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from .score_in_process import arrow_schema
+    from .score_job import REJECT_SCHEMA
+    from .scoring import output_schema
+
+    out_schema = arrow_schema(output_schema(spec, types, keep))
+    scored = out_schema.append(pa.field("model_name", pa.string())).append(
+        pa.field("scored_at", pa.timestamp("us", tz="UTC")))
+    stamp = pa.scalar(dt.datetime.now(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
+    return out_schema, scored, arrow_schema(REJECT_SCHEMA.rsplit(", model_version", 1)[0]), stamp
