@@ -15,6 +15,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
+_ARROW_TYPES = {"tinyint": pa.int8(), "smallint": pa.int16(), "int": pa.int32(), "integer": pa.int32(),
+                "bigint": pa.int64(), "long": pa.int64(), "float": pa.float32(), "double": pa.float64(),
+                "boolean": pa.bool_(), "string": pa.string(), "binary": pa.binary()}
+
+
 
 def reject_reasons(batch: pa.RecordBatch, spec: dict[str, Any], inputs: list[str] | None = None) -> np.ndarray:
     """Per row: None when it fits the model, else why not; ``scoring.reject_reason``'s rules and words
@@ -152,3 +157,94 @@ def stream(batches: Iterator[pa.RecordBatch], spec: dict[str, Any], inputs: list
     return right, labelled
 
 
+def arrow_schema(ddl: str) -> pa.Schema:
+    """Spark DDL of scalars and arrays of them (a task's ``output_schema``) -> the Arrow schema Spark's
+    ``mapInArrow`` would use."""
+    def kind(text: str) -> pa.DataType:
+        text = text.strip()
+        if text.startswith("array<") and text.endswith(">"):
+            return pa.list_(kind(text[len("array<"):-1]))
+        return _ARROW_TYPES[text]
+
+    return pa.schema([pa.field(n, kind(t)) for n, t in (part.strip().split(" ", 1) for part in ddl.split(","))])
+
+
+def task_columns(types: dict[str, str], inputs: list[str], keep: list[str]) -> list[str]:
+    """What a task reads: id, the model's inputs, the kept columns and the shape columns the checks use."""
+    dims = [c for c in ("height", "width", "channels") if c in types and "image" in inputs]
+    return ["id", *inputs, *keep, *dims]
+
+
+def output_schemas(spec: dict[str, Any], types: dict[str, str], keep: list[str]):
+    """(the model's output schema, the predictions file's schema, the rejects file's schema), in Arrow."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from .score_job import REJECT_SCHEMA
+    from .scoring import output_schema
+
+    out_schema = arrow_schema(output_schema(spec, types, keep))
+    scored = out_schema.append(pa.field("model_name", pa.string())).append(
+        pa.field("scored_at", pa.timestamp("us", tz="UTC")))
+    stamp = pa.scalar(dt.datetime.now(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
+    return out_schema, scored, arrow_schema(REJECT_SCHEMA.rsplit(", model_version", 1)[0]), stamp
+
+
+def score_files_task(parts: Iterator[list[tuple[str, int, int, int]]], job: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One Spark task of the pass that reads and writes its own files (pipelines/score_files.py): its row
+    groups read with pyarrow, scored by the in-process engine's loop, written into this attempt's own
+    staging folder; yields one summary for the driver (rows, counts, the file names).
+
+    The drift profile is kept per task and sent back keyed by partition, as ``score_arrow_batches`` does."""
+    import time
+
+    import pyarrow.parquet as pq
+    from pyspark import TaskContext
+
+    began = time.time()
+    ctx = TaskContext.get()
+    task = ctx.partitionId()
+    fs, staging = job["staging"]
+    folder = f"{staging}/task-{task:05d}-{ctx.attemptNumber()}"
+    writers = (BatchFile(fs, f"{folder}/scored", job["scored_schema"], prefix=f"part-{task:05d}"),
+               BatchFile(fs, f"{folder}/rejects", job["rejects_schema"], prefix=f"part-{task:05d}"))
+    options = dict(job["options"])
+    observer = options.pop("observer", None)
+    profile = observer[0](observer[1]) if observer is not None else None
+    read = [0]
+
+    def batches():
+        for groups in parts:
+            handles: dict[str, Any] = {}
+            opened: dict[str, Any] = {}
+            try:
+                for path, group, lo, hi in groups:
+                    if path not in opened:
+                        handles[path] = job["input_fs"].open_input_file(path)
+                        opened[path] = pq.ParquetFile(handles[path])
+                    at = 0   # this group's rows so far: a task given a range of it keeps only that range
+                    for batch in opened[path].iter_batches(batch_size=job["batch_size"], row_groups=[group],
+                                                           columns=job["columns"]):
+                        start, end = max(lo - at, 0), min(hi - at, batch.num_rows)
+                        at += batch.num_rows
+                        if end > start:
+                            yield batch if (start, end) == (0, batch.num_rows) else batch.slice(start, end - start)
+                        if at >= hi:
+                            break
+            finally:
+                for handle in handles.values():
+                    handle.close()
+
+    right, labelled = stream(batches(), job["spec"], job["inputs"], job["keep"], job["out_schema"], options,
+                             writers, job["name"], job["stamp"], profile, lambda n: read.__setitem__(0, n),
+                             model_file=job["model_file"])
+    names = [w.close() for w in writers]
+    from . import faults
+
+    faults.maybe_kill("score.files")   # tests only: dies with its files written, so the retry must not add them twice
+    if profile is not None:
+        observer[2].add({task: profile.finish()})
+    yield {"folder": folder, "scored_file": names[0], "rejects_file": names[1], "rows": read[0],
+           "began": began, "ended": time.time(),
+           "scored": writers[0].rows, "rejected": writers[1].rows, "right": right, "labelled": labelled}

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from . import devices, inference_path, monitoring, paths, score_files, track
+from . import arrow_pass, devices, inference_path, monitoring, paths, score_files, track
 from .config import Experiment
 from .errors import DriftError, ScoringError
 from .phases import Phases
@@ -287,8 +287,8 @@ def _pass_on_files(exp: Experiment, spark, shipped: ShippedModel, df, keep: list
             spark.sparkContext.defaultParallelism)
     types = dict(df.dtypes)
     inputs = model_input_columns(shipped.spec, list(types))
-    out_schema, scored_schema, rejects_schema, stamp = score_files.output_schemas(shipped.spec, types, keep)
-    job = {"columns": score_files.task_columns(types, inputs, keep), "batch_size": exp.score.batch_size,
+    out_schema, scored_schema, rejects_schema, stamp = arrow_pass.output_schemas(shipped.spec, types, keep)
+    job = {"columns": arrow_pass.task_columns(types, inputs, keep), "batch_size": exp.score.batch_size,
            "spec": shipped.spec, "inputs": inputs, "keep": keep, "out_schema": out_schema,
            "scored_schema": scored_schema, "rejects_schema": rejects_schema, "name": shipped.name, "stamp": stamp,
            "options": {k: v for k, v in options.items() if k != "reject_counter"}, "model_file": shipped.file,

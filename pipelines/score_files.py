@@ -55,8 +55,9 @@ def choose(exp: Experiment) -> tuple[str, str]:
 
 @dataclass
 class Split:
-    """One task's share of the input: (file inside its filesystem, row group, rows), read in this order."""
-    row_groups: list[tuple[str, int, int]]
+    """One task's share of the input: (file inside its filesystem, row group, first row, end row) of the
+    group, read in this order."""
+    row_groups: list[tuple[str, int, int, int]]
 
 
 def plan(files: list[str], split_bytes: int, cores: int) -> tuple[list[Split], int, Any]:
@@ -64,6 +65,8 @@ def plan(files: list[str], split_bytes: int, cores: int) -> tuple[list[Split], i
     largest first onto the least loaded task; the input's row count, from the footers; and the files'
     pyarrow filesystem (the tasks open the files through it).
 
+    Fewer row groups than cores (a small table of one file) are cut into row ranges, one task per core:
+    scoring is compute-bound, so each task reading a whole group to score its share still wins.
     The driver reads footers only (a few KB a file, 8 at a time), never rows: Spark's own reader reads
     the same footers to split a scan."""
     import pyarrow.parquet as pq
@@ -74,23 +77,34 @@ def plan(files: list[str], split_bytes: int, cores: int) -> tuple[list[Split], i
         inner = paths.filesystem(path)[1]
         return inner, pq.read_metadata(inner, filesystem=fs)
 
-    units: list[tuple[int, str, int, int]] = []   # (bytes, file, row group, rows)
+    units: list[tuple[int, str, int, int, int]] = []   # (bytes, file, row group, first row, end row)
     with ThreadPoolExecutor(8) as pool:
         for path, meta in pool.map(footer, files):
             for i in range(meta.num_row_groups):
                 group = meta.row_group(i)
                 if group.num_rows:
-                    units.append((max(1, group.total_byte_size), path, i, group.num_rows))
+                    units.append((max(1, group.total_byte_size), path, i, 0, group.num_rows))
+    if units and len(units) < cores:
+        cut = math.ceil(cores / len(units))
+        units = [(size * (hi - lo) // rows, path, i, lo, hi)
+                 for size, path, i, _, rows in units
+                 for lo, hi in _ranges(rows, cut)]
     total = sum(u[0] for u in units)
     n = min(len(units), max(cores, math.ceil(total / max(1, split_bytes)))) if units else 0
     loads, splits = [0] * n, [Split([]) for _ in range(n)]
-    for size, path, i, rows in sorted(units, key=lambda u: -u[0]):
+    for size, path, i, lo, hi in sorted(units, key=lambda u: -u[0]):
         k = loads.index(min(loads))
         loads[k] += size
-        splits[k].row_groups.append((path, i, rows))
+        splits[k].row_groups.append((path, i, lo, hi))
     for s in splits:
         s.row_groups.sort()
-    return splits, sum(u[3] for u in units), fs
+    return splits, sum(u[4] - u[3] for u in units), fs
+
+
+def _ranges(rows: int, parts: int) -> list[tuple[int, int]]:
+    """``rows`` cut into at most ``parts`` nearly equal, non-empty ranges."""
+    step = math.ceil(rows / max(1, parts))
+    return [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
 
 
 @dataclass
@@ -107,11 +121,11 @@ def run(spark, splits: list[Split], job: dict[str, Any], out: str, rejects_path:
         run_date: str) -> Passed:
     """The scoring pass over ``splits``, then tonight's partitions of both tables replaced by its files.
 
-    ``job``: what every task needs (``scoring_worker.score_files_task``): the columns to read, the batch
+    ``job``: what every task needs (``arrow_pass.score_files_task``): the columns to read, the batch
     size, the model's spec, file and input columns, the output schemas, the name, the time stamp and the
     worker options."""
     from .scoring import partition_dir
-    from .scoring_worker import score_files_task
+    from .arrow_pass import score_files_task
 
     staging = paths.join(out, f".scoring-{uuid.uuid4().hex}")
     job = {**job, "staging": paths.filesystem(staging)}
@@ -135,31 +149,8 @@ def run(spark, splits: list[Split], job: dict[str, Any], out: str, rejects_path:
         log.info("scoring tasks: %d, each from %s", len(done), ", ".join(
             f"{task['began'] - first:.1f}s to {task['ended'] - first:.1f}s ({task['rows']:,} rows)" for task in done))
     passed = Passed(*(sum(task[k] for task in done) for k in ("rows", "scored", "rejected", "right", "labelled")))
-    expected = sum(rows for s in splits for _, _, rows in s.row_groups)
+    expected = sum(hi - lo for s in splits for _, _, lo, hi in s.row_groups)
     if passed.rows != expected:
         raise ScoringError(f"the scoring tasks read {passed.rows} rows where the input's footers count {expected}; "
                            f"output at {out} is not trusted")
     return passed
-
-
-def task_columns(types: dict[str, str], inputs: list[str], keep: list[str]) -> list[str]:
-    """What a task reads: id, the model's inputs, the kept columns and the shape columns the checks use."""
-    dims = [c for c in ("height", "width", "channels") if c in types and "image" in inputs]
-    return ["id", *inputs, *keep, *dims]
-
-
-def output_schemas(spec: dict[str, Any], types: dict[str, str], keep: list[str]):
-    """(the model's output schema, the predictions file's schema, the rejects file's schema), in Arrow."""
-    import datetime as dt
-
-    import pyarrow as pa
-
-    from .score_in_process import arrow_schema
-    from .score_job import REJECT_SCHEMA
-    from .scoring import output_schema
-
-    out_schema = arrow_schema(output_schema(spec, types, keep))
-    scored = out_schema.append(pa.field("model_name", pa.string())).append(
-        pa.field("scored_at", pa.timestamp("us", tz="UTC")))
-    stamp = pa.scalar(dt.datetime.now(dt.timezone.utc), type=pa.timestamp("us", tz="UTC"))
-    return out_schema, scored, arrow_schema(REJECT_SCHEMA.rsplit(", model_version", 1)[0]), stamp

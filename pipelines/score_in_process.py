@@ -42,10 +42,6 @@ log = logging.getLogger("sparkzoo.score")
 _SPARK_TYPES = {"int8": "tinyint", "int16": "smallint", "int32": "int", "int64": "bigint", "float": "float",
                 "double": "double", "bool": "boolean", "string": "string", "large_string": "string",
                 "binary": "binary", "large_binary": "binary"}
-_ARROW_TYPES = {"tinyint": pa.int8(), "smallint": pa.int16(), "int": pa.int32(), "integer": pa.int32(),
-                "bigint": pa.int64(), "long": pa.int64(), "float": pa.float32(), "double": pa.float64(),
-                "boolean": pa.bool_(), "string": pa.string(), "binary": pa.binary()}
-
 
 # ---- which engine ------------------------------------------------------------------------------------
 
@@ -137,18 +133,6 @@ def spark_types(schema: pa.Schema) -> dict[str, str]:
     return {f.name: name(f.type) for f in schema}
 
 
-def arrow_schema(ddl: str) -> pa.Schema:
-    """Spark DDL of scalars and arrays of them (a task's ``output_schema``) -> the Arrow schema Spark's
-    ``mapInArrow`` would use."""
-    def kind(text: str) -> pa.DataType:
-        text = text.strip()
-        if text.startswith("array<") and text.endswith(">"):
-            return pa.list_(kind(text[len("array<"):-1]))
-        return _ARROW_TYPES[text]
-
-    return pa.schema([pa.field(n, kind(t)) for n, t in (part.strip().split(" ", 1) for part in ddl.split(","))])
-
-
 # ---- the job ------------------------------------------------------------------------------------------
 
 class _PartitionWriter(BatchFile):
@@ -182,7 +166,7 @@ def run(exp: Experiment, name: str, version: int, download, run_date: str, start
 
     from .inference_path import PathChoice
     from .modelpack import SPEC_FILE
-    from .score_files import output_schemas, task_columns
+    from .arrow_pass import output_schemas, task_columns
     from .score_job import ScoreResult, mark_partition, naming_unreadable_input
     from .scoring import check_columns, files_snapshot, model_input_columns, partition_dir, \
         scoring_record, worker_options

@@ -7,6 +7,7 @@ real SQLite MLflow store, the real trained CNN."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,16 @@ def test_auto_picks_in_process_only_where_spark_adds_nothing(spark, make_exp, tm
     assert score_in_process.choose_engine(exp) == ("spark", "spark-submit started the job")
     with pytest.raises(Exception, match="score.engine=in_process scores without Spark, but score.incremental"):
         load_experiment(str(CONF), ["score.engine=in_process", "score.incremental=true"])
+    # who reads the files of a Spark job: the workers for a local path, Spark where its reader is needed
+    from sparkzoo.pipelines import score_files
+
+    assert score_files.choose(exp)[0] == "pyarrow"
+    for sets, why in ((["score.incremental=true"], "incremental"), (["score.batch_format=pandas"], "pandas"),
+                      (["score.output=s3://bucket/predictions"], "not on a local or mounted filesystem")):
+        picked = score_files.choose(make_exp(f"score.input_path={small}", *sets))
+        assert picked[0] == "spark" and why in picked[1], picked
+    with pytest.raises(Exception, match="score.file_io=pyarrow has the workers read files, but score.incremental"):
+        load_experiment(str(CONF), ["score.file_io=pyarrow", "score.incremental=true"])
 
 
 def test_cli_scores_a_small_table_with_no_jvm(trained, make_exp, workspace, tmp_path):
@@ -238,3 +249,30 @@ def test_a_file_that_is_not_parquet_is_named_and_nothing_is_committed(trained, m
     with pytest.raises(ScoringError, match=r"scoring input file \S*part-1.parquet is not a readable Parquet file"):
         score.run(exp, spark if engine == "spark" else None)
     assert not list((tmp_path / "out").rglob("_SUCCESS"))
+
+
+def test_a_killed_worker_of_the_file_reading_pass_is_retried_and_its_files_are_not_kept(trained, make_exp,
+                                                                                         workspace, tmp_path):
+    """``score.file_io=pyarrow``: a Python worker SIGKILLed after writing its task's file; Spark retries the
+    task, and the committed partition holds each input row once (the dead attempt's file stays out)."""
+    ds = open_prepared(make_exp())
+    src = tmp_path / "in"
+    src.mkdir()
+    table = pq.read_table(ds.split_dir("test"))
+    for i in range(4):   # four files: tasks on both cores, and one of them dies
+        pq.write_table(table.slice(i * 100, 100), src / f"part-{i}.parquet")
+    marker = tmp_path / "killed-once"
+    sets = exp_overrides(workspace, f"score.input_path={src}", f"score.output={tmp_path / 'out'}",
+                         "score.run_date=2026-09-04", "score.engine=spark", "score.file_io=pyarrow",
+                         "spark.master=local[2,3]", "spark.conf.spark.ui.enabled=false")
+    done = run_cli("score", "-v", "-c", str(CONF), *[a for s in sets for a in ("--set", s)],
+                   env={"SPARKZOO_FAULT": f"score.files:{marker}", "PYSPARK_PYTHON": sys.executable})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert marker.exists(), "the fault was never injected"
+    assert "Lost task" in done.stderr and "Python worker exited unexpectedly" in done.stderr   # Spark saw it die
+    assert "scored 400 rows" in done.stdout
+    part = Path(partition_dir(str(tmp_path / "out"), trained.model_version, "2026-09-04"))
+    ids = pq.read_table(part).column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 400, "the dead attempt's file was committed beside the retry's"
+    assert json.loads((part / "_manifest.json").read_text())["file_io"] == "pyarrow"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]   # no staging left
