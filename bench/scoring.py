@@ -347,7 +347,7 @@ def main() -> None:
     ap.add_argument("--eager-reps", type=int, default=10, help="passes over the 10,000 in-memory test tensors")
     ap.add_argument("--batch-sizes", default="32,64,128,256,1024,4096",
                     help="the limit's batch sweep (each layout, each path that gets a limit)")
-    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt,ray")
+    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt,ray,pandas,auto")
     ap.add_argument("--ray-batch-sizes", default="256,1024,4096", help="the Ray Data side's batch sweep")
     ap.add_argument("--chunk-sweep", action="store_true",
                     help="only sweep score.image_chunk for one worker (1 thread) per inference path")
@@ -423,10 +423,14 @@ def main() -> None:
     print(f"   chosen optimisation: {best_opt}", flush=True)
 
     torch.set_num_threads(1)
-    sides: dict[str, list[float]] = {"ours": [], "ours (Spark file I/O)": [], "ours (pandas batches)": [], "limit": []}
+    sides: dict[str, list[float]] = {"ours": [], "ours (Spark file I/O)": [], "limit": []}
+    if "pandas" not in skip:
+        sides["ours (pandas batches)"] = []
     chosen: list[str] = []   # what score.optimize=auto picked on each repeat
     if best_opt:
-        sides[f"ours+{best_opt}"], sides["ours+auto"], sides[f"limit {best_opt}"] = [], [], []
+        sides[f"ours+{best_opt}"], sides[f"limit {best_opt}"] = [], []
+        if "auto" not in skip:
+            sides["ours+auto"] = []
         # auto times the paths on its first job and keeps the timings per model version and machine (as a
         # nightly job would); start without them, so repeat 1 pays the measurement and later ones do not
         shutil.rmtree(BENCH_WS / "inference_paths", ignore_errors=True)
@@ -450,10 +454,12 @@ def main() -> None:
             sides[f"limit {best_opt}"].append(limits[best_opt][1](args.eager_reps))
         sides["ours"].append(run_ours(exp, spark, path, args.rows))
         sides["ours (Spark file I/O)"].append(run_ours(exp, spark, path, args.rows, make_exp=spark_io_exp))
-        sides["ours (pandas batches)"].append(run_ours(exp, spark, path, args.rows, make_exp=pandas_exp))
+        if "pandas" not in skip:
+            sides["ours (pandas batches)"].append(run_ours(exp, spark, path, args.rows, make_exp=pandas_exp))
         if best_opt:
             sides[f"ours+{best_opt}"].append(run_ours(exp, spark, path, args.rows, optimize=best_opt))
-            sides["ours+auto"].append(run_ours(exp, spark, path, args.rows, optimize="auto", chosen=chosen))
+            if "auto" not in skip:
+                sides["ours+auto"].append(run_ours(exp, spark, path, args.rows, optimize="auto", chosen=chosen))
         if "spark_udf" not in skip:
             sides["mlflow spark_udf"].append(run_spark_udf(exp, spark, path, version, args.rows))
         if "row_udf" not in skip:
@@ -468,12 +474,13 @@ def main() -> None:
                                + (f"; limit {best_opt}: {limits[best_opt][0]}" if best_opt else ""))
     udf = med.get("mlflow spark_udf", float("nan"))
     print(f"   ratio ours / limit: {med['ours'] / med['limit']:.2f}x; ours / mlflow spark_udf: {med['ours'] / udf:.2f}x; "
-          f"ours / ours (pandas batches): {med['ours'] / med['ours (pandas batches)']:.2f}x; "
+          f"ours / ours (pandas batches): {med['ours'] / med.get('ours (pandas batches)', float('nan')):.2f}x; "
           f"ours / ours (Spark file I/O): {med['ours'] / med['ours (Spark file I/O)']:.2f}x; "
           f"ours (Spark file I/O) / limit: {med['ours (Spark file I/O)'] / med['limit']:.2f}x")
     if best_opt:
-        print(f"   score.optimize=auto chose: {', '.join(chosen)} (repeat 1 timed the paths, later repeats reused it)")
-        for side in (f"ours+{best_opt}", "ours+auto"):
+        if chosen:
+            print(f"   score.optimize=auto chose: {', '.join(chosen)} (repeat 1 timed the paths, later repeats reused it)")
+        for side in [f"ours+{best_opt}", *(["ours+auto"] if "auto" not in skip else [])]:
             print(f"   ratio {side} / limit {best_opt}: {med[side] / med[f'limit {best_opt}']:.2f}x; "
                   f"{side} / mlflow spark_udf: {med[side] / udf:.2f}x")
     if ray_batch is not None:
