@@ -252,6 +252,9 @@ def test_packed_environment_on_a_cluster_that_shares_nothing(fresh_venv, tmp_pat
     ids = preds.column("id").to_pylist()
     scored = int(out.split("scored ", 1)[1].split(" rows", 1)[0])
     assert len(ids) == len(set(ids)) == scored == SUBSAMPLE
+    # the executors' Python workers read and wrote the files themselves (score.file_io: auto -> pyarrow)
+    manifests = list((ws / "predictions").rglob("_manifest.json"))
+    assert manifests and {json.loads(m.read_text())["file_io"] for m in manifests} == {"pyarrow"}
 
     # from inside the processes: what each one imported, and from where
     records = _records(probe)
