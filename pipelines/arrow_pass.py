@@ -20,7 +20,6 @@ _ARROW_TYPES = {"tinyint": pa.int8(), "smallint": pa.int16(), "int": pa.int32(),
                 "boolean": pa.bool_(), "string": pa.string(), "binary": pa.binary()}
 
 
-
 def reject_reasons(batch: pa.RecordBatch, spec: dict[str, Any], inputs: list[str] | None = None) -> np.ndarray:
     """Per row: None when it fits the model, else why not; ``scoring.reject_reason``'s rules and words
     (its first matching rule wins, so they are applied here from the last to the first). ``inputs``: the
@@ -35,8 +34,7 @@ def reject_reasons(batch: pa.RecordBatch, spec: dict[str, Any], inputs: list[str
         from .scoring import model_input_columns
 
         inputs = model_input_columns(spec, names)
-    cols = inputs
-    if cols == ["token_ids"]:
+    if inputs == ["token_ids"]:
         ids = col("token_ids")
         lengths = pc.fill_null(pc.list_value_length(ids), -1).to_numpy(zero_copy_only=False)
         holes = np.zeros(len(ids), dtype=bool)
@@ -45,10 +43,10 @@ def reject_reasons(batch: pa.RecordBatch, spec: dict[str, Any], inputs: list[str
             holes[pc.list_parent_indices(ids).to_numpy()[flat_nulls]] = True
         rules += [(null("token_ids"), "null_token_ids"), (lengths == 0, "empty_sequence: no tokens"),
                   (holes, "null_token: a token id is null")]
-    elif cols == ["text"]:
+    elif inputs == ["text"]:
         blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim(col("text"), " ")), 0), False).to_numpy(zero_copy_only=False)
         rules += [(null("text"), "null_text"), (blank, "empty_text")]
-    elif cols == ["features"]:
+    elif inputs == ["features"]:
         per = 4 * int(spec["shape"]["n_mels"])
         size = pc.fill_null(pc.binary_length(col("features")), 0).to_numpy()
         rules += [(null("features"), "null_features"), (size == 0, "empty_features: no frames"),
@@ -178,8 +176,6 @@ def task_columns(types: dict[str, str], inputs: list[str], keep: list[str]) -> l
 def output_schemas(spec: dict[str, Any], types: dict[str, str], keep: list[str]):
     """(the model's output schema, the predictions file's schema, the rejects file's schema), in Arrow."""
     import datetime as dt
-
-    import pyarrow as pa
 
     from .score_job import REJECT_SCHEMA
     from .scoring import output_schema

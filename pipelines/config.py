@@ -352,19 +352,23 @@ class ScoreConfig(_Strict):
             if needs_spark:
                 raise ValueError(f"score.engine=in_process scores without Spark, but {needs_spark[0]} needs it; "
                                  f"use score.engine=spark or auto")
-        if self.file_io == "pyarrow":
-            needs_spark = [why for why, on in (("score.input_table (a catalog table)", self.input_table),
-                                               ("score.incremental (an anti-join on earlier output)", self.incremental),
-                                               ("score.batch_format=pandas (mapInPandas)", self.batch_format == "pandas"),
-                                               ("score.tasks_per_gpu (a resource profile on Spark's stage)",
-                                                self.tasks_per_gpu is not None)) if on]
-            if needs_spark:
-                raise ValueError(f"score.file_io=pyarrow has the workers read files, but {needs_spark[0]} needs "
-                                 f"Spark's reader; use score.file_io=spark or auto")
+        needs_reader = self.needs_spark_reader()
+        if self.file_io == "pyarrow" and needs_reader:
+            raise ValueError(f"score.file_io=pyarrow has the workers read files, but {needs_reader[0]} needs "
+                             f"Spark's reader; use score.file_io=spark or auto")
         if self.tasks_per_gpu is not None and self.device == "cpu":
             raise ValueError("score.tasks_per_gpu asks Spark for GPUs but score.device=cpu never uses them; "
                              "set one of them")
         return self
+
+    def needs_spark_reader(self) -> list[str]:
+        """What in this config only Spark's own reader and writer can do (``score.file_io``): refused with
+        ``pyarrow``, and what makes ``auto`` pick ``spark``."""
+        return [why for why, on in (("score.input_table (a catalog table)", self.input_table),
+                                    ("score.incremental (an anti-join on earlier output)", self.incremental),
+                                    ("score.batch_format=pandas (mapInPandas)", self.batch_format == "pandas"),
+                                    ("score.tasks_per_gpu (a resource profile on Spark's stage)",
+                                     self.tasks_per_gpu is not None)) if on]
 
     @field_validator("run_date", mode="before")
     @classmethod

@@ -35,43 +35,12 @@ _P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3
 SPARK_HASH_SEED = 42   # the seed of Spark's xxhash64 function
 
 
-def _rotl(x: int, r: int) -> int:
-    return ((x << r) | (x >> (64 - r))) & _M64
+def xxhash64(data: bytes) -> int:
+    """XXH64 as Spark's ``xxhash64`` column computes it for a string, as a signed 64-bit integer (one
+    value: ``xxhash64_strings`` does the work)."""
+    import pyarrow as pa
 
-
-def _round(acc: int, lane: int) -> int:
-    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
-
-
-def xxhash64(data: bytes, seed: int = SPARK_HASH_SEED) -> int:
-    """XXH64 as Spark's ``xxhash64`` column computes it for a string, as a signed 64-bit integer."""
-    n, i = len(data), 0
-    if n >= 32:
-        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed & _M64, (seed - _P1) & _M64]
-        while i <= n - 32:
-            v = [_round(v[k], int.from_bytes(data[i + 8 * k: i + 8 * k + 8], "little")) for k in range(4)]
-            i += 32
-        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
-        for lane in v:
-            h = ((h ^ _round(0, lane)) * _P1 + _P4) & _M64
-    else:
-        h = (seed + _P5) & _M64
-    h = (h + n) & _M64
-    while i + 8 <= n:
-        h = (_rotl(h ^ _round(0, int.from_bytes(data[i: i + 8], "little")), 27) * _P1 + _P4) & _M64
-        i += 8
-    if i + 4 <= n:
-        h = (_rotl(h ^ (int.from_bytes(data[i: i + 4], "little") * _P1 & _M64), 23) * _P2 + _P3) & _M64
-        i += 4
-    while i < n:
-        h = (_rotl(h ^ (data[i] * _P5 & _M64), 11) * _P1) & _M64
-        i += 1
-    h ^= h >> 33
-    h = (h * _P2) & _M64
-    h ^= h >> 29
-    h = (h * _P3) & _M64
-    h ^= h >> 32
-    return h - (1 << 64) if h >> 63 else h
+    return int(xxhash64_strings(pa.array([data], pa.binary()))[0])
 
 
 def xxhash64_strings(arr) -> np.ndarray:
@@ -79,8 +48,8 @@ def xxhash64_strings(arr) -> np.ndarray:
     hashes to the seed, as in Spark).
 
     Why: the in-process engine and the Python workers that read their own files (``score.file_io``) have
-    no Spark column to read the sample flag from, and ``xxhash64`` one id at a time costs about 15 us, more
-    than an int8 model's forward pass per row. Rows of one byte length share every step of the hash, so
+    no Spark column to read the sample flag from, and hashing one id at a time in Python cost about 15 us,
+    more than an int8 model's forward pass per row. Rows of one byte length share every step of the hash, so
     each length is one pass of numpy uint64 arithmetic (which wraps, as the hash wants) over all its rows."""
     import pyarrow as pa
 
@@ -163,9 +132,7 @@ def in_sample(ids: list[str], every: int) -> np.ndarray:
     """Which rows ``drift.embedding_features`` samples: ``pmod(xxhash64(id), every) == 0``."""
     import pyarrow as pa
 
-    if every <= 1:
-        return np.ones(len(ids), dtype=bool)
-    return xxhash64_strings(pa.array(ids, pa.string())) % every == 0
+    return in_sample_column(pa.array(ids, pa.string()), every)
 
 
 def in_sample_column(ids, every: int) -> np.ndarray:

@@ -190,13 +190,17 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
         good = tagged
     seen = spark.sparkContext.accumulator(set(), devices.SetUnion())
     options = {**worker_options(exp), **choice.worker_options(spark), "reject_counter": counter, "device_seen": seen}
+    splits = None
+    if file_io == "pyarrow":   # the footers give the row count the drift tap needs, with no Spark job
+        with phase("plan splits"):
+            splits = _plan_files(spark, df, where)
     with phase("drift"):
-        plan = _drift_tap(exp, spark, shipped, df, record, options)
+        plan = _drift_tap(exp, spark, shipped, df, record, options, rows=splits[1] if splits else None)
     rejects_path = out.rstrip("/") + "_rejects"
     written = None
-    if file_io == "pyarrow":
-        agg, rejected, n_in = _pass_on_files(exp, spark, shipped, df, keep, options, out, rejects_path, version,
-                                             run_date, phase)
+    if splits is not None:
+        agg, rejected, n_in = _pass_on_files(exp, spark, shipped, df, keep, options, splits, out, rejects_path,
+                                             version, run_date, phase)
     else:
         agg, rejected, n_in, written = _pass_on_spark(spark, shipped, df, tagged, good, keep, options, plan, profile,
                                                       counter, out, rejects_path, version, run_date, phase)
@@ -270,21 +274,27 @@ def _pass_on_spark(spark, shipped: ShippedModel, df, tagged, good, keep: list[st
     return agg, rejected, n_in, written
 
 
+def _plan_files(spark, df, where: str):
+    """``score_files.plan`` over the files Spark's own listing found for ``df`` (``inputFiles``: no job,
+    the read has listed them), split at Spark's ``maxPartitionBytes`` (as Spark parses it)."""
+    from .scoring import local_path
+
+    files = sorted(local_path(f) for f in df.inputFiles())
+    if not files:
+        raise ScoringError(f"scoring input {where} holds no Parquet file (names starting with _ or . are "
+                           f"skipped, as Spark skips them)")
+    split_bytes = spark._jsparkSession.sessionState().conf().filesMaxPartitionBytes()
+    return score_files.plan(files, int(split_bytes), spark.sparkContext.defaultParallelism)
+
+
 def _pass_on_files(exp: Experiment, spark, shipped: ShippedModel, df, keep: list[str], options: dict[str, Any],
-                   out: str, rejects_path: str, version: int, run_date: str, phase: Phases):
-    """The scoring pass with the Python workers reading and writing the files (pipelines/score_files.py).
-    Returns (the count and accuracy, the rejected count, the input's count)."""
-    from .score_in_process import input_files
+                   planned, out: str, rejects_path: str, version: int, run_date: str, phase: Phases):
+    """The scoring pass with the Python workers reading and writing the files (pipelines/score_files.py)
+    over ``planned`` (``_plan_files``). Returns (the count and accuracy, the rejected count, the input's
+    count)."""
     from .scoring import model_input_columns
 
-    with phase("plan splits"):
-        files, where = input_files(exp)
-        if not files:
-            raise ScoringError(f"scoring input {where} holds no Parquet file (names starting with _ or . are "
-                               f"skipped, as Spark skips them)")
-        splits, n_in, input_fs = score_files.plan(
-            files, _bytes(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")),
-            spark.sparkContext.defaultParallelism)
+    splits, n_in, input_fs = planned
     types = dict(df.dtypes)
     inputs = model_input_columns(shipped.spec, list(types))
     out_schema, scored_schema, rejects_schema, stamp = arrow_pass.output_schemas(shipped.spec, types, keep)
@@ -303,19 +313,8 @@ def _pass_on_files(exp: Experiment, spark, shipped: ShippedModel, df, keep: list
             if failure is not None:
                 raise failure from None
             raise
-    if passed.rows != n_in:
-        raise ScoringError(f"the scoring tasks read {passed.rows} of the input's {n_in} rows; output at {out} is "
-                           f"not trusted")
     agg = {"n": passed.scored, "acc": passed.right / passed.labelled if passed.labelled else None}
     return agg, passed.rejected, n_in
-
-
-def _bytes(text: str) -> int:
-    """A Spark size (``128m``, ``134217728b``, ``1g``, ``134217728``) in bytes."""
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    text = str(text).strip().lower()
-    text = text[:-1] if text.endswith("b") else text
-    return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text or 0)
 
 
 def _log_scored(result: ScoreResult, exp: Experiment) -> None:
@@ -341,11 +340,12 @@ def plan_folded(exp: Experiment) -> bool:
 
 
 def _drift_tap(exp: Experiment, spark, shipped: ShippedModel, df, record: dict[str, Any],
-               options: dict[str, Any]) -> dict[str, Any] | None:
+               options: dict[str, Any], rows: int | None = None) -> dict[str, Any] | None:
     """The drift profile folded into the scoring pass: each task counts its rows on the reference's bins
     (pipelines/drift_stream.py) and sends the counts back keyed by partition, so the profile costs no
     Spark job of its own (it was 4-5 of them, 3.4-5.8 s of a small job). Sets the worker's options;
-    None when the pass does not count it (no reference, or ``plan_folded`` says no)."""
+    None when the pass does not count it (no reference, or ``plan_folded`` says no). ``rows``: the input's
+    count when the caller has it (the footers the file-reading pass planned from), else a count job."""
     if not plan_folded(exp):
         return None
     from . import drift_stream
@@ -357,7 +357,8 @@ def _drift_tap(exp: Experiment, spark, shipped: ShippedModel, df, record: dict[s
         log.info("drift: %s v%d has no reference profile (trained before drift profiles); not compared",
                  shipped.name, shipped.version)
         return None
-    rows = df.count()   # a Parquet metadata count: the embedding sample's step, as drift.embedding_features has it
+    if rows is None:   # a Parquet metadata count: the embedding sample's step, as drift.embedding_features has it
+        rows = df.count()
     # the embedding sample runs on the scoring task's own device (the GPU Spark assigned it, if any)
     plan = drift_stream.tap(shipped.spec, ref, df.columns, model_input_columns(shipped.spec, df.columns), rows,
                             shipped.is_classifier, shipped.file, shipped.key, {"device": exp.score.device})

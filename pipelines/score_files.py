@@ -38,11 +38,9 @@ def choose(exp: Experiment) -> tuple[str, str]:
     s = exp.score
     if s.file_io != "auto":
         return s.file_io, f"score.file_io={s.file_io}"
-    needs = [why for why, on in (("a catalog table", s.input_table), ("incremental mode", s.incremental),
-                                 ("score.batch_format=pandas", s.batch_format == "pandas"),
-                                 ("score.tasks_per_gpu", s.tasks_per_gpu is not None)) if on]
+    needs = s.needs_spark_reader()
     if needs:
-        return "spark", f"{needs[0]} is read by Spark"
+        return "spark", f"{needs[0]} needs Spark's reader"
     from .score_job import input_location
 
     for path in (input_location(exp), paths.predictions_dir(exp)):
@@ -70,13 +68,19 @@ def plan(files: list[str], split_bytes: int, cores: int) -> tuple[list[Split], i
     tasks is read by both, each keeping its own rows; reading costs a few us a row against a model's
     tens, so the cut pays. The driver reads footers only (a few KB a file, 8 at a time), never rows:
     Spark's own reader reads the same footers to split a scan."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from .score_job import unreadable_file
 
     fs = paths.filesystem(files[0])[0] if files else None
 
     def footer(path: str):
         inner = paths.filesystem(path)[1]
-        return inner, pq.read_metadata(inner, filesystem=fs)
+        try:
+            return inner, pq.read_metadata(inner, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as exc:   # not Parquet: named, before any task runs
+            raise unreadable_file(path, str(exc).split("\n")[0]) from None
 
     units: list[tuple[str, int, int, int]] = []   # (file, row group, rows, bytes), in file order
     with ThreadPoolExecutor(8) as pool:
@@ -120,15 +124,14 @@ def run(spark, splits: list[Split], job: dict[str, Any], out: str, rejects_path:
     ``job``: what every task needs (``arrow_pass.score_files_task``): the columns to read, the batch
     size, the model's spec, file and input columns, the output schemas, the name, the time stamp and the
     worker options."""
-    from .scoring import partition_dir
     from .arrow_pass import score_files_task
+    from .scoring import partition_dir
 
     staging = paths.join(out, f".scoring-{uuid.uuid4().hex}")
     job = {**job, "staging": paths.filesystem(staging)}
     try:
-        # one result per task (a few numbers and two file names), never rows
-        done = (spark.sparkContext.parallelize([s.row_groups for s in splits], max(1, len(splits)))
-                .mapPartitions(lambda parts: score_files_task(parts, job)).collect())
+        tasks = spark.sparkContext.parallelize([s.row_groups for s in splits], max(1, len(splits)))
+        done = tasks.mapPartitions(lambda parts: score_files_task(parts, job)).collect()   # small: a summary per task
         for table, key in ((out, "scored"), (rejects_path, "rejects")):
             target = partition_dir(table, version, run_date)
             paths.delete_dir(target)

@@ -106,12 +106,16 @@ def unreadable_input(exc: BaseException) -> ScoringError | None:
     for pattern in _UNREADABLE:
         found = pattern.search(text)
         if found:
-            why = found.group(2).strip().rstrip(".") or "unreadable footer"
-            file = re.sub(r"^file:(//)?", "", found.group(1))
-            return ScoringError(f"scoring input file {file} is not a readable Parquet file "
-                                f"({why}); repair it or move it out of the input, then re-run the same command "
-                                f"(nothing was committed)")
+            return unreadable_file(found.group(1), found.group(2))
     return None
+
+
+def unreadable_file(file: str, why: str) -> ScoringError:
+    """The one line for an input file that is not Parquet (``why``: the reader's words)."""
+    why = str(why).strip().rstrip(".") or "unreadable footer"
+    file = re.sub(r"^file:(//)?", "", file)
+    return ScoringError(f"scoring input file {file} is not a readable Parquet file ({why}); repair it or move it "
+                        f"out of the input, then re-run the same command (nothing was committed)")
 
 
 @contextlib.contextmanager
