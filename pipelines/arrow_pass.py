@@ -107,12 +107,15 @@ def with_columns(batch: pa.RecordBatch, extra: dict[str, pa.Array], schema: pa.S
 
 def stream(batches: Iterator[pa.RecordBatch], spec: dict[str, Any], inputs: list[str], keep: list[str],
            out_schema: pa.Schema, options: dict[str, Any], writers, name: str, stamp, profile,
-           done: Callable[[int], None], model_file: str = "") -> tuple[int, int]:
+           done: Callable[[int], None], model_file: str = "", check: dict[str, int] | None = None) -> tuple[int, int]:
     """Check, score and write every batch (id first, then ``inputs``, ``keep`` and any shape columns),
     calling ``done`` with the rows handled so far; ``writers``: (scored, rejects), each with ``schema``
     and ``write``. Returns (right, labelled): the predictions that match a label, and the rows that have
     one (a null label counts in neither, as Spark's ``avg`` of the comparison skips it). ``model_file``:
-    the model Spark shipped (``options["model_dir"]`` names an unpacked copy instead)."""
+    the model Spark shipped (``options["model_dir"]`` names an unpacked copy instead). ``check``: the
+    optimised path's accuracy check (``inference_path.accept_checked``): the first ``budget`` scored rows
+    also go through the eager model, and ``rows``, ``fast`` and ``eager`` count the labelled ones and
+    each model's matches."""
     import pyarrow.compute as pc
 
     from .scoring_worker import score_arrow_batches
@@ -149,10 +152,32 @@ def stream(batches: Iterator[pa.RecordBatch], spec: dict[str, Any], inputs: list
                 values = label.to_numpy(zero_copy_only=False)
                 right += int((outputs["prediction"][known] == values[known]).sum())
                 labelled += int(known.sum())
+                if check is not None and check["budget"] > 0:
+                    _check_rows(check, batch, got, known, values, outputs["prediction"], model_file, options)
             if profile is not None:
                 profile.add(batch, outputs)
         done(handled)
     return right, labelled
+
+
+def _check_rows(check: dict[str, Any], batch: pa.RecordBatch, got: pa.RecordBatch, known: np.ndarray,
+                labels: np.ndarray, fast: np.ndarray, model_file: str, options: dict[str, Any]) -> None:
+    """The first rows of ``batch`` that have a label and did not calibrate the path, up to the check's
+    budget, scored by the eager model too: each model's matches added to ``check``."""
+    import pyarrow.compute as pc
+
+    from .scoring_worker import eager_predictions
+
+    sure = known.copy()
+    if check.get("skip") is not None:   # the calibration rows: not checked on
+        sure &= ~pc.is_in(got.column(0), value_set=check["skip"]).to_numpy(zero_copy_only=False)
+    k = min(len(sure), int(np.searchsorted(np.cumsum(sure), check["budget"])) + 1)
+    sure = sure[:k]
+    eager = eager_predictions(batch.slice(0, k), model_file, options)
+    check["budget"] -= int(sure.sum())
+    check["rows"] += int(sure.sum())
+    check["fast"] += int((fast[:k][sure] == labels[:k][sure]).sum())
+    check["eager"] += int((eager[sure] == labels[:k][sure]).sum())
 
 
 def arrow_schema(ddl: str) -> pa.Schema:
@@ -232,9 +257,11 @@ def score_files_task(parts: Iterator[list[tuple[str, int, int, int]]], job: dict
                 for handle in handles.values():
                     handle.close()
 
+    check = ({"budget": job["check_rows"], "rows": 0, "fast": 0, "eager": 0, "skip": job.get("check_skip")}
+             if job.get("check_rows") else None)
     right, labelled = stream(batches(), job["spec"], job["inputs"], job["keep"], job["out_schema"], options,
                              writers, job["name"], job["stamp"], profile, lambda n: read.__setitem__(0, n),
-                             model_file=job["model_file"])
+                             model_file=job["model_file"], check=check)
     names = [w.close() for w in writers]
     from . import faults
 
@@ -243,4 +270,5 @@ def score_files_task(parts: Iterator[list[tuple[str, int, int, int]]], job: dict
         observer[2].add({task: profile.finish()})
     yield {"folder": folder, "scored_file": names[0], "rejects_file": names[1], "rows": read[0],
            "began": began, "ended": time.time(),
-           "scored": writers[0].rows, "rejected": writers[1].rows, "right": right, "labelled": labelled}
+           "scored": writers[0].rows, "rejected": writers[1].rows, "right": right, "labelled": labelled,
+           "check": {k: v for k, v in check.items() if k != "skip"} if check else None}

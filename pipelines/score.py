@@ -37,10 +37,11 @@ log = logging.getLogger("sparkzoo.score")
 
 
 def _device_failure(exc: Exception) -> ScoringError | None:
-    """A task's ``score.device=cuda`` refusal, out of the Spark and Py4J layers around it: one line."""
+    """A task's ``score.device=cuda`` refusal, or an optimised path its model cannot take, out of the Spark
+    and Py4J layers around it: one line."""
     import re
 
-    found = re.search(r"ScoringError: (score\.device=cuda[^\n]*)", str(exc))
+    found = re.search(r"ScoringError: (score\.(?:device=cuda|optimize=)[^\n]*)", str(exc))
     return ScoringError(found.group(1).strip()) if found else None
 
 
@@ -153,15 +154,21 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
     from pyspark.sql import functions as F
 
     name, version = shipped.name, shipped.version
+    file_io, why = score_files.choose(exp)
     with phase("check input"):
         df = check_input(df, where, shipped.spec)
-        choice = inference_path.choose(spark, exp, shipped, df, where)
+    splits = None
+    if file_io == "pyarrow":   # the footers give the row count the drift tap needs, with no Spark job
+        with phase("plan splits"):
+            splits = _plan_files(spark, df, where)
+    with phase("check input"):
+        # the tasks that write to staging check an optimised path's accuracy themselves, before the commit
+        choice = inference_path.choose(spark, exp, shipped, df, where, planned=splits)
         record = scoring_record(exp, input_snapshot(df, where, exp), name, version)   # input snapshot, model URI, config hash
     where_in = where
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(exp.score.batch_size))
     spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
-    file_io, why = score_files.choose(exp)
     log.info("scoring files read and written by %s (%s)", "the Python workers (pyarrow)" if file_io == "pyarrow"
              else "Spark", why)
     # spread for the scoring passes only: ``df.count()`` below stays a Parquet metadata count, no shuffle
@@ -190,17 +197,13 @@ def _score(exp: Experiment, spark, shipped: ShippedModel, df, where: str, run_da
         good = tagged
     seen = spark.sparkContext.accumulator(set(), devices.SetUnion())
     options = {**worker_options(exp), **choice.worker_options(spark), "reject_counter": counter, "device_seen": seen}
-    splits = None
-    if file_io == "pyarrow":   # the footers give the row count the drift tap needs, with no Spark job
-        with phase("plan splits"):
-            splits = _plan_files(spark, df, where)
     with phase("drift"):
         plan = _drift_tap(exp, spark, shipped, df, record, options, rows=splits[1] if splits else None)
     rejects_path = out.rstrip("/") + "_rejects"
     written = None
     if splits is not None:
         agg, rejected, n_in = _pass_on_files(exp, spark, shipped, df, keep, options, splits, out, rejects_path,
-                                             version, run_date, phase)
+                                             version, run_date, phase, choice)
     else:
         agg, rejected, n_in, written = _pass_on_spark(spark, shipped, df, tagged, good, keep, options, plan, profile,
                                                       counter, out, rejects_path, version, run_date, phase)
@@ -288,10 +291,11 @@ def _plan_files(spark, df, where: str):
 
 
 def _pass_on_files(exp: Experiment, spark, shipped: ShippedModel, df, keep: list[str], options: dict[str, Any],
-                   planned, out: str, rejects_path: str, version: int, run_date: str, phase: Phases):
+                   planned, out: str, rejects_path: str, version: int, run_date: str, phase: Phases,
+                   choice: inference_path.PathChoice):
     """The scoring pass with the Python workers reading and writing the files (pipelines/score_files.py)
-    over ``planned`` (``_plan_files``). Returns (the count and accuracy, the rejected count, the input's
-    count)."""
+    over ``planned`` (``_plan_files``), and the optimised path's accuracy check when the tasks ran it
+    (``choice.deferred``). Returns (the count and accuracy, the rejected count, the input's count)."""
     from .scoring import model_input_columns
 
     splits, n_in, input_fs = planned
@@ -303,11 +307,18 @@ def _pass_on_files(exp: Experiment, spark, shipped: ShippedModel, df, keep: list
            "scored_schema": scored_schema, "rejects_schema": rejects_schema, "name": shipped.name, "stamp": stamp,
            "options": {k: v for k, v in options.items() if k != "reject_counter"}, "model_file": shipped.file,
            "input_fs": input_fs}
+    accept = None
+    if choice.deferred:   # each task checks its share of the rows, its first ones; judged before the commit
+        job["check_rows"] = -(-choice.deferred // len(splits))
+        import pyarrow as pa
+
+        job["check_skip"] = pa.array(choice.calibrated_ids, pa.string()) if choice.calibrated_ids else None
+        accept = lambda done: inference_path.accept_checked(exp, choice, [t["check"] for t in done])   # noqa: E731
     for table in (out, rejects_path):   # an earlier run's marker must not vouch for files being replaced now
         paths.delete_file(paths.join(partition_dir(table, version, run_date), paths.SUCCESS))
     with phase("score and write"):
         try:
-            passed = score_files.run(spark, splits, job, out, rejects_path, version, run_date)
+            passed = score_files.run(spark, splits, job, out, rejects_path, version, run_date, accept)
         except Exception as exc:
             failure = paths.write_failure(exc, f"scoring output {out}") or _device_failure(exc)
             if failure is not None:

@@ -22,7 +22,7 @@ import math
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from . import paths
 from .config import Experiment
@@ -118,12 +118,13 @@ class Passed:
 
 
 def run(spark, splits: list[Split], job: dict[str, Any], out: str, rejects_path: str, version: int,
-        run_date: str) -> Passed:
+        run_date: str, accept: Callable[[list[dict[str, Any]]], None] | None = None) -> Passed:
     """The scoring pass over ``splits``, then tonight's partitions of both tables replaced by its files.
 
     ``job``: what every task needs (``arrow_pass.score_files_task``): the columns to read, the batch
     size, the model's spec, file and input columns, the output schemas, the name, the time stamp and the
-    worker options."""
+    worker options. ``accept``: sees the tasks' summaries before any file moves; raising there leaves
+    both tables as they were (the optimised path's accuracy check)."""
     from .arrow_pass import score_files_task
     from .scoring import partition_dir
 
@@ -132,6 +133,8 @@ def run(spark, splits: list[Split], job: dict[str, Any], out: str, rejects_path:
     try:
         tasks = spark.sparkContext.parallelize([s.row_groups for s in splits], max(1, len(splits)))
         done = tasks.mapPartitions(lambda parts: score_files_task(parts, job)).collect()   # small: a summary per task
+        if accept is not None:
+            accept(done)
         for table, key in ((out, "scored"), (rejects_path, "rejects")):
             target = partition_dir(table, version, run_date)
             paths.delete_dir(target)

@@ -79,9 +79,26 @@ def worker_predictor(model_file: str, options: dict[str, Any]):
         torch.set_num_threads(int(options["threads"]))
         calibration = options["calibration"].value if options.get("calibration") is not None else None
         folder = options.get("model_dir") or _unpacked(model_file)   # model_dir: the in-process engine's copy
-        pred = _LOADED[key] = Predictor.from_dir(folder, device=device, optimize=options["optimize"],
-                                                 chunk=chunk, image_chunk=image_chunk, calibration=calibration)
+        try:
+            pred = _LOADED[key] = Predictor.from_dir(folder, device=device, optimize=options["optimize"],
+                                                     chunk=chunk, image_chunk=image_chunk, calibration=calibration)
+        except ValueError as exc:   # e.g. a model static quantisation cannot trace: one line on the driver
+            if options["optimize"] == "none":
+                raise
+            from .errors import ScoringError
+
+            raise ScoringError(f"score.optimize={options['optimize']}: {exc}") from None
     return pred
+
+
+def eager_predictions(batch: Any, model_file: str, options: dict[str, Any]) -> Any:
+    """The eager model's predictions for ``batch``, on the worker that scores it with an optimised path
+    (its accuracy check, ``inference_path.choose(defer=True)``); the eager copy is loaded once per worker."""
+    from .arrow_rows import input_batch
+
+    eager = worker_predictor(model_file, {**options, "optimize": "none", "calibration": None,
+                                          "calibration_key": None})
+    return eager.predict_batch(input_batch(batch, eager.spec, eager.input_columns))["prediction"]
 
 
 def score_batches(batches: Iterator[Any], model_file: str, keep: list[str],

@@ -281,6 +281,62 @@ def test_optimised_scoring_job_checks_accuracy_first(trained, make_exp, spark, t
     assert abs(fast.accuracy - eager.accuracy) <= 0.005
 
 
+def test_the_scoring_tasks_check_an_optimised_path_before_the_commit(trained, make_exp, tmp_path):
+    """With the workers writing to staging (``score.file_io=pyarrow``), int8_static's accuracy check runs
+    on labelled rows as they are scored, not on the driver first; a path the check refuses commits nothing."""
+    import pyarrow as pa
+
+    from sparkzoo.pipelines import paths
+    from sparkzoo.pipelines.modelpack import Predictor
+    from sparkzoo.pipelines.score import partition_dir
+
+    # Labelled with the eager model's own answers, so eager scores 1.0 and int8 its agreement with eager:
+    # any row where int8 disagrees moves the check, whatever the model learnt.
+    exp = make_exp()
+    track.client(exp)
+    local = mlflow.artifacts.download_artifacts(f"models:/fashion_mnist_cnn/{trained.model_version}")
+    table = pq.read_table(open_prepared(exp).split_dir("test"), columns=["id", "image", "label"]).slice(0, 4000)
+    eager = Predictor.from_dir(f"{local}/artifacts")
+    answers = eager.predict_arrays(eager.decode(table.column("image").to_pandas()))["prediction"]
+    src = tmp_path / "relabelled"
+    src.mkdir()
+    pq.write_table(table.set_column(2, "label", pa.array(answers.astype("int64"))), src / "part-0.parquet",
+                   row_group_size=1000)
+    sets = (f"score.input_path={src}", "score.optimize=int8_static", "score.file_io=pyarrow")
+    fast = score.run(make_exp(f"score.output={tmp_path / 'q'}", *sets, "score.optimize_tolerance=1"))
+    seen = json.loads(open(f"{partition_dir(fast.output, fast.model_version, fast.run_date)}/_manifest.json")
+                      .read())["inference_path"]
+    assert fast.optimize == "int8_static" and seen["checked_by"] == "the scoring tasks"
+    assert seen["accuracy"]["none"] == 1.0 and 0.9 < seen["accuracy"]["int8_static"] <= 1.0
+    moved = 1.0 - seen["accuracy"]["int8_static"]
+    # The same rows are checked again (same plan, same calibration), so a tolerance under what the path
+    # moved must refuse it (and with no disagreement, a tolerance of 0 must pass).
+    out = tmp_path / "strict"
+    strict = make_exp(f"score.output={out}", *sets, f"score.optimize_tolerance={moved / 2}")
+    if moved > 0:
+        with pytest.raises(ScoringError, match="int8_static changes accuracy.*nothing was committed"):
+            score.run(strict)
+        assert not paths.exists(partition_dir(str(out), fast.model_version, fast.run_date))
+        assert not [p for p in os.listdir(out) if p.startswith(".scoring-")]   # staging gone too
+    else:
+        assert score.run(strict).scored_rows == fast.scored_rows
+
+
+def test_the_tasks_check_is_judged_on_all_their_rows_together(make_exp):
+    """The tasks' counts are summed before the verdict: two tasks each within the tolerance of eager can
+    still move the whole check past it, and a check that saw no labelled row refuses the path."""
+    from sparkzoo.pipelines.inference_path import PathChoice, accept_checked
+
+    exp = make_exp("score.optimize_tolerance=0.005")
+    choice = PathChoice("int8_static", deferred=2000)
+    accept_checked(exp, choice, [{"rows": 1000, "fast": 900, "eager": 904}, {"rows": 1000, "fast": 800, "eager": 800}])
+    assert choice.accuracy == {"none": 0.852, "int8_static": 0.85}
+    with pytest.raises(ScoringError, match=r"from 0\.8560 \(eager\) to 0\.8500.*nothing was committed"):
+        accept_checked(exp, choice, [{"rows": 1000, "fast": 900, "eager": 906}, {"rows": 1000, "fast": 800, "eager": 806}])
+    with pytest.raises(ScoringError, match="held none"):
+        accept_checked(exp, choice, [{"rows": 0, "fast": 0, "eager": 0}])
+
+
 def test_static_int8_job_gives_one_answer_whatever_the_batching(trained, make_exp, spark, tmp_path):
     """Every worker calibrates on the driver's broadcast rows, so Arrow batch boundaries (which decide
     which rows share a worker and a forward pass) cannot change a probability."""
