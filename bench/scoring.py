@@ -347,7 +347,7 @@ def main() -> None:
     ap.add_argument("--eager-reps", type=int, default=10, help="passes over the 10,000 in-memory test tensors")
     ap.add_argument("--batch-sizes", default="32,64,128,256,1024,4096",
                     help="the limit's batch sweep (each layout, each path that gets a limit)")
-    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt,ray,pandas,auto")
+    ap.add_argument("--skip", default="", help="comma list of sides to skip: spark_udf,row_udf,opt,ray,pandas,auto,spark_io")
     ap.add_argument("--ray-batch-sizes", default="256,1024,4096", help="the Ray Data side's batch sweep")
     ap.add_argument("--chunk-sweep", action="store_true",
                     help="only sweep score.image_chunk for one worker (1 thread) per inference path")
@@ -423,7 +423,9 @@ def main() -> None:
     print(f"   chosen optimisation: {best_opt}", flush=True)
 
     torch.set_num_threads(1)
-    sides: dict[str, list[float]] = {"ours": [], "ours (Spark file I/O)": [], "limit": []}
+    sides: dict[str, list[float]] = {"ours": [], "limit": []}
+    if "spark_io" not in skip:
+        sides["ours (Spark file I/O)"] = []
     if "pandas" not in skip:
         sides["ours (pandas batches)"] = []
     chosen: list[str] = []   # what score.optimize=auto picked on each repeat
@@ -453,7 +455,8 @@ def main() -> None:
         if best_opt:
             sides[f"limit {best_opt}"].append(limits[best_opt][1](args.eager_reps))
         sides["ours"].append(run_ours(exp, spark, path, args.rows))
-        sides["ours (Spark file I/O)"].append(run_ours(exp, spark, path, args.rows, make_exp=spark_io_exp))
+        if "spark_io" not in skip:
+            sides["ours (Spark file I/O)"].append(run_ours(exp, spark, path, args.rows, make_exp=spark_io_exp))
         if "pandas" not in skip:
             sides["ours (pandas batches)"].append(run_ours(exp, spark, path, args.rows, make_exp=pandas_exp))
         if best_opt:
@@ -475,8 +478,8 @@ def main() -> None:
     udf = med.get("mlflow spark_udf", float("nan"))
     print(f"   ratio ours / limit: {med['ours'] / med['limit']:.2f}x; ours / mlflow spark_udf: {med['ours'] / udf:.2f}x; "
           f"ours / ours (pandas batches): {med['ours'] / med.get('ours (pandas batches)', float('nan')):.2f}x; "
-          f"ours / ours (Spark file I/O): {med['ours'] / med['ours (Spark file I/O)']:.2f}x; "
-          f"ours (Spark file I/O) / limit: {med['ours (Spark file I/O)'] / med['limit']:.2f}x")
+          f"ours / ours (Spark file I/O): {med['ours'] / med.get('ours (Spark file I/O)', float('nan')):.2f}x; "
+          f"ours (Spark file I/O) / limit: {med.get('ours (Spark file I/O)', float('nan')) / med['limit']:.2f}x")
     if best_opt:
         if chosen:
             print(f"   score.optimize=auto chose: {', '.join(chosen)} (repeat 1 timed the paths, later repeats reused it)")
