@@ -49,7 +49,7 @@ class PathChoice:
     def summary(self) -> dict[str, Any]:
         return {"path": self.path, "accuracy": self.accuracy, "rows_per_s": self.rows_per_s,
                 "rejected": self.rejected, "measured_at": self.measured_at, "reused": self.reused,
-                "checked_by": "the scoring tasks" if self.deferred else "the driver"}
+                "checked_by": "the scoring tasks" if self.deferred else "the driver" if self.accuracy else None}
 
     def worker_options(self, spark) -> dict[str, Any]:
         """What the shipped scoring function needs for this path: the calibration rows as a broadcast
