@@ -129,7 +129,7 @@ def _judge(exp: Experiment, path: str, accuracy: dict[str, float], rows: int, af
 
 
 def accept_checked(exp: Experiment, choice: PathChoice, checks: list[dict[str, int]]) -> None:
-    """The scoring tasks' accuracy check (``choose(defer=True)``), summed over the tasks Spark accepted,
+    """The scoring tasks' accuracy check (``choose(planned=...)``), summed over the tasks Spark accepted,
     judged before the job commits: a refused path leaves tonight's partition unwritten."""
     rows = sum(c["rows"] for c in checks)
     if not rows:
@@ -199,7 +199,8 @@ def _remember(exp: Experiment, shipped: ShippedModel, choice: PathChoice) -> Non
         log.warning("score.optimize=auto: cannot keep the measurement in %s (%s)", where, exc)
 
 
-def _calibration_rows(exp: Experiment, shipped: ShippedModel, df, where: str, planned) -> tuple[np.ndarray, list[str]]:
+def _calibration_rows(exp: Experiment, shipped: ShippedModel, df, where: str,
+                      planned) -> tuple[np.ndarray | None, list[str]]:
     """The first ``optimize_calibration_rows`` labelled rows that fit the model, as uint8 pixels, and their
     ids: read with pyarrow from the planned splits' row groups in order, no Spark job (0.3 s of one)."""
     import pyarrow as pa
@@ -211,9 +212,9 @@ def _calibration_rows(exp: Experiment, shipped: ShippedModel, df, where: str, pl
 
     n_cal = exp.score.optimize_calibration_rows
     inputs = model_input_columns(shipped.spec, df.columns)
-    columns = task_columns(dict(df.dtypes), inputs, ["label"])
     if "image" not in inputs:   # only pixel models calibrate (modelpack.CALIBRATED)
         return None, []
+    columns = task_columns(dict(df.dtypes), inputs, ["label"])
     splits, _, fs = planned
     kept: list[pa.RecordBatch] = []
     have = 0

@@ -93,7 +93,7 @@ def worker_predictor(model_file: str, options: dict[str, Any]):
 
 def eager_predictions(batch: Any, model_file: str, options: dict[str, Any]) -> Any:
     """The eager model's predictions for ``batch``, on the worker that scores it with an optimised path
-    (its accuracy check, ``inference_path.choose(defer=True)``); the eager copy is loaded once per worker."""
+    (its accuracy check, ``inference_path.choose(planned=...)``); the eager copy is loaded once per worker."""
     from .arrow_rows import input_batch
 
     eager = worker_predictor(model_file, {**options, "optimize": "none", "calibration": None,
