@@ -40,14 +40,15 @@ def _listens(port: int) -> bool:
 
 
 def _alive_workers(ui_port: int) -> int:
-    """ALIVE workers on the master's JSON page; 0 while the page does not answer yet."""
+    """ALIVE workers on the master's JSON page; 0 while the page does not answer yet (or answers with
+    something that is not JSON)."""
     import json
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as page:
             return sum(w.get("state") == "ALIVE" for w in json.load(page).get("workers", []))
-    except OSError:
+    except (OSError, ValueError):
         return 0
 
 
@@ -83,7 +84,13 @@ def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, gpus: in
     if gpus:
         env["SPARK_WORKER_OPTS"] = (f"-Dspark.worker.resource.gpu.amount={gpus} "
                                     f"-Dspark.worker.resource.gpu.discoveryScript={fake_gpu_script(workdir, gpus)}")
-    port, ui = free_port(), free_port()
+    # every daemon's ports picked up front and distinct: a port is free until its daemon binds it, and a
+    # worker whose UI port was picked after the master's, before the master bound it, once took it
+    # (the master's JSON page then answered with the worker's HTML)
+    taken: set[int] = set()
+    while len(taken) < 2 + workers:
+        taken.add(free_port())
+    port, ui, *worker_uis = sorted(taken)
     cls = str(spark_home / "bin" / "spark-class")
     procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
                                "--webui-port", str(ui)], env=env, stdout=open(workdir / "master.log", "w"),
@@ -98,7 +105,7 @@ def standalone_cluster(workdir: Path, workers: int = 2, cores: int = 1, gpus: in
                 worker_env = {**env, "HOME": str(cwd / "home"), "SPARK_WORKER_DIR": str(cwd)}
             procs.append(subprocess.Popen(
                 [cls, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
-                 "--cores", str(cores), "--memory", "2g", "--webui-port", str(free_port())],
+                 "--cores", str(cores), "--memory", "2g", "--webui-port", str(worker_uis[i])],
                 env=worker_env, cwd=cwd, stdout=open(workdir / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
                 start_new_session=True))
         # until the workers have registered (a fixed sleep was slow or too short)
