@@ -212,6 +212,19 @@ def output_schemas(spec: dict[str, Any], types: dict[str, str], keep: list[str])
     return out_schema, scored, arrow_schema(REJECT_SCHEMA.rsplit(", model_version", 1)[0]), stamp
 
 
+def group_rows(parquet, group: int, lo: int, hi: int, columns: list[str], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Rows ``lo``..``hi`` of one row group of an open ``pq.ParquetFile``, in batches: a split given a range
+    of a group keeps only that range, and reading stops at its end (a group may hold a million rows)."""
+    at = 0   # this group's rows so far
+    for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
+        start, end = max(lo - at, 0), min(hi - at, batch.num_rows)
+        at += batch.num_rows
+        if end > start:
+            yield batch if (start, end) == (0, batch.num_rows) else batch.slice(start, end - start)
+        if at >= hi:
+            break
+
+
 def score_files_task(parts: Iterator[list[tuple[str, int, int, int]]], job: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One Spark task of the pass that reads and writes its own files (pipelines/score_files.py): its row
     groups read with pyarrow, scored by the in-process engine's loop, written into this attempt's own
@@ -244,15 +257,7 @@ def score_files_task(parts: Iterator[list[tuple[str, int, int, int]]], job: dict
                     if path not in opened:
                         handles[path] = job["input_fs"].open_input_file(path)
                         opened[path] = pq.ParquetFile(handles[path])
-                    at = 0   # this group's rows so far: a task given a range of it keeps only that range
-                    for batch in opened[path].iter_batches(batch_size=job["batch_size"], row_groups=[group],
-                                                           columns=job["columns"]):
-                        start, end = max(lo - at, 0), min(hi - at, batch.num_rows)
-                        at += batch.num_rows
-                        if end > start:
-                            yield batch if (start, end) == (0, batch.num_rows) else batch.slice(start, end - start)
-                        if at >= hi:
-                            break
+                    yield from group_rows(opened[path], group, lo, hi, job["columns"], job["batch_size"])
             finally:
                 for handle in handles.values():
                     handle.close()

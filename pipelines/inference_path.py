@@ -207,7 +207,7 @@ def _calibration_rows(exp: Experiment, shipped: ShippedModel, df, where: str,
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .arrow_pass import reject_reasons, task_columns
+    from .arrow_pass import group_rows, reject_reasons, task_columns
     from .modelpack import Predictor
 
     n_cal = exp.score.optimize_calibration_rows
@@ -220,19 +220,13 @@ def _calibration_rows(exp: Experiment, shipped: ShippedModel, df, where: str,
     have = 0
     for path, group, lo, hi in (g for s in splits for g in s.row_groups):
         with fs.open_input_file(path) as handle:
-            at = 0   # batches, not the whole row group: a group may hold a million rows
-            for part in pq.ParquetFile(handle).iter_batches(batch_size=n_cal, row_groups=[group], columns=columns):
-                start, end = max(lo - at, 0), min(hi - at, part.num_rows)
-                at += part.num_rows
-                if end <= start:
-                    continue
-                part = part.slice(start, end - start)
+            for part in group_rows(pq.ParquetFile(handle), group, lo, hi, columns, n_cal):
                 fits = np.array([r is None for r in reject_reasons(part, shipped.spec, inputs)], dtype=bool)
                 fits &= part.column(columns.index("label")).is_valid().to_numpy(zero_copy_only=False)
                 part = part.filter(pa.array(fits)).slice(0, n_cal - have)
                 kept.append(part)
                 have += part.num_rows
-                if have >= n_cal or at >= hi:
+                if have >= n_cal:
                     break
         if have >= n_cal:
             break
