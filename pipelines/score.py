@@ -305,7 +305,8 @@ def _pass_on_files(exp: Experiment, spark, shipped: ShippedModel, df, keep: list
     job = {"columns": arrow_pass.task_columns(types, inputs, keep), "batch_size": exp.score.batch_size,
            "spec": shipped.spec, "inputs": inputs, "keep": keep, "out_schema": out_schema,
            "scored_schema": scored_schema, "rejects_schema": rejects_schema, "name": shipped.name, "stamp": stamp,
-           "options": {k: v for k, v in options.items() if k != "reject_counter"}, "model_file": shipped.file,
+           "options": {**{k: v for k, v in options.items() if k != "reject_counter"}, "model_key": shipped.key},
+           "model_file": shipped.file,
            "input_fs": input_fs}
     accept = None
     if choice.deferred:   # each task checks its share of the rows, its first ones; judged before the commit

@@ -322,6 +322,25 @@ def test_the_scoring_tasks_check_an_optimised_path_before_the_commit(trained, ma
         assert score.run(strict).scored_rows == fast.scored_rows
 
 
+def test_a_reused_worker_keeps_the_model_across_jobs(trained, make_exp, spark, tmp_path):
+    """The tasks that read and write their own files key the worker's loaded model by the registered
+    version, not by the per-job zip Spark ships, so the next job on the same workers loads nothing (each
+    job had rebuilt the eager model and int8_static's calibrated copy, about 0.7 s a worker here)."""
+    for name in ("a", "b"):
+        score.run(make_exp(f"score.output={tmp_path / name}", "score.file_io=pyarrow",
+                           "score.optimize=int8_static"), spark)
+
+    def loaded(_):
+        from sparkzoo.pipelines import scoring_worker
+
+        return [sorted({key[0] for key in scoring_worker._LOADED})]
+
+    held = spark.sparkContext.parallelize(range(2), 2).mapPartitions(loaded).collect()
+    assert any(held), "no worker kept a model"
+    assert {key for keys in held for key in keys} == {f"{track.registry_uri(make_exp())}|fashion_mnist_cnn|"
+                                                      f"{trained.model_version}"}
+
+
 def test_the_tasks_check_is_judged_on_all_their_rows_together(make_exp):
     """The tasks' counts are summed before the verdict: two tasks each within the tolerance of eager can
     still move the whole check past it, and a check that saw no labelled row refuses the path."""
