@@ -153,14 +153,14 @@ def stream(batches: Iterator[pa.RecordBatch], spec: dict[str, Any], inputs: list
                 right += int((outputs["prediction"][known] == values[known]).sum())
                 labelled += int(known.sum())
                 if check is not None and check["budget"] > 0:
-                    _check_rows(check, batch, got, known, values, outputs["prediction"], model_file, options)
+                    _count_checked(check, batch, got, known, values, outputs["prediction"], model_file, options)
             if profile is not None:
                 profile.add(batch, outputs)
         done(handled)
     return right, labelled
 
 
-def _check_rows(check: dict[str, Any], batch: pa.RecordBatch, got: pa.RecordBatch, known: np.ndarray,
+def _count_checked(check: dict[str, Any], batch: pa.RecordBatch, got: pa.RecordBatch, known: np.ndarray,
                 labels: np.ndarray, fast: np.ndarray, model_file: str, options: dict[str, Any]) -> None:
     """The first rows of ``batch`` that have a label and did not calibrate the path, up to the check's
     budget, scored by the eager model too: each model's matches added to ``check``."""

@@ -335,10 +335,10 @@ def test_a_reused_worker_keeps_the_model_across_jobs(trained, make_exp, spark, t
 
         return [sorted({key[0] for key in scoring_worker._LOADED})]
 
-    held = spark.sparkContext.parallelize(range(2), 2).mapPartitions(loaded).collect()
-    assert any(held), "no worker kept a model"
-    assert {key for keys in held for key in keys} == {f"{track.registry_uri(make_exp())}|fashion_mnist_cnn|"
-                                                      f"{trained.model_version}"}
+    held = {key for keys in spark.sparkContext.parallelize(range(2), 2).mapPartitions(loaded).collect()
+            for key in keys}   # the session's workers: earlier tests' models may be there too
+    assert f"{track.registry_uri(make_exp())}|fashion_mnist_cnn|{trained.model_version}" in held
+    assert not [key for key in held if key.endswith(".zip")], held   # one job's ship name: never hit again
 
 
 def test_the_tasks_check_is_judged_on_all_their_rows_together(make_exp):
