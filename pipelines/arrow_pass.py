@@ -161,7 +161,7 @@ def stream(batches: Iterator[pa.RecordBatch], spec: dict[str, Any], inputs: list
 
 
 def _count_checked(check: dict[str, Any], batch: pa.RecordBatch, got: pa.RecordBatch, known: np.ndarray,
-                labels: np.ndarray, fast: np.ndarray, model_file: str, options: dict[str, Any]) -> None:
+                   labels: np.ndarray, fast: np.ndarray, model_file: str, options: dict[str, Any]) -> None:
     """The first rows of ``batch`` that have a label and did not calibrate the path, up to the check's
     budget, scored by the eager model too: each model's matches added to ``check``."""
     import pyarrow.compute as pc
