@@ -250,3 +250,31 @@ def test_embedding_directions_are_the_reference_principal_axes_or_seeded_for_wid
     assert first["method"] == "random" and first["dim"] == 2 * 784 > drift.PCA_MAX_DIM
     assert first["vectors"] == again["vectors"]
     assert np.allclose(np.linalg.norm(np.asarray(first["vectors"]), axis=1), 1.0, atol=1e-5)
+
+
+def _pixel_stats_in_int64(u: np.ndarray) -> np.ndarray:
+    """The five statistics the slow, obvious way: every pixel widened to int64 first."""
+    u = u.reshape(len(u), -1).astype(np.int64)
+    p = u.shape[1]
+    total, squares = u.sum(axis=1), (u * u).sum(axis=1)
+    return np.column_stack([total / p / 255.0, np.sqrt((p * squares - total * total).astype(np.float64)) / p / 255.0,
+                            (u < drift.DARK_BELOW).sum(axis=1) / p, (u >= drift.BRIGHT_FROM).sum(axis=1) / p,
+                            np.abs(np.diff(u, axis=1)).sum(axis=1) / (p - 1) / 255.0])
+
+
+def test_pixel_statistics_are_exact_in_narrow_and_wide_sums(prepared):
+    """The scorer sums pixels in uint32 where a row's sum of squares fits and in uint64 where it does not
+    (a 300x300x3 image); both agree with int64 arithmetic to the last bit on real Fashion-MNIST rows and
+    on all-white rows, the worst case for overflow."""
+    import pyarrow.parquet as pq
+
+    raw = pq.read_table(paths.join(prepared.path, "test"), columns=["image"]).column("image").to_pylist()[:500]
+    assert len(raw) >= 6
+    small = np.frombuffer(b"".join(raw), np.uint8).reshape(len(raw), 28, 28)
+    white = np.full((3, 28, 28), 255, np.uint8)
+    wide = np.tile(small[:6].reshape(6, -1), (1, 345))[:, :300 * 300 * 3].reshape(6, 300, 300, 3)
+    wide[0] = 255
+    for u in (small, white, wide):
+        got = drift.pixel_stats(u)
+        assert list(got.columns) == list(drift.IMAGE_FEATURES)
+        assert np.array_equal(got.to_numpy(), _pixel_stats_in_int64(u)), u.shape
