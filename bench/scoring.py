@@ -116,8 +116,10 @@ def warm_workers(exp, spark, path: str, optimize: str | None) -> None:
     and Spark 3.5 ends a Python worker idle for 60 s (PythonWorkerFactory, not configurable), so without
     them the Spark sides of every repeat timed new workers importing torch and loading the model (~1.5 s
     a worker, 6% of a 240,000-row eager job) and a process's first int8_static build (1.8 s against
-    0.4 s for a later one). The optimised side still builds its model in the timed job: its calibration
-    rows come from the timed input. A cold job's costs are bench/latency.py's subject."""
+    0.4 s for a later one). The optimised side calibrates on the rows the version's first calibrated
+    job kept (``score.optimize_calibration: kept``, the default), as a nightly job does after its first
+    night; the timed job still checks the path's accuracy on its own labelled rows. A cold job's costs
+    are bench/latency.py's subject."""
     loose = lambda *sets: bench_exp(*sets, "score.optimize_tolerance=1")   # noqa: E731  (2,000 rows: no verdict)
     for path_kind in ["none", *([optimize] if optimize else [])]:
         run_ours(exp, spark, path, WARM_ROWS, optimize=path_kind, make_exp=loose, out="pred_warm")

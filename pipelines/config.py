@@ -319,6 +319,9 @@ class ScoreConfig(_Strict):
     optimize: Literal["none", "auto", "channels_last", "bf16", "compile", "int8", "int8_static"] = "none"
     optimize_check_rows: int = Field(2000, ge=100)
     optimize_calibration_rows: int = Field(512, ge=16)   # rows int8_static fixes its activation scales on
+    # kept: the first job that calibrates a model version keeps its calibration rows in the workspace and
+    # later jobs reuse them (one answer per row across jobs); per_job: every job calibrates on its own input
+    optimize_calibration: Literal["kept", "per_job"] = "kept"
     optimize_min_speedup: float = Field(1.1, ge=1.0)     # auto keeps eager unless a path is at least this fast
     optimize_tolerance: float = Field(0.005, ge=0.0, le=1.0)
     # drift (pipelines/drift.py): profile input + predictions against the model's training reference

@@ -369,6 +369,46 @@ def test_static_int8_job_gives_one_answer_whatever_the_batching(trained, make_ex
     assert joined.filter(F.col("p0") != F.col("p1")).count() == 0
 
 
+def test_int8_scales_are_kept_per_model_version_so_a_row_scores_the_same_every_night(trained, make_exp, spark,
+                                                                                    tmp_path):
+    """The first int8_static job of a version keeps its calibration rows in the workspace; a later job on
+    other input reuses them, so the rows both jobs score get the same probabilities. With
+    ``score.optimize_calibration=per_job`` the later job calibrates on its own first rows instead, and
+    those same rows come out different."""
+    from sparkzoo.pipelines import paths
+    from sparkzoo.pipelines.score import partition_dir
+
+    table = pq.read_table(open_prepared(make_exp()).split_dir("test"), columns=["id", "image", "label"])
+    inputs = {}
+    for name, lo in (("monday", 0), ("tuesday", 1500)):
+        inputs[name] = tmp_path / name
+        inputs[name].mkdir()
+        pq.write_table(table.slice(lo, 3000), inputs[name] / "part-0.parquet", row_group_size=1000)
+    kept = paths.join(paths.workspace(make_exp()), "inference_paths",
+                      f"fashion_mnist_cnn-v{trained.model_version}-calibration-512.json")
+    if paths.exists(kept):   # an earlier test's int8 job in this session's workspace
+        paths.delete_file(kept)
+
+    def run(day: str, *sets: str):
+        out = tmp_path / f"out-{day}-{len(sets)}"
+        got = score.run(make_exp(f"score.input_path={inputs[day]}", f"score.output={out}", "score.optimize=int8_static",
+                                 "score.optimize_tolerance=1", *sets), spark)
+        seen = json.loads(open(f"{partition_dir(got.output, got.model_version, got.run_date)}/_manifest.json").read())
+        probs = spark.read.parquet(got.output).select("id", "probability").toPandas()
+        return seen["inference_path"]["calibrated_on"], dict(zip(probs["id"], probs["probability"].map(tuple)))
+
+    first_on, first = run("monday")
+    assert first_on.startswith(f"this job's input ({inputs['monday']})") and paths.exists(kept)
+    assert set(paths.read_json(kept)["ids"]) <= set(first)
+    later_on, later = run("tuesday")
+    assert later_on.startswith(f"rows kept at {kept} from {inputs['monday']}")
+    both = sorted(set(first) & set(later))
+    assert len(both) == 1500 and all(first[i] == later[i] for i in both)
+    own_on, own = run("tuesday", "score.optimize_calibration=per_job")
+    assert own_on == f"this job's input ({inputs['tuesday']})"
+    assert sum(first[i] != own[i] for i in both) > 0
+
+
 def test_auto_measures_every_path_and_keeps_a_passing_one(trained, make_exp, spark, tmp_path):
     from sparkzoo.pipelines.inference_path import AUTO_CANDIDATES
     from sparkzoo.pipelines.score import partition_dir

@@ -41,8 +41,8 @@ def images_to_tensor(pixels: np.ndarray, mean: float, std: float, device: torch.
     x = torch.from_numpy(np.require(pixels, requirements=["C", "W"]))
     if device is not None:
         x = x.to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float()
-    return (x / 255.0 - mean) / std
+    x = x.permute(0, 3, 1, 2).float()   # a new tensor, so the steps below may work in place
+    return x.div_(255.0).sub_(mean).div_(std)   # the same bits as (x / 255 - mean) / std, no temporaries
 
 
 @dataclass(frozen=True)
