@@ -73,6 +73,20 @@ def reject_reasons(batch: pa.RecordBatch, spec: dict[str, Any], inputs: list[str
     return reasons
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth a Parquet dictionary: not the row id, floats, lists or bytes, whose values
+    rarely repeat. A dictionary on every column (pyarrow's default, and Spark's) tried and abandoned one
+    for the id, the confidence and the probabilities of each row: 0.63 us a scored row against 0.20 us,
+    and files 74 bytes a row against 50 (Fashion-MNIST predictions, 120,000 rows)."""
+    def repeats(field: pa.Field) -> bool:
+        t = field.type
+        return field.name != "id" and not (pa.types.is_floating(t) or pa.types.is_list(t)
+                                            or pa.types.is_large_list(t) or pa.types.is_binary(t)
+                                            or pa.types.is_large_binary(t) or pa.types.is_fixed_size_list(t))
+
+    return [f.name for f in schema if repeats(f)]
+
+
 class BatchFile:
     """One Parquet file, created at the first non-empty batch (no rows: no file, as Spark leaves it)."""
 
@@ -89,7 +103,7 @@ class BatchFile:
             self.fs.create_dir(self.folder, recursive=True)
             self.name = f"{self.prefix}-{uuid.uuid4()}.c000.snappy.parquet"
             self.writer = pq.ParquetWriter(f"{self.folder}/{self.name}", self.schema, filesystem=self.fs,
-                                           compression="snappy")
+                                           compression="snappy", use_dictionary=dictionary_columns(self.schema))
         self.writer.write_batch(batch)
         self.rows += batch.num_rows
 

@@ -171,6 +171,29 @@ def test_reject_reasons_and_text_features_match_spark(spark):
     assert got == ref
 
 
+def test_scored_files_keep_a_dictionary_only_for_columns_whose_values_repeat(tmp_path):
+    """The tasks' own Parquet writer: predictions, labels, model name and time as dictionaries; ids, floats
+    and probabilities plain (a dictionary there is abandoned per row group after costing the time); the
+    file reads back to the rows that went in."""
+    from pyarrow import fs as pafs
+
+    n = 5000
+    rng = np.random.default_rng(0)
+    probs = rng.random((n, 10), dtype=np.float32)
+    batch = pa.RecordBatch.from_pydict({
+        "id": [f"row-{i}" for i in range(n)], "prediction": probs.argmax(1).astype(np.int64),
+        "confidence": probs.max(1), "probability": list(probs), "label": rng.integers(0, 10, n),
+        "model_name": ["fashion_mnist_cnn"] * n, "image": [bytes(rng.integers(0, 256, 16, np.uint8)) for _ in range(n)]})
+    out = arrow_pass.BatchFile(pafs.LocalFileSystem(), str(tmp_path), batch.schema)
+    out.write(batch)
+    name = out.close()
+    meta = pq.ParquetFile(tmp_path / name).metadata.row_group(0)
+    dictionary = {meta.column(i).path_in_schema.split(".")[0] for i in range(meta.num_columns)
+                  if "RLE_DICTIONARY" in meta.column(i).encodings or "PLAIN_DICTIONARY" in meta.column(i).encodings}
+    assert dictionary == {"prediction", "label", "model_name"}
+    assert pq.read_table(tmp_path / name).equals(pa.Table.from_batches([batch]))
+
+
 def test_xxhash64_is_sparks(spark):
     ids = ["", "a", "abc", "1234", "12345678", "fashion_mnist-test-00042", "x" * 31, "y" * 32, "z" * 33,
            "é" * 20, "id-" + "0123456789" * 7, "日本語のテキスト"]
