@@ -311,7 +311,7 @@ class ScoreConfig(_Strict):
     tasks_per_gpu: Optional[int] = Field(None, ge=1, le=64)
     threads_per_worker: int = Field(1, ge=1)
     sequence_chunk: int = Field(64, ge=1)   # rows per forward pass for sequence models (sorted by length)
-    image_chunk: int = Field(128, ge=1)     # rows per forward pass for image models on CPU
+    image_chunk: Optional[int] = Field(None, ge=1)   # rows per forward pass for image models on CPU; null: per path
     # what a scoring worker reads and writes: Arrow buffers as numpy views (mapInArrow), or pandas frames
     # (mapInPandas, the former path: a fallback, and the comparison in bench/scoring.py)
     batch_format: Literal["arrow", "pandas"] = "arrow"

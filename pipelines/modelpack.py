@@ -30,11 +30,20 @@ OPTIMIZATIONS = ("none", "channels_last", "bf16", "compile", "int8", "int8_stati
 CALIBRATED = ("int8_static",)
 
 
-# Rows per forward pass on CPU for image models. A Spark worker runs one torch thread; with one thread
-# the LeNet-like CNN ran 9,651 rows/s at 128 rows and 6,417 at 1,024 (bf16 15,293 vs 10,864; static
-# int8 flat at ~23,600), as the activations of a large pass fall out of cache (`bench/scoring.py
-# --chunk-sweep`, idle 2-core VM, 2026-11-30). A GPU takes the whole Arrow batch.
+# Rows per forward pass on CPU for image models, per inference path (``score.image_chunk: null``). A
+# Spark worker runs one torch thread; with one thread the LeNet-like CNN ran 9,651 rows/s at 128 rows and
+# 6,417 at 1,024, as the activations of a large pass fall out of cache (`bench/scoring.py --chunk-sweep`,
+# idle 2-core VM, 2026-11-30). The lighter paths peak later: two 1-thread processes side by side, as
+# Spark runs its workers, scored int8_static at 28,226 rows/s with 256 rows against 27,488 with 128
+# (and 27,345 against 28,116 in another run); bf16 9,744 against 9,588 in one worker (2026-12-07,
+# bench/RESULTS.md). A GPU takes the whole Arrow batch.
 IMAGE_CHUNK = 128
+IMAGE_CHUNK_BY_PATH = {"bf16": 256, "int8_static": 256}
+
+
+def image_chunk_for(optimize: str, image_chunk: int | None = None) -> int:
+    """``score.image_chunk`` when set, else the measured best for the path."""
+    return max(1, int(image_chunk or IMAGE_CHUNK_BY_PATH.get(optimize, IMAGE_CHUNK)))
 # Rows per forward pass for sequence models. Measured on the Pang & Lee BiLSTM (bench/RESULTS.md): a
 # 10,000-row Arrow batch in one pass ran 20x slower per row than chunks of 64 sorted by length (the
 # recurrent steps run to the longest row, and large activations fall out of cache).
@@ -50,7 +59,7 @@ class Predictor:
     """
 
     def __init__(self, spec: dict[str, Any], module, *, device: str = "cpu", optimize: str = "none",
-                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK,
+                 chunk: int = SEQUENCE_CHUNK, image_chunk: int | None = None,
                  calibration: np.ndarray | None = None) -> None:
         import torch
 
@@ -69,12 +78,12 @@ class Predictor:
         self.module = optimize_module(module.eval().to(self.device), optimize, self.device, examples,
                                       family=spec.get("family", "this"))
         self.chunk = max(1, int(chunk))
-        self.image_chunk = max(1, int(image_chunk))
+        self.image_chunk = image_chunk_for(optimize, image_chunk)
         self._torch = torch
 
     @classmethod
     def from_dir(cls, directory: str, *, device: str = "cpu", optimize: str = "none",
-                 chunk: int = SEQUENCE_CHUNK, image_chunk: int = IMAGE_CHUNK,
+                 chunk: int = SEQUENCE_CHUNK, image_chunk: int | None = None,
                  calibration: np.ndarray | None = None) -> "Predictor":
         import torch
 

@@ -60,11 +60,11 @@ def worker_predictor(model_file: str, options: dict[str, Any]):
     """The shipped model on this worker's device, loaded once per Python worker and kept: registered
     versions are immutable, so (registry, name, version) names the weights, and a worker reused by the
     next job keeps its loaded (and, with optimize=compile, compiled) model."""
-    from .modelpack import IMAGE_CHUNK, SEQUENCE_CHUNK
+    from .modelpack import SEQUENCE_CHUNK, image_chunk_for
 
     device = _device(options["device"], options.get("device_seen"))
     chunk = int(options.get("chunk") or SEQUENCE_CHUNK)
-    image_chunk = int(options.get("image_chunk") or IMAGE_CHUNK)
+    image_chunk = image_chunk_for(options["optimize"], options.get("image_chunk"))
     key = (options.get("model_key") or model_file, device, options["optimize"], chunk, image_chunk,
            options.get("calibration_key"))
     pred = _LOADED.get(key)

@@ -106,10 +106,25 @@ def test_pixel_statistics_are_exact_on_the_unit_scale(values):
     np.testing.assert_allclose(squares, (as_float ** 2).sum(axis=1), rtol=1e-12)
 
 
+def test_the_forward_pass_size_follows_the_inference_path_unless_the_config_sets_it():
+    """score.image_chunk unset: 128 rows for float32 and channels_last, 256 for the lighter bf16 and
+    int8_static passes (the measured sweeps); set, it wins on every path."""
+    from sparkzoo.pipelines import config
+    from sparkzoo.pipelines.modelpack import Predictor
+
+    spec = {"task": "classification", "family": "lenet", "params": {}, "num_classes": 3,
+            "stats": {"mean": 0.5, "std": 0.25}, "shape": {"height": 16, "width": 16, "channels": 1}}
+    module = models.get_model("lenet", models.InputSpec(1, 16, 16, 3))
+    assert config.ScoreConfig().image_chunk is None
+    sizes = {path: Predictor(spec, module, optimize=path).image_chunk for path in ("none", "channels_last", "bf16")}
+    assert sizes == {"none": 128, "channels_last": 128, "bf16": 256}
+    assert Predictor(spec, module, optimize="bf16", image_chunk=64).image_chunk == 64
+
+
 @pytest.mark.parametrize("family,task", [("lenet", "classification"), ("fcn", "segmentation")])
 def test_scoring_in_chunks_gives_the_one_pass_answers(family, task):
-    """On CPU the Predictor runs image models 1,024 rows per forward pass (faster per row than a whole
-    Arrow batch); rows must come back in order with the one-pass answers."""
+    """On CPU the Predictor runs image models in chunks of rows per forward pass (faster per row than a
+    whole Arrow batch); rows must come back in order with the one-pass answers."""
     from sparkzoo.pipelines.modelpack import Predictor
 
     spec = {"task": task, "family": family, "params": {}, "num_classes": 3 if task == "classification" else 2,
