@@ -462,7 +462,8 @@ def main() -> None:
         if "auto" not in skip:
             sides["ours+auto"] = []
         # auto times the paths on its first job and keeps the timings per model version and machine (as a
-        # nightly job would); start without them, so repeat 1 pays the measurement and later ones do not
+        # nightly job would); start without them, so repeat 1 pays the measurement and later ones do not.
+        # The int8 calibration rows kept there go too: repeat 1's untimed warm-up job calibrates and keeps them
         shutil.rmtree(BENCH_WS / "inference_paths", ignore_errors=True)
     if "spark_udf" not in skip:
         sides["mlflow spark_udf"] = []
