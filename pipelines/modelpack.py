@@ -35,7 +35,7 @@ CALIBRATED = ("int8_static",)
 # 6,417 at 1,024, as the activations of a large pass fall out of cache (`bench/scoring.py --chunk-sweep`,
 # idle 2-core VM, 2026-11-30). The lighter paths peak later: two 1-thread processes side by side, as
 # Spark runs its workers, scored int8_static at 28,226 rows/s with 256 rows against 27,488 with 128
-# (and 27,345 against 28,116 in another run); bf16 9,744 against 9,588 in one worker (2026-12-07,
+# (28,116 against 27,345 in another run); bf16 9,744 against 9,588 in one worker (2026-12-07,
 # bench/RESULTS.md). A GPU takes the whole Arrow batch.
 IMAGE_CHUNK = 128
 IMAGE_CHUNK_BY_PATH = {"bf16": 256, "int8_static": 256}
