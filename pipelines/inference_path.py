@@ -241,6 +241,8 @@ def _calibration(exp: Experiment, shipped: ShippedModel, where: str,
         try:
             paths.write_json(kept_at, {"shape": list(pixels.shape), "ids": ids, "source": where, "kept_at": now,
                                        "pixels": base64.b64encode(np.ascontiguousarray(pixels).tobytes()).decode()})
+            log.info("score.optimize: int8 scales from this job's first %d labelled rows, kept at %s for later "
+                     "jobs (delete it to calibrate again)", len(pixels), kept_at)
         except OSError as exc:   # a read-only workspace: the next job calibrates on its own rows again
             log.warning("score.optimize: cannot keep the calibration rows in %s (%s)", kept_at, exc)
     return pixels, ids, f"this job's input ({where}), kept at {kept_at}"
