@@ -171,14 +171,15 @@ def _machine_key(exp: Experiment, shipped: ShippedModel) -> str:
     return hashlib.sha1(repr(facts).encode()).hexdigest()[:16]
 
 
-def _measurements_file(exp: Experiment, shipped: ShippedModel) -> str:
-    return paths.join(paths.workspace(exp), "inference_paths", f"{shipped.name}-v{shipped.version}.json")
+def _version_file(exp: Experiment, shipped: ShippedModel, suffix: str = "") -> str:
+    """What the workspace keeps for one model version's inference path: auto's timings, the int8 rows."""
+    return paths.join(paths.workspace(exp), "inference_paths", f"{shipped.name}-v{shipped.version}{suffix}.json")
 
 
 def _measured_before(exp: Experiment, shipped: ShippedModel) -> dict[str, Any] | None:
     """An earlier job's auto timings for this model version on this kind of machine: the nightly job
     times the paths once (3-4 s of the driver's time, measured) instead of every night."""
-    where = _measurements_file(exp, shipped)
+    where = _version_file(exp, shipped)
     try:
         return paths.read_json(where).get(_machine_key(exp, shipped)) if paths.exists(where) else None
     except (OSError, ValueError) as exc:   # unreadable or half-written: measure again and rewrite it
@@ -195,7 +196,7 @@ def _remember(exp: Experiment, shipped: ShippedModel, choice: PathChoice) -> Non
     import datetime as dt
 
     choice.measured_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    where = _measurements_file(exp, shipped)
+    where = _version_file(exp, shipped)
     try:
         known = paths.read_json(where) if paths.exists(where) else {}
     except (OSError, ValueError):
@@ -206,11 +207,6 @@ def _remember(exp: Experiment, shipped: ShippedModel, choice: PathChoice) -> Non
         paths.write_json(where, known)
     except OSError as exc:   # a read-only workspace costs the next job a measurement, not this job
         log.warning("score.optimize=auto: cannot keep the measurement in %s (%s)", where, exc)
-
-
-def _calibration_file(exp: Experiment, shipped: ShippedModel) -> str:
-    return paths.join(paths.workspace(exp), "inference_paths",
-                      f"{shipped.name}-v{shipped.version}-calibration-{exp.score.optimize_calibration_rows}.json")
 
 
 def _calibration(exp: Experiment, shipped: ShippedModel, where: str,
@@ -224,7 +220,7 @@ def _calibration(exp: Experiment, shipped: ShippedModel, where: str,
     if exp.score.optimize_calibration == "per_job":
         pixels, ids = fresh()
         return pixels, ids, f"this job's input ({where})"
-    kept_at = _calibration_file(exp, shipped)
+    kept_at = _version_file(exp, shipped, f"-calibration-{exp.score.optimize_calibration_rows}")
     try:
         if paths.exists(kept_at):
             kept = paths.read_json(kept_at)

@@ -40,14 +40,15 @@ CALIBRATED = ("int8_static",)
 IMAGE_CHUNK = 128
 IMAGE_CHUNK_BY_PATH = {"bf16": 256, "int8_static": 256}
 
-
-def image_chunk_for(optimize: str, image_chunk: int | None = None) -> int:
-    """``score.image_chunk`` when set, else the measured best for the path."""
-    return max(1, int(image_chunk or IMAGE_CHUNK_BY_PATH.get(optimize, IMAGE_CHUNK)))
 # Rows per forward pass for sequence models. Measured on the Pang & Lee BiLSTM (bench/RESULTS.md): a
 # 10,000-row Arrow batch in one pass ran 20x slower per row than chunks of 64 sorted by length (the
 # recurrent steps run to the longest row, and large activations fall out of cache).
 SEQUENCE_CHUNK = 64
+
+
+def image_chunk_for(optimize: str, image_chunk: int | None = None) -> int:
+    """``score.image_chunk`` when set, else the measured best for the path."""
+    return max(1, int(image_chunk or IMAGE_CHUNK_BY_PATH.get(optimize, IMAGE_CHUNK)))
 
 
 class Predictor:
